@@ -1,0 +1,146 @@
+//! The pinned kernel maps, opened from `--bpffs`.
+
+use std::{
+    collections::BTreeMap,
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use socklb_common::{
+    BackendValue, Config, FrontendKey, FrontendValue, MemberKey, MemberValue, ServiceCounters,
+    ServiceValue, SlotKey, SlotValue, map_names,
+};
+
+use super::{Datapath, DatapathError, MapOp, MapState};
+use crate::loader::map_pin;
+
+pub struct AyaMaps {
+    frontends: HashMap<MapData, FrontendKey, FrontendValue>,
+    services: HashMap<MapData, u32, ServiceValue>,
+    slots: HashMap<MapData, SlotKey, SlotValue>,
+    backends: HashMap<MapData, u32, BackendValue>,
+    members: HashMap<MapData, MemberKey, MemberValue>,
+    counters: PerCpuArray<MapData, ServiceCounters>,
+    config: Array<MapData, Config>,
+}
+
+fn map_io(e: MapError) -> io::Error {
+    match e {
+        MapError::SyscallError(s) => s.io_error,
+        MapError::IoError(e) => e,
+        MapError::KeyNotFound | MapError::ElementNotFound => io::Error::from_raw_os_error(2),
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+fn open<T>(bpffs: &Path, name: &'static str) -> Result<T, DatapathError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let path: PathBuf = map_pin(bpffs, name);
+    let err = |e: MapError| DatapathError::Open { path: path.clone(), source: map_io(e) };
+    let data = MapData::from_pin(&path).map_err(err)?;
+    let map = Map::from_map_data(data).map_err(err)?;
+    T::try_from(map).map_err(err)
+}
+
+impl AyaMaps {
+    /// Opens the maps pinned under `bpffs` by the loader.
+    pub fn open(bpffs: &Path) -> Result<Self, DatapathError> {
+        Ok(Self {
+            frontends: open(bpffs, map_names::FRONTENDS)?,
+            services: open(bpffs, map_names::SERVICES)?,
+            slots: open(bpffs, map_names::SLOTS)?,
+            backends: open(bpffs, map_names::BACKENDS)?,
+            members: open(bpffs, map_names::MEMBERS)?,
+            counters: open(bpffs, map_names::COUNTERS)?,
+            config: open(bpffs, map_names::CONFIG)?,
+        })
+    }
+
+    pub fn read_config(&self) -> Result<Config, DatapathError> {
+        self.config
+            .get(&0, 0)
+            .map_err(|e| DatapathError::Read { map: map_names::CONFIG, source: map_io(e) })
+    }
+
+    pub fn write_config(&mut self, config: Config) -> Result<(), DatapathError> {
+        self.config.set(0, config, 0).map_err(|e| DatapathError::Write {
+            map: map_names::CONFIG,
+            op: format!("set {config:?}"),
+            source: map_io(e),
+        })
+    }
+}
+
+/// Treats "no such entry" on delete as done: deletes are idempotent.
+fn deleted(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(e) => {
+            let io = map_io(e);
+            if io.raw_os_error() == Some(2) { Ok(()) } else { Err(MapError::IoError(io)) }
+        }
+        ok => ok,
+    }
+}
+
+impl Datapath for AyaMaps {
+    fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError> {
+        let result = match *op {
+            MapOp::PutBackend { id, value } => self.backends.insert(id, value, 0),
+            MapOp::DeleteBackend { id } => deleted(self.backends.remove(&id)),
+            MapOp::PutMember(k) => self.members.insert(k, MemberValue { present: 1 }, 0),
+            MapOp::DeleteMember(k) => deleted(self.members.remove(&k)),
+            MapOp::PutSlot { key, backend_id } => {
+                self.slots.insert(key, SlotValue { backend_id }, 0)
+            }
+            MapOp::DeleteSlot(k) => deleted(self.slots.remove(&k)),
+            MapOp::PutService { id, value } => self.services.insert(id, value, 0),
+            MapOp::DeleteService { id } => deleted(self.services.remove(&id)),
+            MapOp::PutFrontend { key, value } => self.frontends.insert(key, value, 0),
+            MapOp::DeleteFrontend(k) => deleted(self.frontends.remove(&k)),
+        };
+        result.map_err(|e| DatapathError::Write {
+            map: op.map_name(),
+            op: format!("{op:?}"),
+            source: map_io(e),
+        })
+    }
+
+    fn read_state(&self) -> Result<MapState, DatapathError> {
+        fn read<K: aya::Pod + Ord, V: aya::Pod>(
+            map: &HashMap<MapData, K, V>,
+            name: &'static str,
+        ) -> Result<BTreeMap<K, V>, DatapathError> {
+            map.iter()
+                .collect::<Result<BTreeMap<_, _>, _>>()
+                .map_err(|e| DatapathError::Read { map: name, source: map_io(e) })
+        }
+        Ok(MapState {
+            frontends: read(&self.frontends, map_names::FRONTENDS)?,
+            services: read(&self.services, map_names::SERVICES)?,
+            slots: read(&self.slots, map_names::SLOTS)?
+                .into_iter()
+                .map(|(k, v)| (k, v.backend_id))
+                .collect(),
+            backends: read(&self.backends, map_names::BACKENDS)?,
+            members: read(&self.members, map_names::MEMBERS)?.into_keys().collect(),
+        })
+    }
+
+    fn read_counters(&self) -> Result<BTreeMap<u32, ServiceCounters>, DatapathError> {
+        let err = |e| DatapathError::Read { map: map_names::COUNTERS, source: map_io(e) };
+        let services = self.services.keys().collect::<Result<Vec<u32>, _>>().map_err(err)?;
+        let mut out = BTreeMap::new();
+        for id in services {
+            let per_cpu = self.counters.get(&id, 0).map_err(err)?;
+            let sum = per_cpu.iter().fold(ServiceCounters::default(), |acc, c| ServiceCounters {
+                translations: acc.translations + c.translations,
+                refused: acc.refused + c.refused,
+            });
+            out.insert(id, sum);
+        }
+        Ok(out)
+    }
+}

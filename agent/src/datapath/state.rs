@@ -1,0 +1,182 @@
+//! The contents of the datapath maps as plain data, and the single-entry
+//! operations that change them. `MapState::apply` is the reference semantics
+//! of an operation: the fake datapath is exactly this, and the real maps are
+//! checked against it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use socklb_common::{
+    BackendValue, FrontendKey, FrontendValue, MemberKey, ServiceValue, SlotKey,
+};
+
+/// Everything the agent programs, entry for entry (affinity, counters and
+/// per-socket state are written by the programs, not the agent).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapState {
+    pub frontends: BTreeMap<FrontendKey, FrontendValue>,
+    pub services: BTreeMap<u32, ServiceValue>,
+    pub slots: BTreeMap<SlotKey, u32>,
+    pub backends: BTreeMap<u32, BackendValue>,
+    pub members: BTreeSet<MemberKey>,
+}
+
+/// One map write or delete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    PutBackend { id: u32, value: BackendValue },
+    DeleteBackend { id: u32 },
+    PutMember(MemberKey),
+    DeleteMember(MemberKey),
+    PutSlot { key: SlotKey, backend_id: u32 },
+    DeleteSlot(SlotKey),
+    PutService { id: u32, value: ServiceValue },
+    DeleteService { id: u32 },
+    PutFrontend { key: FrontendKey, value: FrontendValue },
+    DeleteFrontend(FrontendKey),
+}
+
+impl MapOp {
+    /// The map this operation writes, for errors and metrics.
+    pub fn map_name(&self) -> &'static str {
+        use socklb_common::map_names as m;
+        match self {
+            Self::PutBackend { .. } | Self::DeleteBackend { .. } => m::BACKENDS,
+            Self::PutMember(_) | Self::DeleteMember(_) => m::MEMBERS,
+            Self::PutSlot { .. } | Self::DeleteSlot(_) => m::SLOTS,
+            Self::PutService { .. } | Self::DeleteService { .. } => m::SERVICES,
+            Self::PutFrontend { .. } | Self::DeleteFrontend(_) => m::FRONTENDS,
+        }
+    }
+
+    pub fn is_delete(&self) -> bool {
+        matches!(
+            self,
+            Self::DeleteBackend { .. }
+                | Self::DeleteMember(_)
+                | Self::DeleteSlot(_)
+                | Self::DeleteService { .. }
+                | Self::DeleteFrontend(_)
+        )
+    }
+}
+
+impl MapState {
+    pub fn apply(&mut self, op: &MapOp) {
+        match *op {
+            MapOp::PutBackend { id, value } => {
+                self.backends.insert(id, value);
+            }
+            MapOp::DeleteBackend { id } => {
+                self.backends.remove(&id);
+            }
+            MapOp::PutMember(k) => {
+                self.members.insert(k);
+            }
+            MapOp::DeleteMember(k) => {
+                self.members.remove(&k);
+            }
+            MapOp::PutSlot { key, backend_id } => {
+                self.slots.insert(key, backend_id);
+            }
+            MapOp::DeleteSlot(k) => {
+                self.slots.remove(&k);
+            }
+            MapOp::PutService { id, value } => {
+                self.services.insert(id, value);
+            }
+            MapOp::DeleteService { id } => {
+                self.services.remove(&id);
+            }
+            MapOp::PutFrontend { key, value } => {
+                self.frontends.insert(key, value);
+            }
+            MapOp::DeleteFrontend(k) => {
+                self.frontends.remove(&k);
+            }
+        }
+    }
+
+    /// The backend ids a reader of `service_id` can currently reach, in slot
+    /// order, or `None` if a slot of the current generation is missing.
+    pub fn active_backends(&self, service_id: u32) -> Option<Vec<u32>> {
+        let svc = self.services.get(&service_id)?;
+        (0..svc.count)
+            .map(|index| {
+                let key = SlotKey { service_id, generation: svc.generation, index };
+                self.slots.get(&key).copied()
+            })
+            .collect()
+    }
+
+    /// Whether no entry is left over from an earlier generation or a removed
+    /// service: every slot belongs to a service's current generation, every
+    /// member to a current slot, every backend is referenced by some slot.
+    pub fn is_tidy(&self) -> bool {
+        let slots_tidy = self.slots.keys().all(|k| {
+            self.services
+                .get(&k.service_id)
+                .is_some_and(|s| s.generation == k.generation && k.index < s.count)
+        });
+        let members_tidy = self.members.iter().all(|m| {
+            self.active_backends(m.service_id)
+                .is_some_and(|ids| ids.contains(&m.backend_id))
+        });
+        let members_complete = self.services.keys().all(|&id| {
+            self.active_backends(id)
+                .is_some_and(|ids| ids.iter().all(|&b| self.members.contains(&MemberKey { service_id: id, backend_id: b })))
+        });
+        let backends_used = self
+            .backends
+            .keys()
+            .all(|id| self.slots.values().any(|b| b == id));
+        slots_tidy && members_tidy && members_complete && backends_used
+    }
+}
+
+/// One service (backend set) as the agent wants it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredService {
+    pub flags: u16,
+    pub affinity_timeout_secs: u32,
+    /// Backend ids in slot order. At most `MAX_BACKENDS_PER_SERVICE`.
+    pub backends: Vec<u32>,
+}
+
+/// What the maps should mean, independent of slot generations.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub frontends: BTreeMap<FrontendKey, FrontendValue>,
+    pub services: BTreeMap<u32, DesiredService>,
+    /// Exactly the backends the services refer to.
+    pub backends: BTreeMap<u32, BackendValue>,
+}
+
+impl MapState {
+    /// What these maps mean to a reader: services with their current
+    /// backend sets. Services whose current generation is incomplete are
+    /// left out (a reader could not use them either).
+    pub fn logical_view(&self) -> DesiredState {
+        let services: BTreeMap<u32, DesiredService> = self
+            .services
+            .iter()
+            .filter_map(|(&id, v)| {
+                let backends = self.active_backends(id)?;
+                Some((
+                    id,
+                    DesiredService {
+                        flags: v.flags,
+                        affinity_timeout_secs: v.affinity_timeout_secs,
+                        backends,
+                    },
+                ))
+            })
+            .collect();
+        let backends = self
+            .backends
+            .iter()
+            .filter(|(id, _)| services.values().any(|s| s.backends.contains(id)))
+            .map(|(&id, &v)| (id, v))
+            .collect();
+        DesiredState { frontends: self.frontends.clone(), services, backends }
+    }
+}

@@ -1,0 +1,388 @@
+//! Turns (applied maps, desired state) into ordered map operations, and
+//! applies them to a datapath.
+//!
+//! The order is the transactional scheme documented in `socklb-common`: per
+//! service, the new backend set is written under a fresh slot generation and
+//! one write of the service entry switches to it. Operations are grouped into
+//! units; a failure inside a service unit before its switch abandons that
+//! unit (its half-written slots are removed), so the previous version of the
+//! service keeps serving and every other service is unaffected.
+//!
+//! `plan` is pure. `execute` keeps a mirror of the maps up to date with every
+//! write that succeeded, checks each operation's precondition against it
+//! (a frontend only points at a complete service, a backend is deleted only
+//! when no slot refers to it), and the next `plan` from the mirror retries
+//! whatever failed.
+
+use std::collections::{BTreeSet, HashMap};
+
+use socklb_common::{MAX_BACKENDS_PER_SERVICE, MemberKey, ServiceValue, SlotKey};
+
+use crate::datapath::{Datapath, DatapathError, DesiredService, DesiredState, MapOp, MapState};
+
+/// How a unit reacts to a failed operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnitKind {
+    /// Each operation stands alone; a failure skips only that one.
+    Independent,
+    /// Operations before index `commit` prepare a switch; the operation at
+    /// `commit` is the switch. A failure before or at the switch abandons the
+    /// unit. Operations after it are clean-up and stand alone.
+    Transaction { service_id: u32, commit: usize },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unit {
+    pub kind: UnitKind,
+    pub ops: Vec<MapOp>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub units: Vec<Unit>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.units.iter().all(|u| u.ops.is_empty())
+    }
+
+    pub fn op_count(&self) -> usize {
+        self.units.iter().map(|u| u.ops.len()).sum()
+    }
+
+    pub fn ops(&self) -> impl Iterator<Item = &MapOp> {
+        self.units.iter().flat_map(|u| u.ops.iter())
+    }
+
+    fn push(&mut self, kind: UnitKind, ops: Vec<MapOp>) {
+        if !ops.is_empty() {
+            self.units.push(Unit { kind, ops });
+        }
+    }
+}
+
+/// The operations that take `applied` to `desired`, in a safe order.
+pub fn plan(applied: &MapState, desired: &DesiredState) -> Plan {
+    let mut plan = Plan::default();
+
+    // 1. Backends a new set may refer to.
+    let puts = desired
+        .backends
+        .iter()
+        .filter(|(id, v)| applied.backends.get(id) != Some(v))
+        .map(|(&id, &value)| MapOp::PutBackend { id, value })
+        .collect();
+    plan.push(UnitKind::Independent, puts);
+
+    // 2. One transaction per changed service.
+    for (&id, want) in &desired.services {
+        if let Some(unit) = service_unit(applied, id, want) {
+            plan.units.push(unit);
+        }
+    }
+
+    // 3. Frontends: writes first (a frontend moving to another service
+    //    switches in one write), then deletes.
+    let puts = desired
+        .frontends
+        .iter()
+        .filter(|(k, v)| applied.frontends.get(k) != Some(v))
+        .map(|(&key, &value)| MapOp::PutFrontend { key, value })
+        .collect();
+    plan.push(UnitKind::Independent, puts);
+    let deletes = applied
+        .frontends
+        .keys()
+        .filter(|k| !desired.frontends.contains_key(k))
+        .map(|&k| MapOp::DeleteFrontend(k))
+        .collect();
+    plan.push(UnitKind::Independent, deletes);
+
+    // 4. Services no longer wanted: the entry first (it is unreachable once
+    //    no frontend points at it), then its slots and members.
+    for &id in applied.services.keys().filter(|id| !desired.services.contains_key(id)) {
+        let mut ops = vec![MapOp::DeleteService { id }];
+        ops.extend(slots_of(applied, id).map(MapOp::DeleteSlot));
+        ops.extend(members_of(applied, id).map(MapOp::DeleteMember));
+        plan.push(UnitKind::Transaction { service_id: id, commit: 0 }, ops);
+    }
+
+    // 5. Leftovers of services that have no entry at all (an interrupted
+    //    earlier run): unreachable, so they go in any order.
+    let orphan = |id: &u32| !applied.services.contains_key(id) && !desired.services.contains_key(id);
+    let mut ops: Vec<MapOp> = applied
+        .slots
+        .keys()
+        .filter(|k| orphan(&k.service_id))
+        .map(|&k| MapOp::DeleteSlot(k))
+        .collect();
+    ops.extend(applied.members.iter().filter(|m| orphan(&m.service_id)).map(|&m| MapOp::DeleteMember(m)));
+    plan.push(UnitKind::Independent, ops);
+
+    // 6. Backends nothing refers to any more.
+    let deletes = applied
+        .backends
+        .keys()
+        .filter(|id| !desired.backends.contains_key(id))
+        .map(|&id| MapOp::DeleteBackend { id })
+        .collect();
+    plan.push(UnitKind::Independent, deletes);
+
+    plan
+}
+
+fn slots_of(state: &MapState, service_id: u32) -> impl Iterator<Item = SlotKey> + '_ {
+    let start = SlotKey { service_id, generation: 0, index: 0 };
+    state.slots.range(start..).map(|(k, _)| *k).take_while(move |k| k.service_id == service_id)
+}
+
+fn members_of(state: &MapState, service_id: u32) -> impl Iterator<Item = MemberKey> + '_ {
+    let start = MemberKey { service_id, backend_id: 0 };
+    state.members.range(start..).copied().take_while(move |k| k.service_id == service_id)
+}
+
+fn service_unit(applied: &MapState, id: u32, want: &DesiredService) -> Option<Unit> {
+    let backends = &want.backends[..want.backends.len().min(MAX_BACKENDS_PER_SERVICE)];
+    let current = applied.services.get(&id);
+    let unchanged_set = applied.active_backends(id).as_deref() == Some(backends);
+    let generation = match current {
+        Some(v) if unchanged_set => v.generation,
+        Some(v) => v.generation.wrapping_add(1),
+        None => 0,
+    };
+    let value = ServiceValue {
+        count: backends.len() as u16,
+        generation,
+        flags: want.flags,
+        affinity_timeout_secs: want.affinity_timeout_secs,
+        ..Default::default()
+    };
+
+    let wanted_members: BTreeSet<MemberKey> =
+        backends.iter().map(|&backend_id| MemberKey { service_id: id, backend_id }).collect();
+    let mut ops: Vec<MapOp> = members_of(applied, id)
+        .filter(|m| !wanted_members.contains(m))
+        .map(MapOp::DeleteMember)
+        .collect();
+    ops.extend(wanted_members.iter().filter(|m| !applied.members.contains(m)).map(|&m| MapOp::PutMember(m)));
+    for (index, &backend_id) in backends.iter().enumerate() {
+        let key = SlotKey { service_id: id, generation, index: index as u16 };
+        if applied.slots.get(&key) != Some(&backend_id) {
+            ops.push(MapOp::PutSlot { key, backend_id });
+        }
+    }
+    let commit = ops.len();
+    if current != Some(&value) {
+        ops.push(MapOp::PutService { id, value });
+    }
+    let stale = |k: &SlotKey| k.generation != generation || k.index >= value.count;
+    ops.extend(slots_of(applied, id).filter(stale).map(MapOp::DeleteSlot));
+
+    if ops.is_empty() {
+        return None;
+    }
+    Some(Unit { kind: UnitKind::Transaction { service_id: id, commit }, ops })
+}
+
+/// Why an operation did not happen.
+#[derive(Debug)]
+pub enum OpFailure {
+    /// The datapath refused it.
+    Failed { op: MapOp, error: DatapathError },
+    /// Its precondition did not hold (an earlier operation it needs failed).
+    Blocked { op: MapOp, reason: &'static str },
+}
+
+#[derive(Debug, Default)]
+pub struct ExecReport {
+    pub applied: usize,
+    pub failures: Vec<OpFailure>,
+    /// Services whose switch did not happen; they still serve their
+    /// previous version (or nothing, if they are new).
+    pub services_failed: BTreeSet<u32>,
+}
+
+impl ExecReport {
+    pub fn is_complete(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// Whether any failure was a map being full.
+    pub fn map_full(&self) -> bool {
+        self.failures
+            .iter()
+            .any(|f| matches!(f, OpFailure::Failed { error, .. } if error.is_map_full()))
+    }
+}
+
+/// Applies `plan` to `dp`, keeping `mirror` equal to what the maps hold.
+pub fn execute(plan: &Plan, dp: &mut dyn Datapath, mirror: &mut MapState) -> ExecReport {
+    let mut exec = Executor { dp, mirror, report: ExecReport::default(), refs: None };
+    for unit in &plan.units {
+        match unit.kind {
+            UnitKind::Independent => {
+                for op in &unit.ops {
+                    exec.apply_one(op);
+                }
+            }
+            UnitKind::Transaction { service_id, commit } => {
+                let mut written: Vec<SlotKey> = Vec::new();
+                for (i, op) in unit.ops.iter().enumerate() {
+                    let ok = exec.apply_one(op);
+                    if i <= commit && !ok {
+                        exec.report.services_failed.insert(service_id);
+                        exec.roll_back(&written);
+                        break;
+                    }
+                    if let (true, MapOp::PutSlot { key, .. }) = (i < commit, op) {
+                        written.push(*key);
+                    }
+                }
+            }
+        }
+    }
+    exec.report
+}
+
+/// Reference counts that make the delete preconditions O(1). Built on the
+/// first delete that needs them, then kept current.
+#[derive(Default)]
+struct Refs {
+    /// Slots per backend id.
+    slots_per_backend: HashMap<u32, usize>,
+    /// Frontends per service id.
+    frontends_per_service: HashMap<u32, usize>,
+}
+
+impl Refs {
+    fn build(state: &MapState) -> Self {
+        let mut refs = Self::default();
+        for b in state.slots.values() {
+            *refs.slots_per_backend.entry(*b).or_default() += 1;
+        }
+        for f in state.frontends.values() {
+            *refs.frontends_per_service.entry(f.service_id).or_default() += 1;
+        }
+        refs
+    }
+
+    fn count(map: &mut HashMap<u32, usize>, key: u32, delta: isize) {
+        let n = map.entry(key).or_default();
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            map.remove(&key);
+        }
+    }
+
+    /// Updates the counts for `op`, given the maps before it.
+    fn note(&mut self, op: &MapOp, before: &MapState) {
+        match op {
+            MapOp::PutSlot { key, backend_id } => {
+                if let Some(&old) = before.slots.get(key) {
+                    Self::count(&mut self.slots_per_backend, old, -1);
+                }
+                Self::count(&mut self.slots_per_backend, *backend_id, 1);
+            }
+            MapOp::DeleteSlot(key) => {
+                if let Some(&old) = before.slots.get(key) {
+                    Self::count(&mut self.slots_per_backend, old, -1);
+                }
+            }
+            MapOp::PutFrontend { key, value } => {
+                if let Some(old) = before.frontends.get(key) {
+                    Self::count(&mut self.frontends_per_service, old.service_id, -1);
+                }
+                Self::count(&mut self.frontends_per_service, value.service_id, 1);
+            }
+            MapOp::DeleteFrontend(key) => {
+                if let Some(old) = before.frontends.get(key) {
+                    Self::count(&mut self.frontends_per_service, old.service_id, -1);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+struct Executor<'a> {
+    dp: &'a mut dyn Datapath,
+    mirror: &'a mut MapState,
+    report: ExecReport,
+    refs: Option<Refs>,
+}
+
+impl Executor<'_> {
+    fn apply_one(&mut self, op: &MapOp) -> bool {
+        if let Some(reason) = self.blocked(op) {
+            self.report.failures.push(OpFailure::Blocked { op: op.clone(), reason });
+            return false;
+        }
+        match self.dp.apply(op) {
+            Ok(()) => {
+                if let Some(refs) = &mut self.refs {
+                    refs.note(op, self.mirror);
+                }
+                self.mirror.apply(op);
+                self.report.applied += 1;
+                true
+            }
+            Err(error) => {
+                self.report.failures.push(OpFailure::Failed { op: op.clone(), error });
+                false
+            }
+        }
+    }
+
+    /// Removes slots a failed transaction wrote for a generation it never
+    /// switched to, so they do not take room from other services.
+    fn roll_back(&mut self, written: &[SlotKey]) {
+        for key in written {
+            let live = self.mirror.services.get(&key.service_id);
+            if live.is_some_and(|s| s.generation == key.generation) {
+                continue; // the slot belongs to the set readers use
+            }
+            self.apply_one(&MapOp::DeleteSlot(*key));
+        }
+    }
+
+    fn refs(&mut self) -> &Refs {
+        self.refs.get_or_insert_with(|| Refs::build(self.mirror))
+    }
+
+    /// The precondition of an operation, checked against the maps as they are.
+    fn blocked(&mut self, op: &MapOp) -> Option<&'static str> {
+        let mirror = &*self.mirror;
+        match op {
+            MapOp::PutSlot { backend_id, .. } if !mirror.backends.contains_key(backend_id) => {
+                Some("the slot's backend is not in the map")
+            }
+            MapOp::PutService { id, value } => {
+                let complete = (0..value.count).all(|index| {
+                    let key = SlotKey { service_id: *id, generation: value.generation, index };
+                    mirror.slots.contains_key(&key)
+                });
+                (!complete).then_some("a slot of the new generation is missing")
+            }
+            MapOp::PutFrontend { value, .. }
+                if mirror.active_backends(value.service_id).is_none() =>
+            {
+                Some("the frontend's service is not complete in the map")
+            }
+            MapOp::DeleteService { id } => self
+                .refs()
+                .frontends_per_service
+                .contains_key(id)
+                .then_some("a frontend still points at the service"),
+            MapOp::DeleteBackend { id } => self
+                .refs()
+                .slots_per_backend
+                .contains_key(id)
+                .then_some("a slot still refers to the backend"),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

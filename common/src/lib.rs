@@ -1,0 +1,432 @@
+//! Map keys and values shared by socklb's eBPF programs and its agent.
+//!
+//! Every type here is `#[repr(C)]` with explicit padding so that the kernel
+//! and the agent agree on the bytes; the size asserts at the bottom fail the
+//! build if a field is added without thinking about the layout.
+//!
+//! # Byte order
+//! * Addresses are [`Addr`]: four `u32` words holding the address bytes in
+//!   network order, exactly as `bpf_sock_addr.user_ip6` holds them. IPv4
+//!   addresses are stored v4-mapped (`::ffff:a.b.c.d`), so `connect4` and a
+//!   v4-mapped `connect6` look up the same frontend.
+//! * Ports are `u16` holding the port in network order (`port.to_be()`).
+//!
+//! # Maps
+//! ```text
+//! FRONTENDS   hash      FrontendKey{addr,port,proto,scope} -> FrontendValue{service_id,flags}
+//! SERVICES    hash      service_id u32                     -> ServiceValue{count,generation,flags,affinity}
+//! SLOTS       hash      SlotKey{service_id,generation,idx}  -> SlotValue{backend_id}
+//! BACKENDS    hash      backend_id u32                     -> BackendValue{addr,port,proto,flags}
+//! MEMBERS     hash      MemberKey{service_id,backend_id}   -> MemberValue (backend is in the active set)
+//! AFFINITY    lru hash  AffinityKey{netns_cookie,service}  -> AffinityValue{backend_id,last_used}
+//! COUNTERS    percpu array, index service_id               -> ServiceCounters{translations,refused}
+//! CONFIG      array[1]                                     -> Config{flags}
+//! SOCK_STATE  sk_storage, per socket                       -> SockState{rev-NAT entries}
+//! ```
+//! A "service" in the datapath is one backend set: a Kubernetes service port,
+//! for one address family and one endpoint policy. Several frontends (the
+//! ClusterIP, a NodePort on each node address, external IPs) can point at
+//! the same service id, so one write switches all of them.
+//!
+//! # Transactional update order (the agent's `plan` module follows it)
+//! The datapath must never mix the old and new backend sets of a service,
+//! nor follow a slot to a deleted backend. Slots are keyed by generation, so
+//! the new set is written next to the old one and a single write of the
+//! `SERVICES` entry switches readers from generation `g` to `g + 1`:
+//! 1. upsert new backends;
+//! 2. insert `MEMBERS` for backends joining the service, delete them for
+//!    backends leaving it (before the switch, so a stale affinity or UDP
+//!    socket entry can never resurrect a leaving backend afterwards);
+//! 3. write slots `(id, g+1, 0..n)`;
+//! 4. write `SERVICES[id] = {count: n, generation: g+1}`  <- the switch;
+//! 5. delete slots `(id, g, *)`;
+//! 6. upsert or delete frontends (a frontend only ever points at a service
+//!    whose entry and slots are complete);
+//! 7. delete services no frontend points at, then their slots and members;
+//! 8. delete backends no slot refers to.
+//!
+//! A program that read generation `g` just before the switch may find its
+//! slot (or, later, its backend) gone; it then re-reads the service entry and
+//! retries, which lands on `g + 1`. The retry is bounded ([`SELECT_RETRIES`]).
+#![cfg_attr(not(any(test, feature = "user")), no_std)]
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Names of the maps in the object file; also the file names of their pins.
+pub mod map_names {
+    pub const FRONTENDS: &str = "SOCKLB_FRONTENDS";
+    pub const SERVICES: &str = "SOCKLB_SERVICES";
+    pub const SLOTS: &str = "SOCKLB_SLOTS";
+    pub const BACKENDS: &str = "SOCKLB_BACKENDS";
+    pub const MEMBERS: &str = "SOCKLB_MEMBERS";
+    pub const AFFINITY: &str = "SOCKLB_AFFINITY";
+    pub const COUNTERS: &str = "SOCKLB_COUNTERS";
+    pub const CONFIG: &str = "SOCKLB_CONFIG";
+    pub const SOCK_STATE: &str = "SOCKLB_SOCK_STATE";
+
+    /// Every map, in the order `socklb list` and `status` show them.
+    pub const ALL: [&str; 9] = [
+        FRONTENDS, SERVICES, SLOTS, BACKENDS, MEMBERS, AFFINITY, COUNTERS, CONFIG, SOCK_STATE,
+    ];
+}
+
+/// Default map capacities, sized for 100k services with 10 endpoints each.
+/// The agent can override them at load time.
+pub mod capacity {
+    /// Service ids (backend sets). Also the size of the per-CPU counters.
+    pub const SERVICES: u32 = 131_072;
+    /// Frontends: ClusterIPs, NodePorts per node address, external IPs.
+    pub const FRONTENDS: u32 = 262_144;
+    /// Distinct backend addresses.
+    pub const BACKENDS: u32 = 1_048_576;
+    /// Slots over all services, with room for one generation in flight.
+    pub const SLOTS: u32 = 2_097_152;
+    /// Service memberships (as many as slots).
+    pub const MEMBERS: u32 = 2_097_152;
+    /// Session-affinity entries (LRU: clients that went quiet are evicted).
+    pub const AFFINITY: u32 = 65_536;
+}
+
+/// The largest backend set one service can have (slot indices are `u16`).
+pub const MAX_BACKENDS_PER_SERVICE: usize = u16::MAX as usize;
+
+/// How often a program re-reads a service that changed under it.
+pub const SELECT_RETRIES: usize = 3;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// The scope of a frontend entry.
+///
+/// Sockets on this node are translated through the internal scope. kube-proxy
+/// routes traffic that originates on the node to a service's external
+/// addresses with the cluster-wide endpoints ("short-circuit"), so for
+/// NodePorts, external IPs and load-balancer IPs the internal entry carries the
+/// cluster set and the external entry carries what `externalTrafficPolicy`
+/// allows for traffic that arrives from outside.
+pub const SCOPE_EXTERNAL: u8 = 0;
+pub const SCOPE_INTERNAL: u8 = 1;
+
+/// An address as four network-order words; IPv4 is stored v4-mapped.
+pub type Addr = [u32; 4];
+
+/// The v4-mapped form of an IPv4 address given in network order.
+#[inline(always)]
+pub const fn v4_mapped(ip4_be: u32) -> Addr {
+    [0, 0, 0xffff_u32.to_be(), ip4_be]
+}
+
+/// Whether `addr` is a v4-mapped address.
+#[inline(always)]
+pub const fn is_v4_mapped(addr: &Addr) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == 0xffff_u32.to_be()
+}
+
+/// Converts an IP address to the map form.
+pub fn addr_from_ip(ip: IpAddr) -> Addr {
+    let bytes = match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    let word = |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    [word(0), word(4), word(8), word(12)]
+}
+
+/// Converts the map form back; v4-mapped addresses become IPv4.
+pub fn ip_from_addr(addr: &Addr) -> IpAddr {
+    let mut bytes = [0u8; 16];
+    for (i, w) in addr.iter().enumerate() {
+        bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    let v6 = Ipv6Addr::from(bytes);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// An IPv4 address in the network-order `u32` form of `bpf_sock_addr.user_ip4`.
+pub fn ip4_be(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+/// Frontend flags: what kind of address this is.
+pub mod frontend_flags {
+    pub const CLUSTER_IP: u16 = 1 << 0;
+    pub const NODE_PORT: u16 = 1 << 1;
+    pub const EXTERNAL_IP: u16 = 1 << 2;
+    pub const LOAD_BALANCER: u16 = 1 << 3;
+}
+
+/// Service flags.
+pub mod service_flags {
+    /// `sessionAffinity: ClientIP`; see `ServiceValue::affinity_timeout_secs`.
+    pub const AFFINITY: u16 = 1 << 0;
+    /// The set holds only this node's endpoints (a `Local` traffic policy).
+    pub const LOCAL_ONLY: u16 = 1 << 1;
+    /// No endpoint was ready; the set holds serving, terminating ones.
+    pub const TERMINATING_FALLBACK: u16 = 1 << 2;
+}
+
+/// Backend flags (informational: selection treats all slots alike).
+pub mod backend_flags {
+    /// The endpoint runs on this node.
+    pub const LOCAL: u8 = 1 << 0;
+}
+
+/// Datapath-wide settings.
+pub mod config_flags {
+    /// Translate only sockets in the host network namespace.
+    pub const HOSTNS_ONLY: u32 = 1 << 0;
+}
+
+/// Key of `FRONTENDS`: a destination a socket may connect or send to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontendKey {
+    pub addr: Addr,
+    /// Network order.
+    pub port: u16,
+    pub proto: u8,
+    pub scope: u8,
+}
+
+/// Value of `FRONTENDS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FrontendValue {
+    pub service_id: u32,
+    pub flags: u16,
+    pub _pad: u16,
+}
+
+/// Value of `SERVICES` (the key is the service id, a `u32`).
+///
+/// `count == 0` means "no usable endpoint": connects are refused with
+/// `ECONNREFUSED`, as kube-proxy's REJECT rule does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceValue {
+    pub count: u16,
+    pub generation: u16,
+    pub flags: u16,
+    pub _pad: u16,
+    pub affinity_timeout_secs: u32,
+    pub _pad2: u32,
+}
+
+/// Key of `SLOTS`: the `index`-th backend of a service's set `generation`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    pub service_id: u32,
+    pub generation: u16,
+    pub index: u16,
+}
+
+/// Value of `SLOTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SlotValue {
+    pub backend_id: u32,
+}
+
+/// Value of `BACKENDS` (the key is the backend id, a `u32`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendValue {
+    pub addr: Addr,
+    /// Network order.
+    pub port: u16,
+    pub proto: u8,
+    pub flags: u8,
+}
+
+/// Key of `MEMBERS`: backend `backend_id` is in service `service_id`'s
+/// active set. Affinity and per-socket UDP stickiness check it so that a
+/// backend that left is never chosen again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberKey {
+    pub service_id: u32,
+    pub backend_id: u32,
+}
+
+/// Value of `MEMBERS` (presence is what matters).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MemberValue {
+    pub present: u32,
+}
+
+/// Key of `AFFINITY`: one client network namespace and one service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub netns_cookie: u64,
+    pub service_id: u32,
+    pub _pad: u32,
+}
+
+/// Value of `AFFINITY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    /// `bpf_ktime_get_coarse_ns` / `bpf_ktime_get_ns` of the last use.
+    pub last_used_ns: u64,
+    pub backend_id: u32,
+    pub _pad: u32,
+}
+
+/// Value of `COUNTERS`, per CPU; the agent sums the CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceCounters {
+    /// Connects and datagrams translated to a backend.
+    pub translations: u64,
+    /// Connects and datagrams refused because the service had no backend.
+    pub refused: u64,
+}
+
+/// Value of `CONFIG[0]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Config {
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// One reverse translation remembered by a socket: replies from (or the peer)
+/// `backend:backend_port` are shown to the application as `vip:vip_port`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RevNat {
+    pub vip: Addr,
+    pub backend: Addr,
+    /// Network order.
+    pub vip_port: u16,
+    /// Network order.
+    pub backend_port: u16,
+    pub service_id: u32,
+    pub backend_id: u32,
+    pub proto: u8,
+    /// Non-zero when the entry is in use.
+    pub valid: u8,
+    pub _pad: u16,
+}
+
+/// How many reverse translations an unconnected UDP socket keeps (it may send
+/// to several services). A connected socket uses entry 0 only.
+pub const SOCK_REV_ENTRIES: usize = 4;
+
+/// Value of `SOCK_STATE`: socket-local storage, freed with the socket, so it
+/// cannot be evicted by other sockets' pressure (unlike an LRU map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockState {
+    pub entries: [RevNat; SOCK_REV_ENTRIES],
+    /// Round-robin index of the entry an unconnected send replaces next.
+    pub next: u32,
+    pub _pad: u32,
+}
+
+// Layouts: a change here changes the pinned maps, which the agent checks
+// against these sizes before it adopts them.
+const _: () = {
+    use core::mem::{align_of, size_of};
+    assert!(size_of::<FrontendKey>() == 20 && align_of::<FrontendKey>() == 4);
+    assert!(size_of::<FrontendValue>() == 8);
+    assert!(size_of::<ServiceValue>() == 16);
+    assert!(size_of::<SlotKey>() == 8);
+    assert!(size_of::<SlotValue>() == 4);
+    assert!(size_of::<BackendValue>() == 20);
+    assert!(size_of::<MemberKey>() == 8);
+    assert!(size_of::<MemberValue>() == 4);
+    assert!(size_of::<AffinityKey>() == 16 && align_of::<AffinityKey>() == 8);
+    assert!(size_of::<AffinityValue>() == 16);
+    assert!(size_of::<ServiceCounters>() == 16);
+    assert!(size_of::<Config>() == 8);
+    assert!(size_of::<RevNat>() == 48);
+    assert!(size_of::<SockState>() == 48 * SOCK_REV_ENTRIES + 8);
+};
+
+#[cfg(feature = "user")]
+pub mod sys;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: every type is #[repr(C)], made only of integers and arrays of
+    // integers, with all padding spelled out as fields; any bit pattern is valid.
+    unsafe impl aya::Pod for FrontendKey {}
+    unsafe impl aya::Pod for FrontendValue {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for SlotValue {}
+    unsafe impl aya::Pod for BackendValue {}
+    unsafe impl aya::Pod for MemberKey {}
+    unsafe impl aya::Pod for MemberValue {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for ServiceCounters {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for RevNat {}
+    unsafe impl aya::Pod for SockState {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::offset_of;
+
+    #[test]
+    fn ipv4_is_stored_v4_mapped_in_network_order() {
+        let addr = addr_from_ip(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1)));
+        assert!(is_v4_mapped(&addr));
+        assert_eq!(addr, v4_mapped(ip4_be(Ipv4Addr::new(10, 96, 0, 1))));
+        // The last word's memory holds the bytes in wire order.
+        assert_eq!(addr[3].to_ne_bytes(), [10, 96, 0, 1]);
+        assert_eq!(addr[2].to_ne_bytes(), [0, 0, 0xff, 0xff]);
+        assert_eq!(ip_from_addr(&addr), IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1)));
+    }
+
+    #[test]
+    fn ipv6_round_trips_and_is_not_mapped() {
+        let ip: Ipv6Addr = "fd00:96::a".parse().expect("literal");
+        let addr = addr_from_ip(IpAddr::V6(ip));
+        assert!(!is_v4_mapped(&addr));
+        assert_eq!(addr[0].to_ne_bytes(), [0xfd, 0x00, 0x00, 0x96]);
+        assert_eq!(addr[3].to_ne_bytes(), [0, 0, 0, 0x0a]);
+        assert_eq!(ip_from_addr(&addr), IpAddr::V6(ip));
+    }
+
+    #[test]
+    fn ports_are_network_order() {
+        let key = FrontendKey { port: 8080u16.to_be(), ..Default::default() };
+        assert_eq!(key.port.to_ne_bytes(), [0x1f, 0x90]);
+    }
+
+    #[test]
+    fn field_offsets_match_the_documented_layout() {
+        assert_eq!(offset_of!(FrontendKey, port), 16);
+        assert_eq!(offset_of!(FrontendKey, proto), 18);
+        assert_eq!(offset_of!(FrontendKey, scope), 19);
+        assert_eq!(offset_of!(ServiceValue, generation), 2);
+        assert_eq!(offset_of!(ServiceValue, affinity_timeout_secs), 8);
+        assert_eq!(offset_of!(SlotKey, generation), 4);
+        assert_eq!(offset_of!(SlotKey, index), 6);
+        assert_eq!(offset_of!(BackendValue, port), 16);
+        assert_eq!(offset_of!(AffinityKey, service_id), 8);
+        assert_eq!(offset_of!(RevNat, vip_port), 32);
+        assert_eq!(offset_of!(RevNat, service_id), 36);
+        assert_eq!(offset_of!(RevNat, valid), 45);
+        assert_eq!(offset_of!(SockState, next), 192);
+    }
+
+    #[test]
+    fn alignment_fits_bpf_hash_values() {
+        // The kernel aligns hash values to 8 bytes; none may need more.
+        assert!(core::mem::align_of::<SockState>() <= 8);
+        assert!(core::mem::align_of::<AffinityValue>() <= 8);
+    }
+}

@@ -1,0 +1,31 @@
+//! socklb's cgroup socket programs.
+//!
+//! The map layouts and the agent's update order are documented in
+//! `socklb-common`; this crate only reads them (and the per-socket state).
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod programs;
+#[cfg(target_arch = "bpf")]
+mod select;
+#[cfg(target_arch = "bpf")]
+mod sock_state;
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program with a reachable panic path.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+/// bpf_sk_storage_get, bpf_set_retval and the netns cookie need a
+/// GPL-compatible licence.
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

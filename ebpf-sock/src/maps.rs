@@ -1,0 +1,54 @@
+//! The maps. Their layout and update order are documented in `socklb-common`.
+//! Sizes here are defaults; the agent overrides them at load time.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, SkStorage},
+    macros::btf_map,
+};
+use socklb_common::{
+    AffinityKey, AffinityValue, BackendValue, Config, FrontendKey, FrontendValue, MemberKey,
+    MemberValue, ServiceCounters, ServiceValue, SlotKey, SlotValue, SockState, capacity,
+};
+
+// Hash maps are not preallocated: a node with 50 services should not pay
+// for 100k. Lookups cost the same; only updates allocate.
+const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+
+#[btf_map(name = "SOCKLB_FRONTENDS")]
+pub static FRONTENDS: HashMap<
+    FrontendKey,
+    FrontendValue,
+    { capacity::FRONTENDS as usize },
+    NO_PREALLOC,
+> = HashMap::new();
+
+#[btf_map(name = "SOCKLB_SERVICES")]
+pub static SERVICES: HashMap<u32, ServiceValue, { capacity::SERVICES as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map(name = "SOCKLB_SLOTS")]
+pub static SLOTS: HashMap<SlotKey, SlotValue, { capacity::SLOTS as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map(name = "SOCKLB_BACKENDS")]
+pub static BACKENDS: HashMap<u32, BackendValue, { capacity::BACKENDS as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map(name = "SOCKLB_MEMBERS")]
+pub static MEMBERS: HashMap<MemberKey, MemberValue, { capacity::MEMBERS as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map(name = "SOCKLB_AFFINITY")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { capacity::AFFINITY as usize }> =
+    LruHashMap::new();
+
+#[btf_map(name = "SOCKLB_COUNTERS")]
+pub static COUNTERS: PerCpuArray<ServiceCounters, { capacity::SERVICES as usize }> =
+    PerCpuArray::new();
+
+#[btf_map(name = "SOCKLB_CONFIG")]
+pub static CONFIG: Array<Config, 1> = Array::new();
+
+#[btf_map(name = "SOCKLB_SOCK_STATE")]
+pub static SOCK_STATE: SkStorage<SockState> = SkStorage::new();

@@ -1,0 +1,286 @@
+//! The cgroup sock_addr hooks.
+//!
+//! * `connect4/6`: translate a VIP destination to a backend and remember the
+//!   pair in the socket's storage (TCP, and connected UDP).
+//! * `sendmsg4/6`: the same per unconnected UDP datagram; a socket keeps its
+//!   backend while that backend stays in the service.
+//! * `getpeername4/6`, `recvmsg4/6`: show the VIP instead of the backend,
+//!   but only while the peer is still the backend that was recorded.
+//!
+//! A destination that is not a frontend costs one hash lookup. Sockets that
+//! were translated before also get their stale entries cleared, so that a
+//! later getpeername can never return an old VIP.
+
+use aya_ebpf::{
+    helpers::generated::{bpf_get_netns_cookie, bpf_set_retval},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use socklb_common::{
+    Addr, FrontendKey, PROTO_TCP, PROTO_UDP, RevNat, SCOPE_INTERNAL, config_flags, is_v4_mapped,
+    v4_mapped,
+};
+
+use crate::{
+    maps::{CONFIG, FRONTENDS},
+    select::{Selection, count, select, still_member},
+    sock_state,
+};
+
+/// Return value that lets the syscall go on.
+const ALLOW: i32 = 1;
+/// kube-proxy rejects connects to a service without endpoints; callers of
+/// connect() and sendmsg() know how to handle this error.
+const ECONNREFUSED: i32 = 111;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn sl_connect4(ctx: SockAddrContext) -> i32 {
+    on_connect(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sl_connect6(ctx: SockAddrContext) -> i32 {
+    on_connect(&ctx, Family::V6)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sl_sendmsg4(ctx: SockAddrContext) -> i32 {
+    on_sendmsg(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sl_sendmsg6(ctx: SockAddrContext) -> i32 {
+    on_sendmsg(&ctx, Family::V6)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn sl_getpeer4(ctx: SockAddrContext) -> i32 {
+    restore_vip(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn sl_getpeer6(ctx: SockAddrContext) -> i32 {
+    restore_vip(&ctx, Family::V6)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sl_recvmsg4(ctx: SockAddrContext) -> i32 {
+    restore_vip(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sl_recvmsg6(ctx: SockAddrContext) -> i32 {
+    restore_vip(&ctx, Family::V6)
+}
+
+#[inline(always)]
+fn on_connect(ctx: &SockAddrContext, family: Family) -> i32 {
+    let Some(key) = frontend_key(ctx, family) else {
+        return ALLOW;
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(frontend) = (unsafe { FRONTENDS.get(key) }).copied() else {
+        if let Some(state) = sock_state::get(ctx, false) {
+            sock_state::forget(state);
+        }
+        return ALLOW;
+    };
+    if !translates_here(ctx) {
+        return ALLOW;
+    }
+    let service_id = frontend.service_id;
+    match select(service_id, netns_cookie(ctx)) {
+        Selection::Backend { id, backend } => {
+            if !set_destination(ctx, family, &backend.addr, backend.port) {
+                return ALLOW;
+            }
+            let rev = rev_nat(&key, service_id, id, &backend.addr, backend.port);
+            if let Some(state) = sock_state::get(ctx, true) {
+                sock_state::record_connected(state, &rev);
+            }
+            count(service_id, false);
+            ALLOW
+        }
+        Selection::NoBackends => {
+            count(service_id, true);
+            refuse()
+        }
+        Selection::Gone => ALLOW,
+    }
+}
+
+#[inline(always)]
+fn on_sendmsg(ctx: &SockAddrContext, family: Family) -> i32 {
+    let Some(key) = frontend_key(ctx, family) else {
+        return ALLOW;
+    };
+    let Some(frontend) = (unsafe { FRONTENDS.get(key) }).copied() else {
+        return ALLOW;
+    };
+    if !translates_here(ctx) {
+        return ALLOW;
+    }
+    let service_id = frontend.service_id;
+    let state = sock_state::get(ctx, true);
+    // Keep the socket's backend while it stays in the service.
+    if let Some(state) = state
+        && let Some(i) = sock_state::find_by_vip(state, &key.addr, key.port, key.proto)
+        && i < socklb_common::SOCK_REV_ENTRIES
+    {
+        // SAFETY: `state` is this socket's storage; `i` is in bounds.
+        let e = unsafe { (*state).entries[i] };
+        if e.service_id == service_id
+            && let Some(b) = still_member(service_id, e.backend_id)
+            && b.addr == e.backend
+            && b.port == e.backend_port
+            && set_destination(ctx, family, &b.addr, b.port)
+        {
+            count(service_id, false);
+            return ALLOW;
+        }
+    }
+    match select(service_id, netns_cookie(ctx)) {
+        Selection::Backend { id, backend } => {
+            if !set_destination(ctx, family, &backend.addr, backend.port) {
+                return ALLOW;
+            }
+            if let Some(state) = state {
+                let rev = rev_nat(&key, service_id, id, &backend.addr, backend.port);
+                sock_state::record_sent(state, &rev);
+            }
+            count(service_id, false);
+            ALLOW
+        }
+        Selection::NoBackends => {
+            count(service_id, true);
+            refuse()
+        }
+        Selection::Gone => ALLOW,
+    }
+}
+
+/// getpeername and recvmsg: the address in the context is the peer (or the
+/// datagram's source). Show the VIP if it is the backend this socket was
+/// translated to.
+#[inline(always)]
+fn restore_vip(ctx: &SockAddrContext, family: Family) -> i32 {
+    let Some(state) = sock_state::get(ctx, false) else {
+        return ALLOW;
+    };
+    // SAFETY: reading the address fields of the context.
+    let (peer, port) = unsafe { (destination(ctx, family), (*ctx.sock_addr).user_port as u16) };
+    if let Some(rev) = sock_state::find_by_backend(state, &peer, port) {
+        set_destination(ctx, family, &rev.vip, rev.vip_port);
+    }
+    ALLOW
+}
+
+#[inline(always)]
+fn frontend_key(ctx: &SockAddrContext, family: Family) -> Option<FrontendKey> {
+    // SAFETY: reading fields of the context.
+    let (proto, port) = unsafe { ((*ctx.sock_addr).protocol, (*ctx.sock_addr).user_port) };
+    let proto = proto as u8;
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
+    }
+    Some(FrontendKey {
+        addr: unsafe { destination(ctx, family) },
+        port: port as u16,
+        proto,
+        scope: SCOPE_INTERNAL,
+    })
+}
+
+/// # Safety
+/// Reads the context's user address fields.
+#[inline(always)]
+unsafe fn destination(ctx: &SockAddrContext, family: Family) -> Addr {
+    let sa = ctx.sock_addr;
+    unsafe {
+        match family {
+            Family::V4 => v4_mapped((*sa).user_ip4),
+            Family::V6 => [
+                (*sa).user_ip6[0],
+                (*sa).user_ip6[1],
+                (*sa).user_ip6[2],
+                (*sa).user_ip6[3],
+            ],
+        }
+    }
+}
+
+/// Rewrites the context's address. An IPv4 socket can only be pointed at an
+/// IPv4 (v4-mapped) address; the agent never pairs families otherwise.
+#[inline(always)]
+fn set_destination(ctx: &SockAddrContext, family: Family, addr: &Addr, port: u16) -> bool {
+    let sa = ctx.sock_addr;
+    // SAFETY: these context fields are writable in all the hooks above.
+    unsafe {
+        match family {
+            Family::V4 => {
+                if !is_v4_mapped(addr) {
+                    return false;
+                }
+                (*sa).user_ip4 = addr[3];
+            }
+            Family::V6 => {
+                (*sa).user_ip6[0] = addr[0];
+                (*sa).user_ip6[1] = addr[1];
+                (*sa).user_ip6[2] = addr[2];
+                (*sa).user_ip6[3] = addr[3];
+            }
+        }
+        (*sa).user_port = u32::from(port);
+    }
+    true
+}
+
+#[inline(always)]
+fn rev_nat(key: &FrontendKey, service_id: u32, backend_id: u32, addr: &Addr, port: u16) -> RevNat {
+    RevNat {
+        vip: key.addr,
+        backend: *addr,
+        vip_port: key.port,
+        backend_port: port,
+        service_id,
+        backend_id,
+        proto: key.proto,
+        valid: 1,
+        _pad: 0,
+    }
+}
+
+#[inline(always)]
+fn netns_cookie(ctx: &SockAddrContext) -> u64 {
+    // SAFETY: helper call with this program's context.
+    unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) }
+}
+
+/// In host-namespace-only mode, sockets in other network namespaces (pods)
+/// keep their VIP destination.
+#[inline(always)]
+fn translates_here(ctx: &SockAddrContext) -> bool {
+    let hostns_only = CONFIG
+        .get(0)
+        .is_some_and(|c| c.flags & config_flags::HOSTNS_ONLY != 0);
+    if !hostns_only {
+        return true;
+    }
+    // SAFETY: a null context asks for the initial network namespace's cookie.
+    let host = unsafe { bpf_get_netns_cookie(core::ptr::null_mut()) };
+    netns_cookie(ctx) == host
+}
+
+#[inline(always)]
+fn refuse() -> i32 {
+    // SAFETY: plain helper call. Returning 0 with the retval set makes the
+    // syscall fail with ECONNREFUSED instead of the default EPERM.
+    unsafe { bpf_set_retval(-ECONNREFUSED) };
+    0
+}

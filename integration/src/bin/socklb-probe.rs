@@ -1,0 +1,300 @@
+//! Test helper run by the kernel tests: backend servers, and clients that
+//! join a test cgroup and network namespace before they open sockets.
+//!
+//! The cgroup is joined *before* the namespace: entering a namespace does
+//! not move /sys, but tools that remount it (ip netns exec) would.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::PathBuf,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use socklb_integration::probe::{Attempt, now_ns};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Proto {
+    Tcp,
+    Udp,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve on each address; every connection or datagram is answered with
+    /// the address it arrived on, so a client learns which backend it hit.
+    Serve {
+        #[arg(long)]
+        netns: String,
+        #[arg(long = "tcp")]
+        tcp: Vec<SocketAddr>,
+        #[arg(long = "udp")]
+        udp: Vec<SocketAddr>,
+        /// TCP listeners that answer and then keep the connection open.
+        #[arg(long = "tcp-hold")]
+        tcp_hold: Vec<SocketAddr>,
+    },
+    /// Connect (or send) repeatedly and print one JSON line per attempt.
+    Connect {
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        #[arg(long)]
+        netns: String,
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, value_enum, default_value = "tcp")]
+        proto: Proto,
+        /// Stop after this many attempts.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Keep going until this much time has passed (overrides --count).
+        #[arg(long)]
+        duration_ms: Option<u64>,
+        /// For UDP: send every datagram from one unconnected socket.
+        #[arg(long)]
+        one_socket: bool,
+    },
+    /// Hold a TCP connection open and report when it is reset or closed.
+    Hold {
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        #[arg(long)]
+        netns: String,
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 10_000)]
+        max_ms: u64,
+    },
+    /// Install the datapath in a separate process and exit.
+    Install {
+        #[arg(long)]
+        cgroup: PathBuf,
+        #[arg(long)]
+        bpffs: PathBuf,
+    },
+}
+
+fn join(cgroup: Option<&PathBuf>, netns: &str) -> Result<()> {
+    if let Some(cg) = cgroup {
+        fs::write(cg.join("cgroup.procs"), std::process::id().to_string())
+            .with_context(|| format!("joining cgroup {}", cg.display()))?;
+    }
+    let ns = fs::File::open(format!("/run/netns/{netns}")).context("opening netns")?;
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Serve { netns, tcp, udp, tcp_hold } => serve(&netns, &tcp, &udp, &tcp_hold),
+        Cmd::Connect { cgroup, netns, to, proto, count, duration_ms, one_socket } => {
+            join(cgroup.as_ref(), &netns)?;
+            let deadline = duration_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+            let out = std::io::stdout();
+            let mut out = out.lock();
+            let udp_socket = if proto == Proto::Udp && one_socket {
+                Some(UdpSocket::bind(unspecified(&to))?)
+            } else {
+                None
+            };
+            let mut n = 0u64;
+            loop {
+                let done = match deadline {
+                    Some(d) => Instant::now() >= d,
+                    None => n >= count,
+                };
+                if done {
+                    break;
+                }
+                let attempt = match (proto, &udp_socket) {
+                    (Proto::Tcp, _) => tcp_attempt(to),
+                    (Proto::Udp, Some(sock)) => udp_send_attempt(sock, to),
+                    (Proto::Udp, None) => udp_connected_attempt(to),
+                };
+                serde_json::to_writer(&mut out, &attempt)?;
+                out.write_all(b"\n")?;
+                n += 1;
+            }
+            Ok(())
+        }
+        Cmd::Hold { cgroup, netns, to, max_ms } => {
+            join(cgroup.as_ref(), &netns)?;
+            hold(to, max_ms)
+        }
+        Cmd::Install { cgroup, bpffs } => {
+            let opts = socklb::loader::InstallOptions {
+                cgroup,
+                bpffs,
+                capacities: socklb::loader::Capacities::default(),
+            };
+            let report = socklb::loader::install(&opts)?;
+            println!("{report:?}");
+            Ok(())
+        }
+    }
+}
+
+fn unspecified(to: &SocketAddr) -> SocketAddr {
+    match to {
+        SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
+        SocketAddr::V6(_) => "[::]:0".parse().expect("literal"),
+    }
+}
+
+fn serve(netns: &str, tcp: &[SocketAddr], udp: &[SocketAddr], tcp_hold: &[SocketAddr]) -> Result<()> {
+    join(None, netns)?;
+    let mut threads = Vec::new();
+    for &addr in tcp_hold {
+        let listener = TcpListener::bind(addr).with_context(|| format!("bind tcp {addr}"))?;
+        threads.push(thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                thread::spawn(move || {
+                    let _ = conn.write_all(format!("{addr}\n").as_bytes());
+                    let mut sink = Vec::new();
+                    let _ = conn.read_to_end(&mut sink);
+                });
+            }
+        }));
+    }
+    for &addr in tcp {
+        let listener = TcpListener::bind(addr).with_context(|| format!("bind tcp {addr}"))?;
+        threads.push(thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                // Answer at once and close: the server side keeps TIME_WAIT.
+                let _ = conn.write_all(format!("{addr}\n").as_bytes());
+            }
+        }));
+    }
+    for &addr in udp {
+        let sock = UdpSocket::bind(addr).with_context(|| format!("bind udp {addr}"))?;
+        threads.push(thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            loop {
+                let Ok((_, from)) = sock.recv_from(&mut buf) else { continue };
+                let _ = sock.send_to(format!("{addr}\n").as_bytes(), from);
+            }
+        }));
+    }
+    println!("ready");
+    std::io::stdout().flush()?;
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+fn tcp_attempt(to: SocketAddr) -> Attempt {
+    let t_start_ns = now_ns();
+    let mut a = Attempt { t_start_ns, ..Default::default() };
+    match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
+        Ok(mut s) => {
+            a.peer = s.peer_addr().ok().map(|p| p.to_string());
+            a.local = s.local_addr().ok().map(|p| p.to_string());
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut reply = String::new();
+            match s.read_to_string(&mut reply) {
+                Ok(_) if !reply.is_empty() => {
+                    a.ok = true;
+                    a.backend = Some(reply.trim().to_string());
+                }
+                Ok(_) => a.error = Some("empty reply".into()),
+                Err(e) => {
+                    a.errno = e.raw_os_error();
+                    a.error = Some(e.to_string());
+                }
+            }
+        }
+        Err(e) => {
+            a.errno = e.raw_os_error();
+            a.error = Some(e.to_string());
+        }
+    }
+    a.t_end_ns = now_ns();
+    a
+}
+
+fn udp_connected_attempt(to: SocketAddr) -> Attempt {
+    let t_start_ns = now_ns();
+    let mut a = Attempt { t_start_ns, ..Default::default() };
+    let result = (|| -> std::io::Result<()> {
+        let sock = UdpSocket::bind(unspecified(&to))?;
+        sock.connect(to)?;
+        a.peer = sock.peer_addr().ok().map(|p| p.to_string());
+        a.local = sock.local_addr().ok().map(|p| p.to_string());
+        sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+        sock.send(b"?")?;
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf)?;
+        a.backend = Some(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+        a.ok = true;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        a.errno = e.raw_os_error();
+        a.error = Some(e.to_string());
+    }
+    a.t_end_ns = now_ns();
+    a
+}
+
+fn udp_send_attempt(sock: &UdpSocket, to: SocketAddr) -> Attempt {
+    let t_start_ns = now_ns();
+    let mut a = Attempt { t_start_ns, ..Default::default() };
+    let result = (|| -> std::io::Result<()> {
+        a.local = sock.local_addr().ok().map(|p| p.to_string());
+        sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+        sock.send_to(b"?", to)?;
+        let mut buf = [0u8; 512];
+        let (n, from) = sock.recv_from(&mut buf)?;
+        a.peer = Some(from.to_string());
+        a.backend = Some(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+        a.ok = true;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        a.errno = e.raw_os_error();
+        a.error = Some(e.to_string());
+    }
+    a.t_end_ns = now_ns();
+    a
+}
+
+/// Connects, then waits for the server to go away or the socket to be
+/// reset; prints one Attempt whose t_end_ns is when that happened.
+fn hold(to: SocketAddr, max_ms: u64) -> Result<()> {
+    let mut a = Attempt { t_start_ns: now_ns(), ..Default::default() };
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+    a.peer = s.peer_addr().ok().map(|p| p.to_string());
+    s.set_read_timeout(Some(Duration::from_millis(max_ms)))?;
+    let mut first = [0u8; 128];
+    let n = s.read(&mut first)?;
+    a.backend = Some(String::from_utf8_lossy(&first[..n]).trim().to_string());
+    println!("{}", serde_json::to_string(&a)?);
+    std::io::stdout().flush()?;
+    let mut rest = Vec::new();
+    match s.read_to_end(&mut rest) {
+        Ok(_) => a.error = Some("closed".into()),
+        Err(e) => {
+            a.errno = e.raw_os_error();
+            a.error = Some(e.to_string());
+        }
+    }
+    a.t_end_ns = now_ns();
+    println!("{}", serde_json::to_string(&a)?);
+    if a.errno.is_none() && a.error.is_none() {
+        bail!("hold ended without an event");
+    }
+    Ok(())
+}

@@ -1,0 +1,40 @@
+//! Kernel test harness: every test gets its own network namespace, child
+//! cgroup and bpffs instance, and removes them when it ends, also when it
+//! fails (the guards clean up in `Drop`).
+//!
+//! Safety rules this harness keeps:
+//! * programs attach only to the test's child cgroup, never the root;
+//! * clients and servers run inside the test's network namespace, where
+//!   virtual IPs have no route: an untranslated connect fails with
+//!   ENETUNREACH and no packet leaves the machine;
+//! * only processes this harness started are killed, by their PID.
+
+pub mod probe;
+pub mod program;
+pub mod sandbox;
+
+pub use program::{Programmer, Svc};
+pub use sandbox::Sandbox;
+
+/// Whether kernel tests can run. Without root they are skipped with a
+/// message, except in CI (`CI=true`), where a skipped kernel test is a failure.
+pub fn have_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("kernel tests need root, and CI=true forbids skipping them");
+    }
+    eprintln!("SKIPPED: kernel tests need root (run `sudo scripts/test.sh`)");
+    false
+}
+
+/// Returns early from a test when it cannot run (see [`have_root`]).
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::have_root() {
+            return;
+        }
+    };
+}

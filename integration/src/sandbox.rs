@@ -1,0 +1,221 @@
+//! A test's private network namespace, cgroup and bpffs, removed on drop.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use socklb::loader::{Capacities, InstallOptions, InstallReport};
+
+use crate::probe::{Attempt, parse_attempts};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct Sandbox {
+    pub name: String,
+    /// The child cgroup the programs attach to and clients run in.
+    pub cgroup: PathBuf,
+    /// A bpffs instance mounted for this test only.
+    pub bpffs_mount: PathBuf,
+    /// The pin directory inside it (what `--bpffs` points at).
+    pub bpffs: PathBuf,
+    workdir: PathBuf,
+    children: Mutex<Vec<Child>>,
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// The helper binary built next to the test executables.
+pub fn bin_path(name: &str) -> PathBuf {
+    let env = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
+    if let Some(p) = std::env::var_os(&env) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join(name)
+}
+
+impl Sandbox {
+    pub fn new(tag: &str) -> Result<Self> {
+        let name = format!("socklb-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let cg2 = socklb::fs_checks::cgroup2_mount()?;
+        let workdir = std::env::temp_dir().join(&name);
+        let bpffs_mount = workdir.join("bpffs");
+        let mut sb = Self {
+            cgroup: cg2.join(&name),
+            bpffs: bpffs_mount.join("socklb"),
+            bpffs_mount,
+            workdir,
+            name,
+            children: Mutex::new(Vec::new()),
+        };
+        // From here on, Drop cleans up whatever was created.
+        sb.create().inspect_err(|_| drop(std::mem::take(&mut sb.children)))?;
+        Ok(sb)
+    }
+
+    fn create(&self) -> Result<()> {
+        run(Command::new("ip").args(["netns", "add", &self.name]))?;
+        run(Command::new("ip").args(["-n", &self.name, "link", "set", "lo", "up"]))?;
+        fs::create_dir(&self.cgroup).with_context(|| format!("mkdir {}", self.cgroup.display()))?;
+        fs::create_dir_all(&self.bpffs_mount)?;
+        nix::mount::mount(
+            Some("bpf"),
+            &self.bpffs_mount,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mounting a bpffs for the test")?;
+        Ok(())
+    }
+
+    /// Adds addresses (CIDR notation) to the namespace's loopback device.
+    pub fn add_addrs(&self, cidrs: &[&str]) -> Result<()> {
+        for cidr in cidrs {
+            let mut cmd = Command::new("ip");
+            cmd.args(["-n", &self.name, "addr", "add", cidr, "dev", "lo"]);
+            if cidr.contains(':') {
+                cmd.arg("nodad");
+            }
+            run(&mut cmd)?;
+        }
+        Ok(())
+    }
+
+    pub fn install_options(&self) -> InstallOptions {
+        InstallOptions {
+            cgroup: self.cgroup.clone(),
+            bpffs: self.bpffs.clone(),
+            capacities: Capacities::default(),
+        }
+    }
+
+    /// Loads and attaches the datapath to this sandbox's cgroup, in-process.
+    pub fn install(&self) -> Result<InstallReport> {
+        Ok(socklb::loader::install(&self.install_options())?)
+    }
+
+    /// Starts backend servers in the namespace and waits until they listen.
+    pub fn serve(&self, tcp: &[SocketAddr], udp: &[SocketAddr], tcp_hold: &[SocketAddr]) -> Result<()> {
+        let mut cmd = Command::new(bin_path("socklb-probe"));
+        cmd.args(["serve", "--netns", &self.name]);
+        for a in tcp {
+            cmd.arg("--tcp").arg(a.to_string());
+        }
+        for a in udp {
+            cmd.arg("--udp").arg(a.to_string());
+        }
+        for a in tcp_hold {
+            cmd.arg("--tcp-hold").arg(a.to_string());
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        self.children.lock().expect("lock").push(child);
+        if line.trim() != "ready" {
+            bail!("server did not start: {line:?}");
+        }
+        Ok(())
+    }
+
+    /// A probe client command that runs in this sandbox's cgroup and netns.
+    pub fn client_cmd(&self, sub: &str, to: SocketAddr) -> Command {
+        let mut cmd = Command::new(bin_path("socklb-probe"));
+        cmd.arg(sub)
+            .arg("--cgroup")
+            .arg(&self.cgroup)
+            .args(["--netns", &self.name, "--to", &to.to_string()]);
+        cmd
+    }
+
+    /// Runs `count` TCP connects to `to` from inside the sandbox.
+    pub fn connect(&self, to: SocketAddr, count: u64) -> Vec<Attempt> {
+        let mut cmd = self.client_cmd("connect", to);
+        cmd.args(["--count", &count.to_string()]);
+        self.run_client(cmd)
+    }
+
+    /// Runs a client command to completion and parses its attempts.
+    pub fn run_client(&self, mut cmd: Command) -> Vec<Attempt> {
+        let out: Output = cmd.output().expect("running socklb-probe");
+        assert!(
+            out.status.success(),
+            "client failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        parse_attempts(&out.stdout)
+    }
+
+    /// Starts a client command in the background; collect it with
+    /// [`Sandbox::collect`].
+    pub fn spawn_client(&self, mut cmd: Command) -> Child {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawning socklb-probe")
+    }
+
+    pub fn collect(&self, child: Child) -> Vec<Attempt> {
+        let out = child.wait_with_output().expect("waiting for socklb-probe");
+        assert!(
+            out.status.success(),
+            "client failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        parse_attempts(&out.stdout)
+    }
+
+    /// Keeps a child process under this sandbox's care (killed on drop).
+    pub fn adopt(&self, child: Child) {
+        self.children.lock().expect("lock").push(child);
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // 1. Our processes, by PID (Child::kill), and wait for them.
+        for mut child in self.children.get_mut().map(std::mem::take).unwrap_or_default() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // 2. Detach the programs and remove the pins.
+        if self.bpffs.exists() {
+            if let Err(e) = socklb::loader::uninstall(&self.cgroup, &self.bpffs) {
+                eprintln!("cleanup: uninstall {}: {e}", self.bpffs.display());
+            }
+        }
+        // 3. The bpffs instance and the work directory.
+        let _ = nix::mount::umount2(&self.bpffs_mount, nix::mount::MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir_all(&self.workdir);
+        // 4. The cgroup: exiting processes can take a moment to leave it.
+        for _ in 0..50 {
+            match fs::remove_dir(&self.cgroup) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(_) => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        if self.cgroup.exists() {
+            eprintln!("cleanup: could not remove cgroup {}", self.cgroup.display());
+        }
+        // 5. The network namespace.
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
