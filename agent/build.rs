@@ -12,7 +12,9 @@ fn main() -> anyhow::Result<()> {
     let root = root.to_str().context("ebpf-sock path is not UTF-8")?;
     println!("cargo:rerun-if-env-changed=PATH");
     if std::env::var_os("AYA_BUILD_SKIP").is_none() && which_bpf_linker().is_none() {
-        bail!("bpf-linker was not found on PATH; run scripts/setup.sh (it builds bpf-linker against nightly's LLVM)");
+        bail!(
+            "bpf-linker was not found on PATH; run scripts/setup.sh (it builds bpf-linker against nightly's LLVM)"
+        );
     }
     let package = Package {
         name: "socklb-ebpf-sock",

@@ -25,7 +25,11 @@ pub enum FsCheckError {
     #[error(
         "--bpffs {path} is not on a BPF filesystem (filesystem magic {magic:#x}); mount one with `mount -t bpf bpf {mount_hint}`"
     )]
-    NotBpffs { path: PathBuf, magic: i64, mount_hint: PathBuf },
+    NotBpffs {
+        path: PathBuf,
+        magic: i64,
+        mount_hint: PathBuf,
+    },
 }
 
 /// The mount point of the first cgroup2 filesystem in `/proc/mounts`.
@@ -48,13 +52,19 @@ fn cgroup2_mount_in(lines: impl Iterator<Item = String>) -> Option<PathBuf> {
 
 /// /proc/mounts escapes spaces, tabs, newlines and backslashes as octal.
 fn unescape_mount_path(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// Checks that `path` is a cgroup v2 directory and returns its cgroup id
 /// (the inode number, which is what the kernel reports for cgroup links).
 pub fn check_cgroup2(path: &Path) -> Result<u64, FsCheckError> {
-    let unreadable = |source| FsCheckError::CgroupUnreadable { path: path.to_owned(), source };
+    let unreadable = |source| FsCheckError::CgroupUnreadable {
+        path: path.to_owned(),
+        source,
+    };
     let meta = fs::metadata(path).map_err(unreadable)?;
     if !meta.is_dir() {
         return Err(unreadable(io::Error::other("not a directory")));
@@ -72,11 +82,22 @@ pub fn check_cgroup2(path: &Path) -> Result<u64, FsCheckError> {
 /// Makes sure `dir` exists on a bpffs, creating it (mode 0700) if needed,
 /// and tightens an existing directory to 0700.
 pub fn prepare_bpffs_dir(dir: &Path) -> Result<(), FsCheckError> {
-    let unusable = |source| FsCheckError::BpffsUnusable { path: dir.to_owned(), source };
-    let probe = if dir.exists() { dir } else { dir.parent().unwrap_or(dir) };
+    let unusable = |source| FsCheckError::BpffsUnusable {
+        path: dir.to_owned(),
+        source,
+    };
+    let probe = if dir.exists() {
+        dir
+    } else {
+        dir.parent().unwrap_or(dir)
+    };
     check_bpffs(probe, dir)?;
     if !dir.exists() {
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(unusable)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(unusable)?;
     }
     let mode = fs::metadata(dir).map_err(unusable)?.permissions().mode() & 0o777;
     if mode != 0o700 {
@@ -87,8 +108,10 @@ pub fn prepare_bpffs_dir(dir: &Path) -> Result<(), FsCheckError> {
 
 /// Checks that `probe` (the pin directory or its parent) is on a bpffs.
 pub fn check_bpffs(probe: &Path, dir: &Path) -> Result<(), FsCheckError> {
-    let st = statfs(probe)
-        .map_err(|e| FsCheckError::BpffsUnusable { path: dir.to_owned(), source: e.into() })?;
+    let st = statfs(probe).map_err(|e| FsCheckError::BpffsUnusable {
+        path: dir.to_owned(),
+        source: e.into(),
+    })?;
     if st.filesystem_type() != BPF_FS_MAGIC {
         return Err(FsCheckError::NotBpffs {
             path: dir.to_owned(),
@@ -143,6 +166,9 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("not on a BPF filesystem"), "{text}");
         assert!(text.contains("mount -t bpf bpf"), "{text}");
-        assert!(!dir.exists(), "nothing may be created on a wrong filesystem");
+        assert!(
+            !dir.exists(),
+            "nothing may be created on a wrong filesystem"
+        );
     }
 }

@@ -13,8 +13,7 @@
 //! hook is never without a program and never runs two.
 
 use std::{
-    fs,
-    io,
+    fs, io,
     os::{fd::AsFd, unix::fs::DirBuilderExt},
     path::{Path, PathBuf},
 };
@@ -22,9 +21,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, MapType},
-    programs::{
-        CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink,
-    },
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
 };
 use socklb_common::{
     AffinityKey, AffinityValue, BackendValue, Config, FrontendKey, FrontendValue, MemberKey,
@@ -48,14 +45,46 @@ pub struct Hook {
 
 /// Every hook socklb attaches, with the kernel that introduced it.
 pub const HOOKS: [Hook; 8] = [
-    Hook { name: "connect4", program: "sl_connect4", min_kernel: "4.17" },
-    Hook { name: "connect6", program: "sl_connect6", min_kernel: "4.17" },
-    Hook { name: "sendmsg4", program: "sl_sendmsg4", min_kernel: "4.18" },
-    Hook { name: "sendmsg6", program: "sl_sendmsg6", min_kernel: "4.18" },
-    Hook { name: "recvmsg4", program: "sl_recvmsg4", min_kernel: "5.2" },
-    Hook { name: "recvmsg6", program: "sl_recvmsg6", min_kernel: "5.2" },
-    Hook { name: "getpeername4", program: "sl_getpeer4", min_kernel: "5.8" },
-    Hook { name: "getpeername6", program: "sl_getpeer6", min_kernel: "5.8" },
+    Hook {
+        name: "connect4",
+        program: "sl_connect4",
+        min_kernel: "4.17",
+    },
+    Hook {
+        name: "connect6",
+        program: "sl_connect6",
+        min_kernel: "4.17",
+    },
+    Hook {
+        name: "sendmsg4",
+        program: "sl_sendmsg4",
+        min_kernel: "4.18",
+    },
+    Hook {
+        name: "sendmsg6",
+        program: "sl_sendmsg6",
+        min_kernel: "4.18",
+    },
+    Hook {
+        name: "recvmsg4",
+        program: "sl_recvmsg4",
+        min_kernel: "5.2",
+    },
+    Hook {
+        name: "recvmsg6",
+        program: "sl_recvmsg6",
+        min_kernel: "5.2",
+    },
+    Hook {
+        name: "getpeername4",
+        program: "sl_getpeer4",
+        min_kernel: "5.8",
+    },
+    Hook {
+        name: "getpeername6",
+        program: "sl_getpeer6",
+        min_kernel: "5.8",
+    },
 ];
 
 /// What a pinned map must look like for this build to adopt it.
@@ -161,31 +190,56 @@ pub enum LoaderError {
         "pinned map {path} does not match this build ({found}; expected {expected}); \
          run `socklb uninstall` to remove the old datapath first"
     )]
-    IncompatibleMap { path: PathBuf, found: String, expected: String },
+    IncompatibleMap {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
     #[error("pinned map {path}: {source}")]
-    PinnedMap { path: PathBuf, source: aya::maps::MapError },
+    PinnedMap {
+        path: PathBuf,
+        source: aya::maps::MapError,
+    },
     #[error("loading the eBPF object: {0}")]
     Object(#[source] Box<aya::EbpfError>),
     #[error("program {program} for hook cgroup/{hook} is missing from the object")]
-    MissingProgram { program: &'static str, hook: &'static str },
+    MissingProgram {
+        program: &'static str,
+        hook: &'static str,
+    },
     #[error(
         "the kernel refused the program for hook cgroup/{hook} (needs Linux >= {min_kernel} \
          with CONFIG_CGROUP_BPF): {source}"
     )]
-    ProgramLoad { hook: &'static str, min_kernel: &'static str, source: Box<ProgramError> },
+    ProgramLoad {
+        hook: &'static str,
+        min_kernel: &'static str,
+        source: Box<ProgramError>,
+    },
     #[error("attaching cgroup/{hook} to {cgroup}: {source}")]
-    Attach { hook: &'static str, cgroup: PathBuf, source: Box<ProgramError> },
+    Attach {
+        hook: &'static str,
+        cgroup: PathBuf,
+        source: Box<ProgramError>,
+    },
     #[error("pinned link {path}: {source}")]
     Link { path: PathBuf, source: io::Error },
     #[error(
         "pinned link {path} is attached to another cgroup (id {found}, --cgroup has id {expected}); \
          run `socklb uninstall` with that cgroup, or use another --bpffs"
     )]
-    LinkElsewhere { path: PathBuf, found: u64, expected: u64 },
+    LinkElsewhere {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LoaderError + '_ {
-    move |source| LoaderError::Io { path: path.to_owned(), source }
+    move |source| LoaderError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 pub fn links_dir(bpffs: &Path) -> PathBuf {
@@ -202,7 +256,10 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, LoaderError> {
     fs_checks::prepare_bpffs_dir(&opts.bpffs)?;
     let links = links_dir(&opts.bpffs);
     if !links.exists() {
-        fs::DirBuilder::new().mode(0o700).create(&links).map_err(io_err(&links))?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&links)
+            .map_err(io_err(&links))?;
     }
 
     let mut report = InstallReport::default();
@@ -220,7 +277,9 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, LoaderError> {
             loader.map_max_entries(spec.name, n);
         }
     }
-    let mut ebpf = loader.load(OBJECT).map_err(|e| LoaderError::Object(Box::new(e)))?;
+    let mut ebpf = loader
+        .load(OBJECT)
+        .map_err(|e| LoaderError::Object(Box::new(e)))?;
 
     // Load every program before touching any hook, so that a kernel missing
     // one hook leaves the node exactly as it was.
@@ -256,7 +315,10 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, LoaderError> {
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, hook: &Hook) -> Result<&'a mut CgroupSockAddr, LoaderError> {
-    let missing = || LoaderError::MissingProgram { program: hook.program, hook: hook.name };
+    let missing = || LoaderError::MissingProgram {
+        program: hook.program,
+        hook: hook.name,
+    };
     ebpf.program_mut(hook.program)
         .ok_or_else(missing)?
         .try_into()
@@ -273,7 +335,10 @@ fn link_hook(
     let pin = links.join(hook.name);
     let prog = program(ebpf, hook)?;
     if pin.exists() {
-        let link_err = |source| LoaderError::Link { path: pin.clone(), source };
+        let link_err = |source| LoaderError::Link {
+            path: pin.clone(),
+            source,
+        };
         let link = sys::obj_get(&pin).map_err(link_err)?;
         let info = sys::link_info(link.as_fd()).map_err(link_err)?;
         if info.link_type != sys::LINK_TYPE_CGROUP || info.cgroup_id != cgroup_id {
@@ -303,7 +368,9 @@ fn link_hook(
         source: Box::new(e),
     };
     let cgroup = fs::File::open(&opts.cgroup).map_err(io_err(&opts.cgroup))?;
-    let link_id = prog.attach(&cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
+    let link_id = prog
+        .attach(&cgroup, CgroupAttachMode::Single)
+        .map_err(attach_err)?;
     let link = prog.take_link(link_id).map_err(attach_err)?;
     let link: FdLink = link.try_into().map_err(|e| LoaderError::Link {
         path: pin.clone(),
@@ -328,7 +395,10 @@ fn program_tag(id: u32) -> Result<u64, ProgramError> {
 }
 
 fn check_pinned_map(pin: &Path, spec: &MapSpec) -> Result<(), LoaderError> {
-    let pinned_err = |source| LoaderError::PinnedMap { path: pin.to_owned(), source };
+    let pinned_err = |source| LoaderError::PinnedMap {
+        path: pin.to_owned(),
+        source,
+    };
     let map = MapData::from_pin(pin).map_err(pinned_err)?;
     let info = map.info().map_err(pinned_err)?;
     let map_type = info.map_type().map_err(pinned_err)?;
@@ -354,7 +424,10 @@ fn check_pinned_map(pin: &Path, spec: &MapSpec) -> Result<(), LoaderError> {
 }
 
 fn detach_pinned_link(pin: &Path) -> Result<(), LoaderError> {
-    let link_err = |source| LoaderError::Link { path: pin.to_owned(), source };
+    let link_err = |source| LoaderError::Link {
+        path: pin.to_owned(),
+        source,
+    };
     let link = sys::obj_get(pin).map_err(link_err)?;
     sys::link_detach(link.as_fd()).map_err(link_err)?;
     fs::remove_file(pin).map_err(link_err)
@@ -416,7 +489,11 @@ mod tests {
     fn the_embedded_object_holds_every_program_and_map() {
         let obj = aya_obj_names(OBJECT);
         for hook in &HOOKS {
-            assert!(obj.contains(&hook.program.to_string()), "missing program {}", hook.program);
+            assert!(
+                obj.contains(&hook.program.to_string()),
+                "missing program {}",
+                hook.program
+            );
         }
         for name in map_names::ALL {
             assert!(obj.contains(&name.to_string()), "missing map {name}");

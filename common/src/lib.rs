@@ -402,7 +402,10 @@ mod tests {
 
     #[test]
     fn ports_are_network_order() {
-        let key = FrontendKey { port: 8080u16.to_be(), ..Default::default() };
+        let key = FrontendKey {
+            port: 8080u16.to_be(),
+            ..Default::default()
+        };
         assert_eq!(key.port.to_ne_bytes(), [0x1f, 0x90]);
     }
 

@@ -10,7 +10,10 @@ use socklb_common::{
 use crate::maps::{AFFINITY, BACKENDS, COUNTERS, MEMBERS, SERVICES, SLOTS};
 
 pub enum Selection {
-    Backend { id: u32, backend: BackendValue },
+    Backend {
+        id: u32,
+        backend: BackendValue,
+    },
     /// The service exists and has no usable endpoint: refuse.
     NoBackends,
     /// The service entry vanished (deleted under us): leave the socket alone.
@@ -37,7 +40,11 @@ pub fn select(service_id: u32, netns_cookie: u64) -> Selection {
             return Selection::Backend { id, backend };
         }
         let index = (unsafe { bpf_get_prandom_u32() } % u32::from(svc.count)) as u16;
-        let slot = SlotKey { service_id, generation: svc.generation, index };
+        let slot = SlotKey {
+            service_id,
+            generation: svc.generation,
+            index,
+        };
         let Some(id) = (unsafe { SLOTS.get(slot) }).map(|s| s.backend_id) else {
             continue;
         };
@@ -56,14 +63,25 @@ pub fn select(service_id: u32, netns_cookie: u64) -> Selection {
 /// the address the caller remembered.
 #[inline(always)]
 pub fn still_member(service_id: u32, backend_id: u32) -> Option<BackendValue> {
-    let member = MemberKey { service_id, backend_id };
+    let member = MemberKey {
+        service_id,
+        backend_id,
+    };
     unsafe { MEMBERS.get(member) }?;
     unsafe { BACKENDS.get(backend_id) }.copied()
 }
 
 #[inline(always)]
-fn affine_backend(service_id: u32, netns_cookie: u64, svc: &ServiceValue) -> Option<(u32, BackendValue)> {
-    let key = AffinityKey { netns_cookie, service_id, _pad: 0 };
+fn affine_backend(
+    service_id: u32,
+    netns_cookie: u64,
+    svc: &ServiceValue,
+) -> Option<(u32, BackendValue)> {
+    let key = AffinityKey {
+        netns_cookie,
+        service_id,
+        _pad: 0,
+    };
     let entry = AFFINITY.get_ptr_mut(key)?;
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: pointer from a successful lookup; only this program's CPU
@@ -81,8 +99,16 @@ fn affine_backend(service_id: u32, netns_cookie: u64, svc: &ServiceValue) -> Opt
 
 #[inline(always)]
 fn remember_affinity(service_id: u32, netns_cookie: u64, backend_id: u32) {
-    let key = AffinityKey { netns_cookie, service_id, _pad: 0 };
-    let value = AffinityValue { last_used_ns: unsafe { bpf_ktime_get_ns() }, backend_id, _pad: 0 };
+    let key = AffinityKey {
+        netns_cookie,
+        service_id,
+        _pad: 0,
+    };
+    let value = AffinityValue {
+        last_used_ns: unsafe { bpf_ktime_get_ns() },
+        backend_id,
+        _pad: 0,
+    };
     // An LRU insert only fails on a broken map; affinity is then best effort.
     let _ = AFFINITY.insert(key, value, 0);
 }

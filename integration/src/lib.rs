@@ -38,3 +38,29 @@ macro_rules! require_root {
         }
     };
 }
+
+/// Parses a socket address literal in a test.
+pub fn sa(s: &str) -> std::net::SocketAddr {
+    s.parse()
+        .unwrap_or_else(|e| panic!("bad address literal {s:?}: {e}"))
+}
+
+/// How many programs are attached to a cgroup (effective or not), by bpftool.
+pub fn attached_programs(cgroup: &std::path::Path) -> usize {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("bpftool (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return 0;
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).expect("bpftool json");
+    v.as_array().map_or(0, Vec::len)
+}

@@ -28,7 +28,10 @@ impl Svc {
             id,
             proto: PROTO_TCP,
             frontends: vec![vip.parse().expect("vip")],
-            backends: backends.iter().map(|b| b.parse().expect("backend")).collect(),
+            backends: backends
+                .iter()
+                .map(|b| b.parse().expect("backend"))
+                .collect(),
         }
     }
 }
@@ -77,7 +80,13 @@ impl Programmer {
                 );
                 ids.push(id);
             }
-            desired.services.insert(svc.id, DesiredService { backends: ids, ..Default::default() });
+            desired.services.insert(
+                svc.id,
+                DesiredService {
+                    backends: ids,
+                    ..Default::default()
+                },
+            );
             for f in &svc.frontends {
                 let key = FrontendKey {
                     addr: addr_from_ip(f.ip()),

@@ -21,6 +21,13 @@ use crate::probe::{Attempt, parse_attempts};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// A client running in the background, its output drained by threads.
+pub struct RunningClient {
+    pub child: Child,
+    out: thread::JoinHandle<Vec<u8>>,
+    err: thread::JoinHandle<Vec<u8>>,
+}
+
 pub struct Sandbox {
     pub name: String,
     /// The child cgroup the programs attach to and clients run in.
@@ -55,7 +62,11 @@ pub fn bin_path(name: &str) -> PathBuf {
 
 impl Sandbox {
     pub fn new(tag: &str) -> Result<Self> {
-        let name = format!("socklb-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "socklb-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         let cg2 = socklb::fs_checks::cgroup2_mount()?;
         let workdir = std::env::temp_dir().join(&name);
         let bpffs_mount = workdir.join("bpffs");
@@ -68,7 +79,8 @@ impl Sandbox {
             children: Mutex::new(Vec::new()),
         };
         // From here on, Drop cleans up whatever was created.
-        sb.create().inspect_err(|_| drop(std::mem::take(&mut sb.children)))?;
+        sb.create()
+            .inspect_err(|_| drop(std::mem::take(&mut sb.children)))?;
         Ok(sb)
     }
 
@@ -115,7 +127,12 @@ impl Sandbox {
     }
 
     /// Starts backend servers in the namespace and waits until they listen.
-    pub fn serve(&self, tcp: &[SocketAddr], udp: &[SocketAddr], tcp_hold: &[SocketAddr]) -> Result<()> {
+    pub fn serve(
+        &self,
+        tcp: &[SocketAddr],
+        udp: &[SocketAddr],
+        tcp_hold: &[SocketAddr],
+    ) -> Result<()> {
         let mut cmd = Command::new(bin_path("socklb-probe"));
         cmd.args(["serve", "--netns", &self.name]);
         for a in tcp {
@@ -127,7 +144,10 @@ impl Sandbox {
         for a in tcp_hold {
             cmd.arg("--tcp-hold").arg(a.to_string());
         }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
         let stdout = child.stdout.take().context("server stdout")?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
@@ -141,10 +161,12 @@ impl Sandbox {
     /// A probe client command that runs in this sandbox's cgroup and netns.
     pub fn client_cmd(&self, sub: &str, to: SocketAddr) -> Command {
         let mut cmd = Command::new(bin_path("socklb-probe"));
-        cmd.arg(sub)
-            .arg("--cgroup")
-            .arg(&self.cgroup)
-            .args(["--netns", &self.name, "--to", &to.to_string()]);
+        cmd.arg(sub).arg("--cgroup").arg(&self.cgroup).args([
+            "--netns",
+            &self.name,
+            "--to",
+            &to.to_string(),
+        ]);
         cmd
     }
 
@@ -167,19 +189,44 @@ impl Sandbox {
     }
 
     /// Starts a client command in the background; collect it with
-    /// [`Sandbox::collect`].
-    pub fn spawn_client(&self, mut cmd: Command) -> Child {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawning socklb-probe")
+    /// [`Sandbox::collect`]. Its output is drained as it comes, so a long
+    /// run never blocks on a full pipe.
+    pub fn spawn_client(&self, mut cmd: Command) -> RunningClient {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning socklb-probe");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let out = thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stdout, &mut buf);
+            buf
+        });
+        let err = thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stderr, &mut buf);
+            buf
+        });
+        RunningClient { child, out, err }
     }
 
-    pub fn collect(&self, child: Child) -> Vec<Attempt> {
-        let out = child.wait_with_output().expect("waiting for socklb-probe");
+    pub fn collect(&self, client: RunningClient) -> Vec<Attempt> {
+        let RunningClient {
+            mut child,
+            out,
+            err,
+        } = client;
+        let status = child.wait().expect("waiting for socklb-probe");
+        let stdout = out.join().expect("stdout reader");
+        let stderr = err.join().expect("stderr reader");
         assert!(
-            out.status.success(),
+            status.success(),
             "client failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&stderr)
         );
-        parse_attempts(&out.stdout)
+        parse_attempts(&stdout)
     }
 
     /// Keeps a child process under this sandbox's care (killed on drop).
@@ -191,7 +238,12 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         // 1. Our processes, by PID (Child::kill), and wait for them.
-        for mut child in self.children.get_mut().map(std::mem::take).unwrap_or_default() {
+        for mut child in self
+            .children
+            .get_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+        {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -216,6 +268,8 @@ impl Drop for Sandbox {
             eprintln!("cleanup: could not remove cgroup {}", self.cgroup.display());
         }
         // 5. The network namespace.
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }

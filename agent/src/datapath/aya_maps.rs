@@ -39,7 +39,10 @@ where
     T: TryFrom<Map, Error = MapError>,
 {
     let path: PathBuf = map_pin(bpffs, name);
-    let err = |e: MapError| DatapathError::Open { path: path.clone(), source: map_io(e) };
+    let err = |e: MapError| DatapathError::Open {
+        path: path.clone(),
+        source: map_io(e),
+    };
     let data = MapData::from_pin(&path).map_err(err)?;
     let map = Map::from_map_data(data).map_err(err)?;
     T::try_from(map).map_err(err)
@@ -60,17 +63,20 @@ impl AyaMaps {
     }
 
     pub fn read_config(&self) -> Result<Config, DatapathError> {
-        self.config
-            .get(&0, 0)
-            .map_err(|e| DatapathError::Read { map: map_names::CONFIG, source: map_io(e) })
+        self.config.get(&0, 0).map_err(|e| DatapathError::Read {
+            map: map_names::CONFIG,
+            source: map_io(e),
+        })
     }
 
     pub fn write_config(&mut self, config: Config) -> Result<(), DatapathError> {
-        self.config.set(0, config, 0).map_err(|e| DatapathError::Write {
-            map: map_names::CONFIG,
-            op: format!("set {config:?}"),
-            source: map_io(e),
-        })
+        self.config
+            .set(0, config, 0)
+            .map_err(|e| DatapathError::Write {
+                map: map_names::CONFIG,
+                op: format!("set {config:?}"),
+                source: map_io(e),
+            })
     }
 }
 
@@ -79,7 +85,11 @@ fn deleted(r: Result<(), MapError>) -> Result<(), MapError> {
     match r {
         Err(e) => {
             let io = map_io(e);
-            if io.raw_os_error() == Some(2) { Ok(()) } else { Err(MapError::IoError(io)) }
+            if io.raw_os_error() == Some(2) {
+                Ok(())
+            } else {
+                Err(MapError::IoError(io))
+            }
         }
         ok => ok,
     }
@@ -115,7 +125,10 @@ impl Datapath for AyaMaps {
         ) -> Result<BTreeMap<K, V>, DatapathError> {
             map.iter()
                 .collect::<Result<BTreeMap<_, _>, _>>()
-                .map_err(|e| DatapathError::Read { map: name, source: map_io(e) })
+                .map_err(|e| DatapathError::Read {
+                    map: name,
+                    source: map_io(e),
+                })
         }
         Ok(MapState {
             frontends: read(&self.frontends, map_names::FRONTENDS)?,
@@ -125,20 +138,31 @@ impl Datapath for AyaMaps {
                 .map(|(k, v)| (k, v.backend_id))
                 .collect(),
             backends: read(&self.backends, map_names::BACKENDS)?,
-            members: read(&self.members, map_names::MEMBERS)?.into_keys().collect(),
+            members: read(&self.members, map_names::MEMBERS)?
+                .into_keys()
+                .collect(),
         })
     }
 
     fn read_counters(&self) -> Result<BTreeMap<u32, ServiceCounters>, DatapathError> {
-        let err = |e| DatapathError::Read { map: map_names::COUNTERS, source: map_io(e) };
-        let services = self.services.keys().collect::<Result<Vec<u32>, _>>().map_err(err)?;
+        let err = |e| DatapathError::Read {
+            map: map_names::COUNTERS,
+            source: map_io(e),
+        };
+        let services = self
+            .services
+            .keys()
+            .collect::<Result<Vec<u32>, _>>()
+            .map_err(err)?;
         let mut out = BTreeMap::new();
         for id in services {
             let per_cpu = self.counters.get(&id, 0).map_err(err)?;
-            let sum = per_cpu.iter().fold(ServiceCounters::default(), |acc, c| ServiceCounters {
-                translations: acc.translations + c.translations,
-                refused: acc.refused + c.refused,
-            });
+            let sum = per_cpu
+                .iter()
+                .fold(ServiceCounters::default(), |acc, c| ServiceCounters {
+                    translations: acc.translations + c.translations,
+                    refused: acc.refused + c.refused,
+                });
             out.insert(id, sum);
         }
         Ok(out)

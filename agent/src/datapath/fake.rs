@@ -16,7 +16,10 @@ pub struct FakeDatapath {
 
 impl FakeDatapath {
     pub fn new(state: MapState) -> Self {
-        Self { state, ..Default::default() }
+        Self {
+            state,
+            ..Default::default()
+        }
     }
 }
 

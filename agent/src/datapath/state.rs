@@ -5,9 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use socklb_common::{
-    BackendValue, FrontendKey, FrontendValue, MemberKey, ServiceValue, SlotKey,
-};
+use socklb_common::{BackendValue, FrontendKey, FrontendValue, MemberKey, ServiceValue, SlotKey};
 
 /// Everything the agent programs, entry for entry (affinity, counters and
 /// per-socket state are written by the programs, not the agent).
@@ -23,15 +21,31 @@ pub struct MapState {
 /// One map write or delete.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MapOp {
-    PutBackend { id: u32, value: BackendValue },
-    DeleteBackend { id: u32 },
+    PutBackend {
+        id: u32,
+        value: BackendValue,
+    },
+    DeleteBackend {
+        id: u32,
+    },
     PutMember(MemberKey),
     DeleteMember(MemberKey),
-    PutSlot { key: SlotKey, backend_id: u32 },
+    PutSlot {
+        key: SlotKey,
+        backend_id: u32,
+    },
     DeleteSlot(SlotKey),
-    PutService { id: u32, value: ServiceValue },
-    DeleteService { id: u32 },
-    PutFrontend { key: FrontendKey, value: FrontendValue },
+    PutService {
+        id: u32,
+        value: ServiceValue,
+    },
+    DeleteService {
+        id: u32,
+    },
+    PutFrontend {
+        key: FrontendKey,
+        value: FrontendValue,
+    },
     DeleteFrontend(FrontendKey),
 }
 
@@ -102,7 +116,11 @@ impl MapState {
         let svc = self.services.get(&service_id)?;
         (0..svc.count)
             .map(|index| {
-                let key = SlotKey { service_id, generation: svc.generation, index };
+                let key = SlotKey {
+                    service_id,
+                    generation: svc.generation,
+                    index,
+                };
                 self.slots.get(&key).copied()
             })
             .collect()
@@ -122,8 +140,14 @@ impl MapState {
                 .is_some_and(|ids| ids.contains(&m.backend_id))
         });
         let members_complete = self.services.keys().all(|&id| {
-            self.active_backends(id)
-                .is_some_and(|ids| ids.iter().all(|&b| self.members.contains(&MemberKey { service_id: id, backend_id: b })))
+            self.active_backends(id).is_some_and(|ids| {
+                ids.iter().all(|&b| {
+                    self.members.contains(&MemberKey {
+                        service_id: id,
+                        backend_id: b,
+                    })
+                })
+            })
         });
         let backends_used = self
             .backends
@@ -177,6 +201,10 @@ impl MapState {
             .filter(|(id, _)| services.values().any(|s| s.backends.contains(id)))
             .map(|(&id, &v)| (id, v))
             .collect();
-        DesiredState { frontends: self.frontends.clone(), services, backends }
+        DesiredState {
+            frontends: self.frontends.clone(),
+            services,
+            backends,
+        }
     }
 }

@@ -96,8 +96,21 @@ fn join(cgroup: Option<&PathBuf>, netns: &str) -> Result<()> {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Serve { netns, tcp, udp, tcp_hold } => serve(&netns, &tcp, &udp, &tcp_hold),
-        Cmd::Connect { cgroup, netns, to, proto, count, duration_ms, one_socket } => {
+        Cmd::Serve {
+            netns,
+            tcp,
+            udp,
+            tcp_hold,
+        } => serve(&netns, &tcp, &udp, &tcp_hold),
+        Cmd::Connect {
+            cgroup,
+            netns,
+            to,
+            proto,
+            count,
+            duration_ms,
+            one_socket,
+        } => {
             join(cgroup.as_ref(), &netns)?;
             let deadline = duration_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
             let out = std::io::stdout();
@@ -127,7 +140,12 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Hold { cgroup, netns, to, max_ms } => {
+        Cmd::Hold {
+            cgroup,
+            netns,
+            to,
+            max_ms,
+        } => {
             join(cgroup.as_ref(), &netns)?;
             hold(to, max_ms)
         }
@@ -151,7 +169,12 @@ fn unspecified(to: &SocketAddr) -> SocketAddr {
     }
 }
 
-fn serve(netns: &str, tcp: &[SocketAddr], udp: &[SocketAddr], tcp_hold: &[SocketAddr]) -> Result<()> {
+fn serve(
+    netns: &str,
+    tcp: &[SocketAddr],
+    udp: &[SocketAddr],
+    tcp_hold: &[SocketAddr],
+) -> Result<()> {
     join(None, netns)?;
     let mut threads = Vec::new();
     for &addr in tcp_hold {
@@ -182,7 +205,9 @@ fn serve(netns: &str, tcp: &[SocketAddr], udp: &[SocketAddr], tcp_hold: &[Socket
         threads.push(thread::spawn(move || {
             let mut buf = [0u8; 512];
             loop {
-                let Ok((_, from)) = sock.recv_from(&mut buf) else { continue };
+                let Ok((_, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
                 let _ = sock.send_to(format!("{addr}\n").as_bytes(), from);
             }
         }));
@@ -197,7 +222,10 @@ fn serve(netns: &str, tcp: &[SocketAddr], udp: &[SocketAddr], tcp_hold: &[Socket
 
 fn tcp_attempt(to: SocketAddr) -> Attempt {
     let t_start_ns = now_ns();
-    let mut a = Attempt { t_start_ns, ..Default::default() };
+    let mut a = Attempt {
+        t_start_ns,
+        ..Default::default()
+    };
     match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
         Ok(mut s) => {
             a.peer = s.peer_addr().ok().map(|p| p.to_string());
@@ -227,7 +255,10 @@ fn tcp_attempt(to: SocketAddr) -> Attempt {
 
 fn udp_connected_attempt(to: SocketAddr) -> Attempt {
     let t_start_ns = now_ns();
-    let mut a = Attempt { t_start_ns, ..Default::default() };
+    let mut a = Attempt {
+        t_start_ns,
+        ..Default::default()
+    };
     let result = (|| -> std::io::Result<()> {
         let sock = UdpSocket::bind(unspecified(&to))?;
         sock.connect(to)?;
@@ -251,7 +282,10 @@ fn udp_connected_attempt(to: SocketAddr) -> Attempt {
 
 fn udp_send_attempt(sock: &UdpSocket, to: SocketAddr) -> Attempt {
     let t_start_ns = now_ns();
-    let mut a = Attempt { t_start_ns, ..Default::default() };
+    let mut a = Attempt {
+        t_start_ns,
+        ..Default::default()
+    };
     let result = (|| -> std::io::Result<()> {
         a.local = sock.local_addr().ok().map(|p| p.to_string());
         sock.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -274,7 +308,10 @@ fn udp_send_attempt(sock: &UdpSocket, to: SocketAddr) -> Attempt {
 /// Connects, then waits for the server to go away or the socket to be
 /// reset; prints one Attempt whose t_end_ns is when that happened.
 fn hold(to: SocketAddr, max_ms: u64) -> Result<()> {
-    let mut a = Attempt { t_start_ns: now_ns(), ..Default::default() };
+    let mut a = Attempt {
+        t_start_ns: now_ns(),
+        ..Default::default()
+    };
     let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
     a.peer = s.peer_addr().ok().map(|p| p.to_string());
     s.set_read_timeout(Some(Duration::from_millis(max_ms)))?;
