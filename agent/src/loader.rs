@@ -25,8 +25,8 @@ use aya::{
 };
 use socklb_common::{
     AffinityKey, AffinityValue, BackendValue, Config, FrontendKey, FrontendValue, MemberKey,
-    MemberValue, ServiceCounters, ServiceValue, SlotKey, SlotValue, SockState, capacity, map_names,
-    sys,
+    MemberValue, ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState,
+    capacity, map_names, sys,
 };
 
 use crate::fs_checks::{self, FsCheckError};
@@ -105,7 +105,7 @@ const fn spec<K, V>(name: &'static str, map_type: MapType) -> MapSpec {
     }
 }
 
-pub const MAP_SPECS: [MapSpec; 9] = [
+pub const MAP_SPECS: [MapSpec; 10] = [
     spec::<FrontendKey, FrontendValue>(map_names::FRONTENDS, MapType::Hash),
     spec::<u32, ServiceValue>(map_names::SERVICES, MapType::Hash),
     spec::<SlotKey, SlotValue>(map_names::SLOTS, MapType::Hash),
@@ -115,6 +115,7 @@ pub const MAP_SPECS: [MapSpec; 9] = [
     spec::<u32, ServiceCounters>(map_names::COUNTERS, MapType::PerCpuArray),
     spec::<u32, Config>(map_names::CONFIG, MapType::Array),
     spec::<i32, SockState>(map_names::SOCK_STATE, MapType::SkStorage),
+    spec::<u32, ServiceName>(map_names::SVC_NAMES, MapType::Hash),
 ];
 
 /// Map sizes. Only used when a map is created; a pinned map keeps its size.
@@ -145,7 +146,7 @@ impl Capacities {
     fn max_entries(&self, map: &str) -> Option<u32> {
         Some(match map {
             map_names::FRONTENDS => self.frontends,
-            map_names::SERVICES | map_names::COUNTERS => self.services,
+            map_names::SERVICES | map_names::COUNTERS | map_names::SVC_NAMES => self.services,
             map_names::BACKENDS => self.backends,
             map_names::SLOTS => self.slots,
             map_names::MEMBERS => self.members,

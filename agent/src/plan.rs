@@ -109,6 +109,9 @@ pub fn plan(applied: &MapState, desired: &DesiredState) -> Plan {
         let mut ops = vec![MapOp::DeleteService { id }];
         ops.extend(slots_of(applied, id).map(MapOp::DeleteSlot));
         ops.extend(members_of(applied, id).map(MapOp::DeleteMember));
+        if applied.names.contains_key(&id) {
+            ops.push(MapOp::DeleteName { id });
+        }
         plan.push(
             UnitKind::Transaction {
                 service_id: id,
@@ -134,6 +137,13 @@ pub fn plan(applied: &MapState, desired: &DesiredState) -> Plan {
             .iter()
             .filter(|m| orphan(&m.service_id))
             .map(|&m| MapOp::DeleteMember(m)),
+    );
+    ops.extend(
+        applied
+            .names
+            .keys()
+            .filter(|id| orphan(id))
+            .map(|&id| MapOp::DeleteName { id }),
     );
     plan.push(UnitKind::Independent, ops);
 
@@ -208,6 +218,12 @@ fn service_unit(applied: &MapState, id: u32, want: &DesiredService) -> Option<Un
             .filter(|m| !applied.members.contains(m))
             .map(|&m| MapOp::PutMember(m)),
     );
+    if applied.names.get(&id) != Some(&want.name) {
+        ops.push(MapOp::PutName {
+            id,
+            name: want.name,
+        });
+    }
     for (index, &backend_id) in backends.iter().enumerate() {
         let key = SlotKey {
             service_id: id,

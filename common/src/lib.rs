@@ -22,6 +22,7 @@
 //! COUNTERS    percpu array, index service_id               -> ServiceCounters{translations,refused}
 //! CONFIG      array[1]                                     -> Config{flags}
 //! SOCK_STATE  sk_storage, per socket                       -> SockState{rev-NAT entries}
+//! SVC_NAMES   hash      service_id u32                     -> ServiceName (agent only: what the id is)
 //! ```
 //! A "service" in the datapath is one backend set: a Kubernetes service port,
 //! for one address family and one endpoint policy. Several frontends (the
@@ -63,10 +64,12 @@ pub mod map_names {
     pub const COUNTERS: &str = "SOCKLB_COUNTERS";
     pub const CONFIG: &str = "SOCKLB_CONFIG";
     pub const SOCK_STATE: &str = "SOCKLB_SOCK_STATE";
+    pub const SVC_NAMES: &str = "SOCKLB_SVC_NAMES";
 
     /// Every map, in the order `socklb list` and `status` show them.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         FRONTENDS, SERVICES, SLOTS, BACKENDS, MEMBERS, AFFINITY, COUNTERS, CONFIG, SOCK_STATE,
+        SVC_NAMES,
     ];
 }
 
@@ -242,6 +245,49 @@ pub struct BackendValue {
     pub flags: u8,
 }
 
+/// Length of [`ServiceName`].
+pub const SERVICE_NAME_LEN: usize = 192;
+
+/// Value of `SVC_NAMES`: the agent's identity of a service id, UTF-8 padded
+/// with NULs. The programs never read it; it lets a restarted agent keep its
+/// ids and lets `socklb list` name what it shows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceName {
+    pub bytes: [u8; SERVICE_NAME_LEN],
+}
+
+impl Default for ServiceName {
+    fn default() -> Self {
+        Self {
+            bytes: [0; SERVICE_NAME_LEN],
+        }
+    }
+}
+
+impl ServiceName {
+    /// Encodes `text`, cut at a character boundary if it is too long.
+    pub fn new(text: &str) -> Self {
+        let mut end = text.len().min(SERVICE_NAME_LEN);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut name = Self::default();
+        name.bytes[..end].copy_from_slice(&text.as_bytes()[..end]);
+        name
+    }
+
+    /// The text, up to the first NUL (invalid UTF-8 yields "").
+    pub fn as_str(&self) -> &str {
+        let len = self
+            .bytes
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(SERVICE_NAME_LEN);
+        core::str::from_utf8(&self.bytes[..len]).unwrap_or("")
+    }
+}
+
 /// Key of `MEMBERS`: backend `backend_id` is in service `service_id`'s
 /// active set. Affinity and per-socket UDP stickiness check it so that a
 /// backend that left is never chosen again.
@@ -348,6 +394,7 @@ const _: () = {
     assert!(size_of::<Config>() == 8);
     assert!(size_of::<RevNat>() == 48);
     assert!(size_of::<SockState>() == 48 * SOCK_REV_ENTRIES + 8);
+    assert!(size_of::<ServiceName>() == SERVICE_NAME_LEN);
 };
 
 #[cfg(feature = "user")]
@@ -372,6 +419,7 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for RevNat {}
     unsafe impl aya::Pod for SockState {}
+    unsafe impl aya::Pod for ServiceName {}
 }
 
 #[cfg(test)]
@@ -424,6 +472,18 @@ mod tests {
         assert_eq!(offset_of!(RevNat, service_id), 36);
         assert_eq!(offset_of!(RevNat, valid), 45);
         assert_eq!(offset_of!(SockState, next), 192);
+    }
+
+    #[test]
+    fn service_names_round_trip_and_truncate_on_a_char_boundary() {
+        assert_eq!(
+            ServiceName::new("default/web:http").as_str(),
+            "default/web:http"
+        );
+        let long = "é".repeat(200);
+        let name = ServiceName::new(&long);
+        assert_eq!(name.as_str().len(), SERVICE_NAME_LEN);
+        assert!(name.as_str().chars().all(|c| c == 'é'));
     }
 
     #[test]

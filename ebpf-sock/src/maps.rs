@@ -8,7 +8,8 @@ use aya_ebpf::{
 };
 use socklb_common::{
     AffinityKey, AffinityValue, BackendValue, Config, FrontendKey, FrontendValue, MemberKey,
-    MemberValue, ServiceCounters, ServiceValue, SlotKey, SlotValue, SockState, capacity,
+    MemberValue, ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState,
+    capacity,
 };
 
 // Hash maps are not preallocated: a node with 50 services should not pay
@@ -52,3 +53,9 @@ pub static CONFIG: Array<Config, 1> = Array::new();
 
 #[btf_map(name = "SOCKLB_SOCK_STATE")]
 pub static SOCK_STATE: SkStorage<SockState> = SkStorage::new();
+
+/// Written and read by the agent only; declared here so that it is created
+/// and pinned with the rest.
+#[btf_map(name = "SOCKLB_SVC_NAMES")]
+pub static SVC_NAMES: HashMap<u32, ServiceName, { capacity::SERVICES as usize }, NO_PREALLOC> =
+    HashMap::new();

@@ -9,7 +9,7 @@ use std::{
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use socklb_common::{
     BackendValue, Config, FrontendKey, FrontendValue, MemberKey, MemberValue, ServiceCounters,
-    ServiceValue, SlotKey, SlotValue, map_names,
+    ServiceName, ServiceValue, SlotKey, SlotValue, map_names,
 };
 
 use super::{Datapath, DatapathError, MapOp, MapState};
@@ -23,6 +23,7 @@ pub struct AyaMaps {
     members: HashMap<MapData, MemberKey, MemberValue>,
     counters: PerCpuArray<MapData, ServiceCounters>,
     config: Array<MapData, Config>,
+    names: HashMap<MapData, u32, ServiceName>,
 }
 
 fn map_io(e: MapError) -> io::Error {
@@ -59,6 +60,7 @@ impl AyaMaps {
             members: open(bpffs, map_names::MEMBERS)?,
             counters: open(bpffs, map_names::COUNTERS)?,
             config: open(bpffs, map_names::CONFIG)?,
+            names: open(bpffs, map_names::SVC_NAMES)?,
         })
     }
 
@@ -110,6 +112,8 @@ impl Datapath for AyaMaps {
             MapOp::DeleteService { id } => deleted(self.services.remove(&id)),
             MapOp::PutFrontend { key, value } => self.frontends.insert(key, value, 0),
             MapOp::DeleteFrontend(k) => deleted(self.frontends.remove(&k)),
+            MapOp::PutName { id, name } => self.names.insert(id, name, 0),
+            MapOp::DeleteName { id } => deleted(self.names.remove(&id)),
         };
         result.map_err(|e| DatapathError::Write {
             map: op.map_name(),
@@ -141,6 +145,7 @@ impl Datapath for AyaMaps {
             members: read(&self.members, map_names::MEMBERS)?
                 .into_keys()
                 .collect(),
+            names: read(&self.names, map_names::SVC_NAMES)?,
         })
     }
 

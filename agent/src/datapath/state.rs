@@ -5,7 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use socklb_common::{BackendValue, FrontendKey, FrontendValue, MemberKey, ServiceValue, SlotKey};
+use socklb_common::{
+    BackendValue, FrontendKey, FrontendValue, MemberKey, ServiceName, ServiceValue, SlotKey,
+};
 
 /// Everything the agent programs, entry for entry (affinity, counters and
 /// per-socket state are written by the programs, not the agent).
@@ -16,6 +18,7 @@ pub struct MapState {
     pub slots: BTreeMap<SlotKey, u32>,
     pub backends: BTreeMap<u32, BackendValue>,
     pub members: BTreeSet<MemberKey>,
+    pub names: BTreeMap<u32, ServiceName>,
 }
 
 /// One map write or delete.
@@ -47,6 +50,13 @@ pub enum MapOp {
         value: FrontendValue,
     },
     DeleteFrontend(FrontendKey),
+    PutName {
+        id: u32,
+        name: ServiceName,
+    },
+    DeleteName {
+        id: u32,
+    },
 }
 
 impl MapOp {
@@ -59,6 +69,7 @@ impl MapOp {
             Self::PutSlot { .. } | Self::DeleteSlot(_) => m::SLOTS,
             Self::PutService { .. } | Self::DeleteService { .. } => m::SERVICES,
             Self::PutFrontend { .. } | Self::DeleteFrontend(_) => m::FRONTENDS,
+            Self::PutName { .. } | Self::DeleteName { .. } => m::SVC_NAMES,
         }
     }
 
@@ -70,6 +81,7 @@ impl MapOp {
                 | Self::DeleteSlot(_)
                 | Self::DeleteService { .. }
                 | Self::DeleteFrontend(_)
+                | Self::DeleteName { .. }
         )
     }
 }
@@ -106,6 +118,12 @@ impl MapState {
             }
             MapOp::DeleteFrontend(k) => {
                 self.frontends.remove(&k);
+            }
+            MapOp::PutName { id, name } => {
+                self.names.insert(id, name);
+            }
+            MapOp::DeleteName { id } => {
+                self.names.remove(&id);
             }
         }
     }
@@ -153,13 +171,16 @@ impl MapState {
             .backends
             .keys()
             .all(|id| self.slots.values().any(|b| b == id));
-        slots_tidy && members_tidy && members_complete && backends_used
+        let names_tidy = self.names.keys().all(|id| self.services.contains_key(id));
+        slots_tidy && members_tidy && members_complete && backends_used && names_tidy
     }
 }
 
 /// One service (backend set) as the agent wants it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredService {
+    /// The agent's identity of this service (see `SVC_NAMES`).
+    pub name: ServiceName,
     pub flags: u16,
     pub affinity_timeout_secs: u32,
     /// Backend ids in slot order. At most `MAX_BACKENDS_PER_SERVICE`.
@@ -188,6 +209,7 @@ impl MapState {
                 Some((
                     id,
                     DesiredService {
+                        name: self.names.get(&id).copied().unwrap_or_default(),
                         flags: v.flags,
                         affinity_timeout_secs: v.affinity_timeout_secs,
                         backends,

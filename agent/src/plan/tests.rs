@@ -273,6 +273,7 @@ fn arb_desired() -> impl Strategy<Value = DesiredState> {
             d.services.insert(
                 id,
                 DesiredService {
+                    name: socklb_common::ServiceName::new(&format!("ns/svc-{id}:p")),
                     backends,
                     flags: (id % 2) as u16,
                     ..Default::default()
