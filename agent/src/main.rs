@@ -1,2 +1,202 @@
+//! The `socklb` command.
 #![forbid(unsafe_code)]
-fn main() {}
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use socklb::{
+    agent::{self, AgentConfig},
+    datapath::{Datapath, aya_maps::AyaMaps},
+    fs_checks, inspect,
+    loader::{self, Capacities},
+    netaddr::{self, Cidr},
+};
+
+const DEFAULT_BPFFS: &str = "/sys/fs/bpf/socklb";
+
+#[derive(Parser)]
+#[command(
+    name = "socklb",
+    version,
+    about = "Kubernetes Service load balancing at the socket (cgroup BPF)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Attach (or adopt) the datapath and keep it in sync with the cluster.
+    Agent {
+        /// Kubeconfig file; default: in-cluster, then $KUBECONFIG, then ~/.kube/config.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Read Services and EndpointSlices from this YAML file instead of the
+        /// API server (repeatable); the file is watched.
+        #[arg(long = "from-file")]
+        from_file: Vec<PathBuf>,
+        /// This node's name; default: $NODE_NAME, then the hostname.
+        #[arg(long)]
+        node_name: Option<String>,
+        /// cgroup v2 directory to attach to; default: the cgroup2 mount's root.
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        /// Directory on a BPF filesystem for the pinned maps and links.
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        /// Address of /healthz, /readyz and /metrics.
+        #[arg(long, default_value = "127.0.0.1:9966")]
+        metrics_addr: SocketAddr,
+        /// Where NodePorts answer: CIDRs select host addresses, single
+        /// addresses are used as given; default: every host address.
+        #[arg(long, value_delimiter = ',')]
+        nodeport_addresses: Vec<Cidr>,
+        /// How often the maps are read back and repaired if they drifted.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        resync: Duration,
+        /// Log format (the level comes from RUST_LOG, default info).
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+        /// Serve only Services labelled service.kubernetes.io/service-proxy-name=NAME
+        /// (kube-proxy skips those), for a gradual migration.
+        #[arg(long)]
+        service_proxy_name: Option<String>,
+    },
+    /// Show the programmed frontends, their backends and counters.
+    List {
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Detach the programs and remove every pin.
+    Uninstall {
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn cgroup_or_root(cgroup: Option<PathBuf>) -> Result<PathBuf> {
+    match cgroup {
+        Some(c) => Ok(c),
+        None => Ok(fs_checks::cgroup2_mount()?),
+    }
+}
+
+fn node_name(flag: Option<String>) -> Result<String> {
+    if let Some(n) = flag.filter(|n| !n.is_empty()) {
+        return Ok(n);
+    }
+    if let Ok(n) = std::env::var("NODE_NAME") {
+        if !n.is_empty() {
+            return Ok(n);
+        }
+    }
+    let host = nix::unistd::gethostname().context("reading the hostname")?;
+    Ok(host.to_string_lossy().into_owned())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Agent {
+            kubeconfig,
+            from_file,
+            node_name: name,
+            cgroup,
+            bpffs,
+            metrics_addr,
+            nodeport_addresses,
+            resync,
+            log_format,
+            service_proxy_name,
+        } => {
+            init_logs(log_format);
+            let cfg = AgentConfig {
+                kubeconfig,
+                from_files: from_file,
+                node_name: node_name(name)?,
+                cgroup: cgroup_or_root(cgroup)?,
+                bpffs,
+                metrics_addr,
+                nodeport_addresses: netaddr::nodeport_addresses(
+                    &nodeport_addresses,
+                    &netaddr::host_addresses(),
+                ),
+                resync,
+                capacities: Capacities::default(),
+                service_proxy_name,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(agent::run(cfg))
+        }
+        Cmd::List { bpffs, output } => {
+            let maps = AyaMaps::open(&bpffs).with_context(|| {
+                format!(
+                    "no socklb datapath pinned at {} (is the agent running?)",
+                    bpffs.display()
+                )
+            })?;
+            let state = maps.read_state()?;
+            let counters = maps.read_counters()?;
+            let rows = inspect::frontend_rows(&state, &counters);
+            match output {
+                Output::Table => print!("{}", inspect::render_table(&rows)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+            }
+            Ok(())
+        }
+        Cmd::Uninstall { cgroup, bpffs } => {
+            let cgroup = cgroup_or_root(cgroup)?;
+            let report = loader::uninstall(&cgroup, &bpffs)?;
+            println!(
+                "detached {} hooks, removed {} maps from {}",
+                report.links_detached.len(),
+                report.maps_removed.len(),
+                bpffs.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("socklb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray};
 use socklb_common::{
     BackendValue, Config, FrontendKey, FrontendValue, MemberKey, MemberValue, ServiceCounters,
     ServiceName, ServiceValue, SlotKey, SlotValue, map_names,
@@ -62,6 +62,42 @@ impl AyaMaps {
             config: open(bpffs, map_names::CONFIG)?,
             names: open(bpffs, map_names::SVC_NAMES)?,
         })
+    }
+
+    /// The max_entries of each map the agent writes.
+    pub fn capacities(&self) -> Result<Vec<(&'static str, u32)>, DatapathError> {
+        let info = |name: &'static str, m: &MapData| {
+            m.info()
+                .map(|i| (name, i.max_entries()))
+                .map_err(|e| DatapathError::Read {
+                    map: name,
+                    source: map_io(e),
+                })
+        };
+        Ok(vec![
+            info(map_names::FRONTENDS, self.frontends.map())?,
+            info(map_names::SERVICES, self.services.map())?,
+            info(map_names::SLOTS, self.slots.map())?,
+            info(map_names::BACKENDS, self.backends.map())?,
+            info(map_names::MEMBERS, self.members.map())?,
+            info(map_names::SVC_NAMES, self.names.map())?,
+        ])
+    }
+
+    /// Service ids index the per-CPU counter array, so they stay below its size.
+    pub fn service_id_limit(&self) -> Result<u32, DatapathError> {
+        Ok(self.counters.len())
+    }
+
+    /// The names map alone (cheaper than a full read for counters).
+    pub fn read_names(&self) -> Result<BTreeMap<u32, ServiceName>, DatapathError> {
+        self.names
+            .iter()
+            .collect::<Result<BTreeMap<_, _>, _>>()
+            .map_err(|e| DatapathError::Read {
+                map: map_names::SVC_NAMES,
+                source: map_io(e),
+            })
     }
 
     pub fn read_config(&self) -> Result<Config, DatapathError> {

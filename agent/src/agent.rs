@@ -1,0 +1,201 @@
+//! `socklb agent`: install or adopt the datapath, then keep it equal to
+//! what the sources say, until SIGTERM. The datapath stays when the agent
+//! stops; only `socklb uninstall` removes it.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use tokio::{signal::unix::SignalKind, sync::mpsc};
+
+use crate::{
+    datapath::aya_maps::AyaMaps,
+    http,
+    inspect::PinnedCounters,
+    loader::{self, Capacities, InstallOptions},
+    metrics::{MapLabel, Metrics},
+    model::NodeContext,
+    reconcile::{Limits, Reconciler},
+    source,
+    store::SourceEvent,
+};
+
+/// Everything `socklb agent` is told.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub kubeconfig: Option<PathBuf>,
+    pub from_files: Vec<PathBuf>,
+    pub node_name: String,
+    pub cgroup: PathBuf,
+    pub bpffs: PathBuf,
+    pub metrics_addr: SocketAddr,
+    pub nodeport_addresses: Vec<IpAddr>,
+    pub resync: Duration,
+    pub capacities: Capacities,
+    pub service_proxy_name: Option<String>,
+}
+
+/// Events arriving within this quiet time are applied together.
+const DEBOUNCE_QUIET: Duration = Duration::from_millis(10);
+/// ...but a steady stream of events is applied at least this often.
+const DEBOUNCE_MAX: Duration = Duration::from_millis(100);
+/// After a failed sync, try again after this long.
+const RETRY: Duration = Duration::from_secs(1);
+
+pub async fn run(cfg: AgentConfig) -> Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    // Bind before touching the kernel: a taken port fails the start cleanly.
+    let listener = http::bind(cfg.metrics_addr)
+        .await
+        .with_context(|| format!("--metrics-addr {}", cfg.metrics_addr))?;
+
+    let report = loader::install(&InstallOptions {
+        cgroup: cfg.cgroup.clone(),
+        bpffs: cfg.bpffs.clone(),
+        capacities: cfg.capacities,
+    })?;
+    tracing::info!(
+        cgroup = %cfg.cgroup.display(),
+        bpffs = %cfg.bpffs.display(),
+        links = ?report.links,
+        maps_created = report.maps_created.len(),
+        maps_adopted = report.maps_adopted.len(),
+        "datapath attached"
+    );
+    let maps = AyaMaps::open(&cfg.bpffs)?;
+    for (map, cap) in maps.capacities()? {
+        metrics
+            .map_capacity
+            .get_or_create(&MapLabel { map: map.into() })
+            .set(i64::from(cap));
+    }
+    metrics.set_counter_source(Box::new(PinnedCounters::new(&cfg.bpffs)));
+    let limits = Limits {
+        max_services: maps.service_id_limit()?,
+        max_backends: cfg.capacities.backends,
+    };
+    let ctx = NodeContext {
+        node_name: cfg.node_name.clone(),
+        zone: None,
+        nodeport_addresses: cfg.nodeport_addresses.clone(),
+        service_proxy_name: cfg.service_proxy_name.clone(),
+    };
+    tracing::info!(node = %cfg.node_name, nodeport_addresses = ?cfg.nodeport_addresses, "node");
+    let mut reconciler = Reconciler::new(Box::new(maps), ctx, &limits, metrics.clone())?;
+
+    tokio::spawn(http::serve(listener, metrics.clone()));
+
+    let (tx, mut rx) = mpsc::channel::<SourceEvent>(4096);
+    let mut expected: HashMap<&'static str, usize> = HashMap::new();
+    if cfg.from_files.is_empty() {
+        let client = kube_client(cfg.kubeconfig.as_deref()).await?;
+        for part in ["services", "endpointslices", "nodes"] {
+            expected.insert(part, 1);
+        }
+        tokio::spawn(source::kube::run(
+            client,
+            cfg.node_name.clone(),
+            cfg.service_proxy_name.clone(),
+            tx,
+            metrics.clone(),
+        ));
+    } else {
+        expected.insert("file", cfg.from_files.len());
+        for (i, path) in cfg.from_files.iter().enumerate() {
+            let origin = u16::try_from(i).context("too many --from-file")?;
+            tokio::spawn(source::file::run(
+                path.clone(),
+                origin,
+                tx.clone(),
+                metrics.clone(),
+            ));
+        }
+        drop(tx);
+    }
+
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut resync = tokio::time::interval(cfg.resync);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    resync.tick().await;
+    let mut synced: HashMap<&'static str, usize> = HashMap::new();
+    let mut all_synced = false;
+    let mut oldest: Option<Instant> = None;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                let Some(event) = event else {
+                    tracing::error!("every source stopped");
+                    break;
+                };
+                oldest.get_or_insert_with(Instant::now);
+                let batch_end = Instant::now() + DEBOUNCE_MAX;
+                let mut next = Some(event);
+                while let Some(event) = next.take() {
+                    if let SourceEvent::Synced(part) = &event {
+                        *synced.entry(part).or_default() += 1;
+                    }
+                    reconciler.apply_event(event);
+                    if Instant::now() >= batch_end {
+                        break;
+                    }
+                    next = tokio::time::timeout(DEBOUNCE_QUIET, rx.recv()).await.ok().flatten();
+                }
+                if !all_synced {
+                    all_synced = expected.iter().all(|(k, n)| synced.get(k).copied().unwrap_or(0) >= *n);
+                    if !all_synced {
+                        continue; // never prune on a partial initial state
+                    }
+                }
+                let report = reconciler.sync();
+                if let Some(t) = oldest.take() {
+                    metrics.event_to_datapath.observe(t.elapsed().as_secs_f64());
+                }
+                retry_at = (!report.complete).then(|| tokio::time::Instant::now() + RETRY);
+                if !metrics.is_ready() {
+                    metrics.set_ready();
+                    tracing::info!(ops = report.ops_applied, complete = report.complete, "first full sync programmed; ready");
+                }
+            }
+            _ = async { tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)).await }, if retry_at.is_some() => {
+                let report = reconciler.sync();
+                retry_at = (!report.complete).then(|| tokio::time::Instant::now() + RETRY);
+            }
+            _ = resync.tick(), if all_synced => {
+                match reconciler.resync() {
+                    Ok(drift) => tracing::debug!(drift, "resync"),
+                    Err(e) => tracing::warn!(error = %e, "resync could not read the maps"),
+                }
+                if reconciler.needs_retry() {
+                    retry_at = Some(tokio::time::Instant::now() + RETRY);
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    tracing::info!("stopping; the datapath stays attached (socklb uninstall removes it)");
+    Ok(())
+}
+
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("--kubeconfig {}", path.display()))?
+        }
+        // In-cluster, then KUBECONFIG, then ~/.kube/config.
+        None => kube::Config::infer().await.context("no Kubernetes configuration found (in-cluster, KUBECONFIG or ~/.kube/config); use --kubeconfig or --from-file")?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}

@@ -1,0 +1,219 @@
+//! One Service and its EndpointSlices to frontends and backend sets.
+//!
+//! Per family and per service port:
+//! * endpoints are merged over the family's slices by port name and
+//!   protocol (the slice carries the resolved `targetPort`), duplicates
+//!   removed (a node-local duplicate wins, as in kube-proxy);
+//! * the cluster set is used when `internalTrafficPolicy` is Cluster or the
+//!   port is externally reachable, the local set when a policy is Local;
+//! * the ClusterIP uses the set its `internalTrafficPolicy` names;
+//! * NodePorts, external IPs and load-balancer IPs are reached from this
+//!   node's sockets with the cluster set: kube-proxy routes locally
+//!   originated traffic to external destinations through the cluster chain
+//!   ("route LOCAL traffic ... external destinations"), whatever
+//!   `externalTrafficPolicy` says. With `externalTrafficPolicy: Local` they
+//!   also get an external-scope entry with the local set, which is what a
+//!   packet arriving from outside the node would get.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+};
+
+use socklb_common::{MAX_BACKENDS_PER_SERVICE, SCOPE_EXTERNAL, SCOPE_INTERNAL, service_flags};
+
+use super::{
+    BackendSet, Family, Frontend, FrontendKind, NodeContext, Policy, ServiceModel, SetId,
+    categorize::{Endpoint, categorize},
+    problem::{Problem, ProblemKind},
+    service::{ParsedService, ServicePortSpec},
+    slices::ParsedSlice,
+};
+
+/// Endpoints of one service port in one family, merged over slices.
+fn merged_endpoints(port: &ServicePortSpec, slices: &[&ParsedSlice], node: &str) -> Vec<Endpoint> {
+    let mut sorted: Vec<&&ParsedSlice> = slices.iter().collect();
+    sorted.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut by_addr: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
+    for slice in sorted {
+        let Some(sp) = slice
+            .ports
+            .iter()
+            .find(|p| p.name == port.name && p.proto == port.proto)
+        else {
+            continue;
+        };
+        for e in &slice.endpoints {
+            let addr = SocketAddr::new(e.addr, sp.port);
+            let local = e.node_name.as_deref() == Some(node);
+            if by_addr.get(&addr).is_some_and(|prev| !local || prev.local) {
+                continue;
+            }
+            by_addr.insert(
+                addr,
+                Endpoint {
+                    addr,
+                    ready: e.ready,
+                    serving: e.serving,
+                    terminating: e.terminating,
+                    local,
+                    zone_hints: e.zone_hints.clone(),
+                    node_hints: e.node_hints.clone(),
+                },
+            );
+        }
+    }
+    by_addr.into_values().collect()
+}
+
+pub fn build_service(
+    svc: &ParsedService,
+    slices: &[&ParsedSlice],
+    ctx: &NodeContext,
+) -> (ServiceModel, Vec<Problem>) {
+    let mut model = ServiceModel::default();
+    let mut problems = Vec::new();
+    for (&family, &cluster_ip) in &svc.cluster_ips {
+        let family_slices: Vec<&ParsedSlice> = slices
+            .iter()
+            .copied()
+            .filter(|s| s.family == family && s.service == svc.key)
+            .collect();
+        let of_family = |ips: &[IpAddr]| -> Vec<IpAddr> {
+            ips.iter()
+                .copied()
+                .filter(|ip| Family::of(ip) == family)
+                .collect()
+        };
+        let node_addrs = of_family(&ctx.nodeport_addresses);
+        let external_ips = of_family(&svc.external_ips);
+        let lb_ips = of_family(&svc.load_balancer_ips);
+
+        for port in &svc.ports {
+            let endpoints = merged_endpoints(port, &family_slices, &ctx.node_name);
+            let external = svc.externally_accessible(port);
+            let uses_cluster = !svc.internal_local || external;
+            let uses_local = svc.internal_local || (svc.external_local && external);
+            let cat = categorize(
+                &endpoints,
+                uses_cluster,
+                uses_local,
+                &ctx.node_name,
+                ctx.zone.as_deref(),
+            );
+            let set_id = |policy| SetId {
+                service: svc.key.clone(),
+                port: port.port,
+                proto: port.proto,
+                family,
+                policy,
+            };
+            let mut make_set = |policy: Policy, addrs: Vec<SocketAddr>, fallback: bool| {
+                let mut flags = 0;
+                if policy == Policy::Local {
+                    flags |= service_flags::LOCAL_ONLY;
+                }
+                if fallback {
+                    flags |= service_flags::TERMINATING_FALLBACK;
+                }
+                if svc.affinity_timeout_secs.is_some() {
+                    flags |= service_flags::AFFINITY;
+                }
+                let mut backends = addrs;
+                backends.sort_unstable();
+                backends.dedup();
+                if backends.len() > MAX_BACKENDS_PER_SERVICE {
+                    problems.push(Problem::new(
+                        ProblemKind::TooManyEndpoints,
+                        format!("Service {}", svc.key),
+                        format!("port {}", port.port),
+                        format!(
+                            "{} endpoints; only the first {MAX_BACKENDS_PER_SERVICE} are used",
+                            backends.len()
+                        ),
+                    ));
+                    backends.truncate(MAX_BACKENDS_PER_SERVICE);
+                }
+                let local = endpoints
+                    .iter()
+                    .filter(|e| e.local)
+                    .map(|e| e.addr)
+                    .filter(|a| backends.binary_search(a).is_ok())
+                    .collect();
+                BackendSet {
+                    id: set_id(policy),
+                    port_name: port.name.clone(),
+                    backends,
+                    local,
+                    flags,
+                    affinity_timeout_secs: svc.affinity_timeout_secs.unwrap_or(0),
+                }
+            };
+            let cluster = cat
+                .cluster
+                .map(|a| make_set(Policy::Cluster, a, cat.cluster_fallback));
+            let local = cat
+                .local
+                .map(|a| make_set(Policy::Local, a, cat.local_fallback));
+
+            let mut frontends = Vec::new();
+            let internal_policy = if svc.internal_local {
+                Policy::Local
+            } else {
+                Policy::Cluster
+            };
+            frontends.push((
+                SocketAddr::new(cluster_ip, port.port),
+                SCOPE_INTERNAL,
+                FrontendKind::ClusterIp,
+                internal_policy,
+            ));
+            let mut externals: Vec<(SocketAddr, FrontendKind)> = Vec::new();
+            if let Some(np) = port.node_port {
+                externals.extend(
+                    node_addrs
+                        .iter()
+                        .map(|a| (SocketAddr::new(*a, np), FrontendKind::NodePort)),
+                );
+            }
+            externals.extend(
+                external_ips
+                    .iter()
+                    .map(|a| (SocketAddr::new(*a, port.port), FrontendKind::ExternalIp)),
+            );
+            externals.extend(
+                lb_ips
+                    .iter()
+                    .map(|a| (SocketAddr::new(*a, port.port), FrontendKind::LoadBalancer)),
+            );
+            for (addr, kind) in externals {
+                frontends.push((addr, SCOPE_INTERNAL, kind, Policy::Cluster));
+                if svc.external_local {
+                    frontends.push((addr, SCOPE_EXTERNAL, kind, Policy::Local));
+                }
+            }
+
+            let mut used = BTreeSet::new();
+            let mut seen = BTreeSet::new();
+            for (addr, scope, kind, policy) in frontends {
+                if !seen.insert((addr, scope)) {
+                    continue; // e.g. an external IP equal to a node address
+                }
+                used.insert(policy);
+                model.frontends.push(Frontend {
+                    addr,
+                    proto: port.proto,
+                    scope,
+                    kind,
+                    set: set_id(policy),
+                });
+            }
+            for set in [cluster, local].into_iter().flatten() {
+                if used.contains(&set.id.policy) {
+                    model.sets.push(set);
+                }
+            }
+        }
+    }
+    (model, problems)
+}

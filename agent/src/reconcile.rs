@@ -1,0 +1,346 @@
+//! The single owner of the agent's state: it takes source events, rebuilds
+//! the models of the Services that changed, renders the desired state, plans
+//! against what the maps hold and applies the plan.
+//!
+//! Nothing here is async and nothing here knows the kernel: the datapath is a
+//! trait object, so the whole loop is tested against the fake datapath.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Instant,
+};
+
+use crate::{
+    datapath::{Datapath, DatapathError, DesiredState, MapState},
+    ids::IdAllocator,
+    metrics::{KindLabel, MapLabel, Metrics},
+    model::{
+        NodeContext, ObjKey, Problem, ServiceModel, SetId, build_service,
+        service::{ServiceOutcome, parse_service},
+        slices::parse_slice,
+    },
+    plan::{self, ExecReport, OpFailure},
+    render::render,
+    store::{SourceEvent, Store},
+};
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_services: u32,
+    pub max_backends: u32,
+}
+
+/// What one sync did, for logs and tests.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub ops_applied: usize,
+    pub failures: usize,
+    /// Every change took effect.
+    pub complete: bool,
+    /// Services whose model changed in this sync.
+    pub changed: Vec<ObjKey>,
+}
+
+pub struct Reconciler {
+    dp: Box<dyn Datapath + Send>,
+    mirror: MapState,
+    ids: IdAllocator,
+    store: Store,
+    ctx: NodeContext,
+    models: BTreeMap<ObjKey, ServiceModel>,
+    problems: BTreeMap<ObjKey, BTreeSet<Problem>>,
+    render_problems: BTreeSet<Problem>,
+    desired: DesiredState,
+    sets: BTreeMap<u32, SetId>,
+    metrics: Arc<Metrics>,
+    /// The last sync left something to retry.
+    pending: bool,
+}
+
+impl Reconciler {
+    /// Adopts what the maps hold: the mirror and the ids come from them, so
+    /// an unchanged desired state writes nothing.
+    pub fn new(
+        dp: Box<dyn Datapath + Send>,
+        ctx: NodeContext,
+        limits: &Limits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, DatapathError> {
+        let mirror = dp.read_state()?;
+        let ids = IdAllocator::from_maps(&mirror, limits.max_services, limits.max_backends);
+        Ok(Self {
+            dp,
+            mirror,
+            ids,
+            store: Store::default(),
+            ctx,
+            models: BTreeMap::new(),
+            problems: BTreeMap::new(),
+            render_problems: BTreeSet::new(),
+            desired: DesiredState::default(),
+            sets: BTreeMap::new(),
+            metrics,
+            pending: false,
+        })
+    }
+
+    pub fn apply_event(&mut self, event: SourceEvent) {
+        if let SourceEvent::NodeZone(zone) = &event {
+            self.ctx.zone = zone.clone();
+        }
+        self.store.apply(event);
+    }
+
+    pub fn needs_retry(&self) -> bool {
+        self.pending
+    }
+
+    pub fn mirror(&self) -> &MapState {
+        &self.mirror
+    }
+
+    pub fn desired(&self) -> &DesiredState {
+        &self.desired
+    }
+
+    /// Which set each service id stands for.
+    pub fn sets(&self) -> &BTreeMap<u32, SetId> {
+        &self.sets
+    }
+
+    pub fn problems(&self) -> impl Iterator<Item = &Problem> {
+        self.problems
+            .values()
+            .flatten()
+            .chain(self.render_problems.iter())
+    }
+
+    /// Rebuilds what changed and brings the maps to the desired state.
+    pub fn sync(&mut self) -> SyncReport {
+        let started = Instant::now();
+        let keys = match self.store.take_dirty() {
+            Some(dirty) => dirty,
+            None => {
+                let mut all = self.store.all_service_keys();
+                all.extend(self.models.keys().cloned());
+                all
+            }
+        };
+        let mut changed = Vec::new();
+        for key in keys {
+            if self.rebuild(&key) {
+                changed.push(key);
+            }
+        }
+
+        let rendered = render(self.models.iter(), &mut self.ids);
+        let fresh: BTreeSet<Problem> = rendered.problems.into_iter().collect();
+        for p in fresh.difference(&self.render_problems) {
+            self.report(p);
+        }
+        self.render_problems = fresh;
+        self.desired = rendered.desired;
+        self.sets = rendered.sets;
+
+        let report = self.execute();
+        self.after_execute(&report, &changed);
+        self.metrics
+            .sync_duration
+            .observe(started.elapsed().as_secs_f64());
+        SyncReport {
+            ops_applied: report.applied,
+            failures: report.failures.len(),
+            complete: report.is_complete(),
+            changed,
+        }
+    }
+
+    /// Reads the maps back, counts what differs from the desired state and
+    /// repairs it. Returns the number of operations the repair took.
+    pub fn resync(&mut self) -> Result<usize, DatapathError> {
+        let actual = self.dp.read_state()?;
+        let drift = plan::plan(&actual, &self.desired).op_count();
+        self.mirror = actual;
+        let report = self.execute();
+        self.after_execute(&report, &[]);
+        if drift > 0 {
+            self.metrics.drift_repaired.inc_by(drift as u64);
+            tracing::warn!(
+                operations = drift,
+                "resync found the maps drifted from the desired state; repaired"
+            );
+        }
+        Ok(drift)
+    }
+
+    fn execute(&mut self) -> ExecReport {
+        let p = plan::plan(&self.mirror, &self.desired);
+        if p.is_empty() {
+            return ExecReport::default();
+        }
+        plan::execute(&p, self.dp.as_mut(), &mut self.mirror)
+    }
+
+    fn after_execute(&mut self, report: &ExecReport, changed: &[ObjKey]) {
+        self.pending = !report.is_complete();
+        for f in &report.failures {
+            if let OpFailure::Failed { op, error } = f {
+                self.metrics
+                    .map_operation_errors
+                    .get_or_create(&MapLabel {
+                        map: op.map_name().into(),
+                    })
+                    .inc();
+                tracing::debug!(%error, "map operation failed");
+            }
+        }
+        if self.pending {
+            self.metrics.reconcile_errors.inc();
+            let full = report.map_full();
+            for id in &report.services_failed {
+                let name = self
+                    .sets
+                    .get(id)
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| format!("id {id}"));
+                if full {
+                    tracing::error!(set = %name, "map full: the service keeps its previous version");
+                    self.metrics.invalid("capacity");
+                } else {
+                    tracing::warn!(set = %name, "update failed: the service keeps its previous version; retrying");
+                }
+            }
+        }
+        if report.applied > 0 {
+            self.metrics.syncs.inc();
+        }
+        let failed: BTreeSet<&ObjKey> = report
+            .services_failed
+            .iter()
+            .filter_map(|id| self.sets.get(id))
+            .map(|s| &s.service)
+            .collect();
+        for key in changed {
+            match self.models.get(key) {
+                Some(m) if !failed.contains(key) => {
+                    let backends: BTreeSet<_> =
+                        m.sets.iter().flat_map(|s| s.backends.iter()).collect();
+                    tracing::info!(
+                        service = %key,
+                        frontends = m.frontends.len(),
+                        backends = backends.len(),
+                        "service applied"
+                    );
+                }
+                Some(_) => {}
+                None => tracing::info!(service = %key, "service removed"),
+            }
+        }
+        // Ids that are in neither the maps nor the desired state are free.
+        let svc_ids: BTreeSet<u32> = self
+            .mirror
+            .services
+            .keys()
+            .chain(self.desired.services.keys())
+            .copied()
+            .collect();
+        let be_ids: BTreeSet<u32> = self
+            .mirror
+            .backends
+            .keys()
+            .chain(self.desired.backends.keys())
+            .copied()
+            .collect();
+        self.ids.release_unused(&svc_ids, &be_ids);
+        self.update_gauges();
+    }
+
+    fn update_gauges(&self) {
+        self.metrics.services.set(self.models.len() as i64);
+        self.metrics.backends.set(self.mirror.backends.len() as i64);
+        let mut kinds: BTreeMap<String, i64> = BTreeMap::new();
+        for m in self.models.values() {
+            for f in m
+                .frontends
+                .iter()
+                .filter(|f| f.scope == socklb_common::SCOPE_INTERNAL)
+            {
+                *kinds.entry(f.kind.to_string()).or_default() += 1;
+            }
+        }
+        for kind in ["ClusterIP", "NodePort", "ExternalIP", "LoadBalancer"] {
+            let n = kinds.get(kind).copied().unwrap_or(0);
+            self.metrics
+                .frontends
+                .get_or_create(&KindLabel { kind: kind.into() })
+                .set(n);
+        }
+        use socklb_common::map_names as m;
+        let entries = [
+            (m::FRONTENDS, self.mirror.frontends.len()),
+            (m::SERVICES, self.mirror.services.len()),
+            (m::SLOTS, self.mirror.slots.len()),
+            (m::BACKENDS, self.mirror.backends.len()),
+            (m::MEMBERS, self.mirror.members.len()),
+            (m::SVC_NAMES, self.mirror.names.len()),
+        ];
+        for (map, n) in entries {
+            self.metrics
+                .map_entries
+                .get_or_create(&MapLabel { map: map.into() })
+                .set(n as i64);
+        }
+    }
+
+    /// Rebuilds one Service's model; returns whether it changed.
+    fn rebuild(&mut self, key: &ObjKey) -> bool {
+        let mut problems = BTreeSet::new();
+        let mut slices = Vec::new();
+        for s in self.store.slices_of(key) {
+            let (parsed, ps) = parse_slice(s);
+            problems.extend(ps);
+            slices.extend(parsed);
+        }
+        let model = match self
+            .store
+            .service(key)
+            .map(|svc| parse_service(svc, &self.ctx))
+        {
+            Some((ServiceOutcome::Proxied(svc), ps)) => {
+                problems.extend(ps);
+                let refs: Vec<_> = slices.iter().collect();
+                let (model, ps) = build_service(&svc, &refs, &self.ctx);
+                problems.extend(ps);
+                Some(model)
+            }
+            Some((ServiceOutcome::NotProxied(why), ps)) => {
+                problems.extend(ps);
+                tracing::debug!(service = %key, why, "not proxied");
+                None
+            }
+            None => None,
+        };
+        let old = self.problems.remove(key).unwrap_or_default();
+        for p in problems.difference(&old) {
+            self.report(p);
+        }
+        if !problems.is_empty() {
+            self.problems.insert(key.clone(), problems);
+        }
+        let changed = match &model {
+            Some(m) => self.models.get(key) != Some(m),
+            None => self.models.contains_key(key),
+        };
+        match model {
+            Some(m) => self.models.insert(key.clone(), m),
+            None => self.models.remove(key),
+        };
+        changed
+    }
+
+    fn report(&self, p: &Problem) {
+        tracing::warn!(object = %p.object, field = %p.field, reason = %p.reason, "skipped invalid input");
+        self.metrics.invalid(p.kind.label());
+    }
+}

@@ -1,0 +1,118 @@
+//! `--from-file`: a YAML file of Services and EndpointSlices, watched.
+//!
+//! The file is polled (cheaply: metadata first, content only when it moved),
+//! so edits, atomic renames and files on any filesystem are all picked up
+//! well within two seconds. A file that does not parse keeps the last good
+//! state, with one error naming the file and the line.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use tokio::sync::mpsc;
+
+use super::yaml::{Objects, parse_objects};
+use crate::{
+    metrics::Metrics,
+    store::{Origin, SourceEvent},
+};
+
+/// How often the file's metadata is checked.
+pub const POLL: Duration = Duration::from_millis(200);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> std::io::Result<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok(Stamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        inode: m.ino(),
+    })
+}
+
+/// What reading the file gave.
+pub enum Reading {
+    Objects(Objects),
+    /// Unchanged content (a touch): nothing to do.
+    Unchanged,
+    Failed(String),
+}
+
+/// Reads and parses once; `last` is the previous content, to skip touches.
+pub fn read_once(path: &Path, last: &mut Option<String>, metrics: &Metrics) -> Reading {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => return Reading::Failed(format!("{}: {e}", path.display())),
+    };
+    if last.as_deref() == Some(text.as_str()) {
+        return Reading::Unchanged;
+    }
+    match parse_objects(&text) {
+        Ok((objects, problems)) => {
+            for p in &problems {
+                tracing::warn!(file = %path.display(), object = %p.object, field = %p.field, reason = %p.reason, "skipped invalid object");
+                metrics.invalid(p.kind.label());
+            }
+            *last = Some(text);
+            Reading::Objects(objects)
+        }
+        Err(e) => Reading::Failed(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Watches one file and sends its whole content on every change.
+pub async fn run(
+    path: PathBuf,
+    origin: Origin,
+    tx: mpsc::Sender<SourceEvent>,
+    metrics: Arc<Metrics>,
+) {
+    let mut last_text: Option<String> = None;
+    let mut last_stamp: Option<Stamp> = None;
+    let mut last_error: Option<String> = None;
+    let mut synced = false;
+    loop {
+        let now = stamp(&path).ok();
+        if now.is_none() || now != last_stamp {
+            match read_once(&path, &mut last_text, &metrics) {
+                Reading::Objects(objects) => {
+                    last_error = None;
+                    let event = SourceEvent::Replace {
+                        origin,
+                        services: objects.services,
+                        slices: objects.slices,
+                    };
+                    if tx.send(event).await.is_err() {
+                        return;
+                    }
+                    if !synced {
+                        synced = true;
+                        if tx.send(SourceEvent::Synced("file")).await.is_err() {
+                            return;
+                        }
+                    }
+                    tracing::info!(file = %path.display(), "loaded");
+                }
+                Reading::Unchanged => {}
+                Reading::Failed(message) => {
+                    if last_error.as_ref() != Some(&message) {
+                        tracing::error!(error = %message, "cannot use the file; keeping the last good state");
+                        metrics.source_error("file");
+                        last_error = Some(message);
+                    }
+                }
+            }
+            last_stamp = now;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}

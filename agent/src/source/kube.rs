@@ -1,0 +1,168 @@
+//! The API server: kube-rs watchers for Services, EndpointSlices and this
+//! node's Node object.
+//!
+//! * Label selectors as kube-proxy's informers: no
+//!   `service.kubernetes.io/service-proxy-name` (or ours, when a proxy name
+//!   is set) and no `service.kubernetes.io/headless`.
+//! * Nothing is forwarded until a (re)list is complete (`InitDone`); the
+//!   complete list then replaces what the agent had, so a relist deletes what
+//!   it no longer contains, and a partial list never prunes (Cilium #27215).
+//! * Expired watches (410 Gone), API errors and an unreachable server are
+//!   retried with kube-rs's default backoff; meanwhile nothing is sent and
+//!   the datapath keeps its state.
+
+use std::{fmt::Debug, sync::Arc};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client, Resource,
+    runtime::{WatchStreamExt, watcher},
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use crate::{
+    metrics::Metrics,
+    model::service::{LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME},
+    store::{Origin, SourceEvent, service_key, slice_key},
+};
+
+/// The origin of API server objects (files use 0..n).
+pub const ORIGIN: Origin = u16::MAX;
+
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// kube-proxy's informer label selector.
+pub fn label_selector(service_proxy_name: Option<&str>) -> String {
+    match service_proxy_name {
+        None => format!("!{LABEL_SERVICE_PROXY_NAME},!{LABEL_HEADLESS}"),
+        Some(name) => format!("{LABEL_SERVICE_PROXY_NAME}={name},!{LABEL_HEADLESS}"),
+    }
+}
+
+/// Runs the three watchers until the receiver goes away.
+pub async fn run(
+    client: Client,
+    node_name: String,
+    service_proxy_name: Option<String>,
+    tx: mpsc::Sender<SourceEvent>,
+    metrics: Arc<Metrics>,
+) {
+    let selector = label_selector(service_proxy_name.as_deref());
+    let services = watch_kind::<Service>(
+        Api::all(client.clone()),
+        watcher::Config::default().labels(&selector),
+        "services",
+        tx.clone(),
+        metrics.clone(),
+        |objs| SourceEvent::ReplaceServices {
+            origin: ORIGIN,
+            services: objs,
+        },
+        |obj| SourceEvent::ServiceApplied {
+            origin: ORIGIN,
+            service: Box::new(obj),
+        },
+        |obj| SourceEvent::ServiceDeleted {
+            key: service_key(&obj),
+        },
+    );
+    let slices = watch_kind::<EndpointSlice>(
+        Api::all(client.clone()),
+        watcher::Config::default().labels(&selector),
+        "endpointslices",
+        tx.clone(),
+        metrics.clone(),
+        |objs| SourceEvent::ReplaceSlices {
+            origin: ORIGIN,
+            slices: objs,
+        },
+        |obj| SourceEvent::SliceApplied {
+            origin: ORIGIN,
+            slice: Box::new(obj),
+        },
+        |obj| SourceEvent::SliceDeleted {
+            key: slice_key(&obj),
+        },
+    );
+    let zone = |node: &Node| {
+        node.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(ZONE_LABEL))
+            .cloned()
+    };
+    let nodes = watch_kind::<Node>(
+        Api::all(client),
+        watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+        "nodes",
+        tx,
+        metrics,
+        move |objs| SourceEvent::NodeZone(objs.first().and_then(zone)),
+        move |obj| SourceEvent::NodeZone(zone(&obj)),
+        |_| SourceEvent::NodeZone(None),
+    );
+    tokio::join!(services, slices, nodes);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn watch_kind<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &'static str,
+    tx: mpsc::Sender<SourceEvent>,
+    metrics: Arc<Metrics>,
+    replace: impl Fn(Vec<K>) -> SourceEvent,
+    applied: impl Fn(K) -> SourceEvent,
+    deleted: impl Fn(K) -> SourceEvent,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let mut stream = watcher(api, config).default_backoff().boxed();
+    let mut buffer: Vec<K> = Vec::new();
+    let mut synced = false;
+    loop {
+        let event = match stream.try_next().await {
+            Ok(Some(event)) => event,
+            Ok(None) => return,
+            Err(e) => {
+                // The stream backs off and re-lists by itself.
+                tracing::warn!(error = %e, what, "watch failed; retrying with backoff, datapath unchanged");
+                metrics.source_error(what);
+                continue;
+            }
+        };
+        let list_done = matches!(event, watcher::Event::InitDone);
+        let out = match event {
+            watcher::Event::Init => {
+                buffer.clear();
+                None
+            }
+            watcher::Event::InitApply(obj) => {
+                buffer.push(obj);
+                None
+            }
+            watcher::Event::InitDone => {
+                tracing::info!(what, objects = buffer.len(), "list complete");
+                Some(replace(std::mem::take(&mut buffer)))
+            }
+            watcher::Event::Apply(obj) => Some(applied(obj)),
+            watcher::Event::Delete(obj) => Some(deleted(obj)),
+        };
+        if let Some(event) = out {
+            if tx.send(event).await.is_err() {
+                return;
+            }
+            if list_done && !synced {
+                synced = true;
+                if tx.send(SourceEvent::Synced(what)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Kubernetes objects from YAML, as `kubectl get svc,endpointslices -A -o
+//! yaml` prints them: a `kind: List`, or documents separated by `---`.
+//!
+//! A syntax error anywhere rejects the whole text (with its line), so that a
+//! file caught half-written never replaces a good state. An object that is
+//! well-formed YAML but not a valid Service or EndpointSlice is skipped with
+//! a problem naming it and the offending field.
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use crate::model::{Problem, problem::ProblemKind};
+
+#[derive(Clone, Debug, Default)]
+pub struct Objects {
+    pub services: Vec<Service>,
+    pub slices: Vec<EndpointSlice>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("line {line}, column {column}: {message}")]
+pub struct SyntaxError {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+fn syntax_error(e: &serde_yaml_ng::Error) -> SyntaxError {
+    let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+    SyntaxError {
+        line,
+        column,
+        message: e.to_string(),
+    }
+}
+
+/// Parses every document; objects of other kinds are ignored.
+pub fn parse_objects(text: &str) -> Result<(Objects, Vec<Problem>), SyntaxError> {
+    let mut values = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let value = Value::deserialize(doc).map_err(|e| syntax_error(&e))?;
+        values.push(value);
+    }
+    let mut objects = Objects::default();
+    let mut problems = Vec::new();
+    for value in values {
+        collect(value, &mut objects, &mut problems);
+    }
+    Ok((objects, problems))
+}
+
+fn str_field<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    cur.as_str()
+}
+
+fn collect(value: Value, objects: &mut Objects, problems: &mut Vec<Problem>) {
+    if value.is_null() {
+        return; // an empty document
+    }
+    let kind = str_field(&value, &["kind"]).unwrap_or_default().to_string();
+    let api = str_field(&value, &["apiVersion"])
+        .unwrap_or_default()
+        .to_string();
+    match (api.as_str(), kind.as_str()) {
+        (_, "List") | (_, "ServiceList") | (_, "EndpointSliceList") => {
+            if let Some(Value::Sequence(items)) = value.get("items").cloned() {
+                for item in items {
+                    collect(item, objects, problems);
+                }
+            }
+        }
+        ("v1", "Service") => {
+            if let Some(svc) = decode::<Service>(value, "Service", problems) {
+                objects.services.push(svc);
+            }
+        }
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            if let Some(slice) = decode::<EndpointSlice>(value, "EndpointSlice", problems) {
+                objects.slices.push(slice);
+            }
+        }
+        _ => tracing::debug!(api, kind, "ignoring object of another kind"),
+    }
+}
+
+/// Decodes one object, naming the field that does not fit.
+fn decode<T: serde::de::DeserializeOwned>(
+    value: Value,
+    kind: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    let ns = str_field(&value, &["metadata", "namespace"])
+        .unwrap_or("default")
+        .to_string();
+    let name = str_field(&value, &["metadata", "name"])
+        .unwrap_or("<unnamed>")
+        .to_string();
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(obj) => Some(obj),
+        Err(e) => {
+            let field = e.path().to_string();
+            problems.push(Problem::new(
+                ProblemKind::Malformed,
+                format!("{kind} {ns}/{name}"),
+                if field == "." {
+                    String::from("(object)")
+                } else {
+                    field
+                },
+                e.into_inner().to_string(),
+            ));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIST: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: web, namespace: default}
+  spec:
+    clusterIP: 10.96.0.10
+    ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata:
+    name: web-abc
+    namespace: default
+    labels: {kubernetes.io/service-name: web}
+  addressType: IPv4
+  endpoints: [{addresses: [10.244.0.1]}]
+  ports: [{name: http, port: 8080, protocol: TCP}]
+- apiVersion: v1
+  kind: Endpoints
+  metadata: {name: web, namespace: default}
+"#;
+
+    #[test]
+    fn a_kubectl_list_yields_services_and_slices_and_ignores_other_kinds() {
+        let (objs, problems) = parse_objects(LIST).expect("valid yaml");
+        assert_eq!(objs.services.len(), 1);
+        assert_eq!(objs.slices.len(), 1);
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    #[test]
+    fn multi_document_yaml_is_read_too() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {clusterIP: 10.96.0.1}\n---\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b}\n";
+        let (objs, _) = parse_objects(text).expect("valid yaml");
+        assert_eq!(objs.services.len(), 2);
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_line() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: [unclosed\n";
+        let err = parse_objects(text).expect_err("broken yaml");
+        assert!(err.line >= 4, "{err}");
+        assert!(err.to_string().starts_with("line "), "{err}");
+    }
+
+    #[test]
+    fn an_object_with_a_wrong_field_type_is_skipped_by_name_and_field() {
+        let text = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: bad, namespace: prod}
+spec:
+  ports: [{port: "eighty"}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: good, namespace: prod}
+spec: {clusterIP: 10.96.0.2}
+"#;
+        let (objs, problems) = parse_objects(text).expect("valid yaml");
+        assert_eq!(objs.services.len(), 1, "the good one stays");
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].object, "Service prod/bad");
+        assert_eq!(problems[0].field, "spec.ports[0].port");
+    }
+}
