@@ -120,6 +120,48 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
 
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+    };
+    drive(
+        &mut reconciler,
+        &mut rx,
+        &LoopConfig {
+            expected,
+            resync: cfg.resync,
+        },
+        &metrics,
+        shutdown,
+    )
+    .await;
+    tracing::info!("stopping; the datapath stays attached (socklb uninstall removes it)");
+    Ok(())
+}
+
+/// What the event loop waits for and how often it resyncs.
+#[derive(Clone, Debug)]
+pub struct LoopConfig {
+    /// How many `Synced` signals each source part must send before the
+    /// first sync (one per file; one per API watcher).
+    pub expected: HashMap<&'static str, usize>,
+    pub resync: Duration,
+}
+
+/// The agent's event loop: batches source events, syncs once every source
+/// has delivered its initial state (never before: a partial initial state
+/// must not prune a live datapath), resyncs periodically, retries failures,
+/// and returns when `shutdown` completes or every source is gone.
+pub async fn drive(
+    reconciler: &mut Reconciler,
+    rx: &mut mpsc::Receiver<SourceEvent>,
+    cfg: &LoopConfig,
+    metrics: &Metrics,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
     let mut resync = tokio::time::interval(cfg.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
@@ -133,7 +175,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             event = rx.recv() => {
                 let Some(event) = event else {
                     tracing::error!("every source stopped");
-                    break;
+                    return;
                 };
                 oldest.get_or_insert_with(Instant::now);
                 let batch_end = Instant::now() + DEBOUNCE_MAX;
@@ -149,9 +191,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                     next = tokio::time::timeout(DEBOUNCE_QUIET, rx.recv()).await.ok().flatten();
                 }
                 if !all_synced {
-                    all_synced = expected.iter().all(|(k, n)| synced.get(k).copied().unwrap_or(0) >= *n);
+                    all_synced = cfg.expected.iter().all(|(k, n)| synced.get(k).copied().unwrap_or(0) >= *n);
                     if !all_synced {
-                        continue; // never prune on a partial initial state
+                        continue;
                     }
                 }
                 let report = reconciler.sync();
@@ -177,12 +219,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                     retry_at = Some(tokio::time::Instant::now() + RETRY);
                 }
             }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            _ = &mut shutdown => return,
         }
     }
-    tracing::info!("stopping; the datapath stays attached (socklb uninstall removes it)");
-    Ok(())
 }
 
 async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {

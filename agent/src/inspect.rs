@@ -234,3 +234,58 @@ impl CounterSource for PinnedCounters {
         })
     }
 }
+
+/// Every map entry the agent writes, one sorted line each: the golden-file
+/// format, and what `socklb list --raw` would show.
+pub fn dump_maps(state: &MapState) -> String {
+    let addr = |a: &socklb_common::Addr, port: u16| {
+        SocketAddr::new(ip_from_addr(a), u16::from_be(port)).to_string()
+    };
+    let mut lines = Vec::new();
+    for (k, f) in &state.frontends {
+        let scope = if k.scope == SCOPE_EXTERNAL {
+            "external"
+        } else {
+            "internal"
+        };
+        lines.push(format!(
+            "frontend {}/{} {scope} -> service {} ({})",
+            addr(&k.addr, k.port),
+            proto(k.proto),
+            f.service_id,
+            kind(f.flags)
+        ));
+    }
+    for (id, s) in &state.services {
+        let name = state
+            .names
+            .get(id)
+            .map(|n| n.as_str().to_string())
+            .unwrap_or_default();
+        lines.push(format!(
+            "service {id} {name:?} count={} generation={} flags={:#x} affinity={}s",
+            s.count, s.generation, s.flags, s.affinity_timeout_secs
+        ));
+    }
+    for (k, b) in &state.slots {
+        lines.push(format!(
+            "slot service={} generation={} index={} -> backend {b}",
+            k.service_id, k.generation, k.index
+        ));
+    }
+    for (id, b) in &state.backends {
+        lines.push(format!(
+            "backend {id} {}/{} flags={:#x}",
+            addr(&b.addr, b.port),
+            proto(b.proto),
+            b.flags
+        ));
+    }
+    for m in &state.members {
+        lines.push(format!(
+            "member service={} backend={}",
+            m.service_id, m.backend_id
+        ));
+    }
+    lines.join("\n") + "\n"
+}

@@ -162,7 +162,12 @@ fn main() -> Result<()> {
             join(cgroup.as_ref(), &netns)?;
             hold(to, max_ms)
         }
-        Cmd::Table { cgroup, netns, targets, count } => {
+        Cmd::Table {
+            cgroup,
+            netns,
+            targets,
+            count,
+        } => {
             join(cgroup.as_ref(), &netns)?;
             table(&targets, count)
         }
@@ -354,15 +359,24 @@ fn hold(to: SocketAddr, max_ms: u64) -> Result<()> {
 }
 
 fn table(targets: &[String], count: u64) -> Result<()> {
-    println!("{:<14} {:<28} {:>8}  {:<24} BACKENDS (share of answers)", "SERVICE", "FRONTEND", "OK", "GETPEERNAME");
+    println!(
+        "{:<14} {:<28} {:>8}  {:<24} BACKENDS (share of answers)",
+        "SERVICE", "FRONTEND", "OK", "GETPEERNAME"
+    );
     for t in targets {
-        let (label, rest) = t.split_once('=').with_context(|| format!("target {t:?} is not LABEL=ADDR:PORT"))?;
+        let (label, rest) = t
+            .split_once('=')
+            .with_context(|| format!("target {t:?} is not LABEL=ADDR:PORT"))?;
         let (addr, udp) = match rest.strip_suffix("/udp") {
             Some(a) => (a, true),
             None => (rest, false),
         };
         let to: SocketAddr = addr.parse().with_context(|| format!("target {t:?}"))?;
-        let sock = if udp { Some(UdpSocket::bind(unspecified(&to))?) } else { None };
+        let sock = if udp {
+            Some(UdpSocket::bind(unspecified(&to))?)
+        } else {
+            None
+        };
         let attempts: Vec<Attempt> = (0..count)
             .map(|_| match &sock {
                 Some(s) => udp_send_attempt(s, to),
@@ -370,9 +384,11 @@ fn table(targets: &[String], count: u64) -> Result<()> {
             })
             .collect();
         let ok = attempts.iter().filter(|a| a.ok).count();
-        let mut shares: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+        let mut shares: std::collections::BTreeMap<String, usize> =
+            std::collections::BTreeMap::new();
         let mut peers: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-        let mut errors: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+        let mut errors: std::collections::BTreeMap<String, usize> =
+            std::collections::BTreeMap::new();
         for a in &attempts {
             if let Some(b) = a.backend.as_ref().filter(|_| a.ok) {
                 *shares.entry(b.clone()).or_default() += 1;
@@ -389,9 +405,17 @@ fn table(targets: &[String], count: u64) -> Result<()> {
             .map(|(b, n)| format!("{b} {:.0}%", 100.0 * *n as f64 / ok.max(1) as f64))
             .collect();
         detail.extend(errors.iter().map(|(e, n)| format!("error x{n}: {e}")));
-        let peer = if peers.is_empty() { "-".to_string() } else { peers.into_iter().collect::<Vec<_>>().join(",") };
+        let peer = if peers.is_empty() {
+            "-".to_string()
+        } else {
+            peers.into_iter().collect::<Vec<_>>().join(",")
+        };
         let frontend = format!("{to}/{}", if udp { "UDP" } else { "TCP" });
-        println!("{label:<14} {frontend:<28} {:>8}  {peer:<24} {}", format!("{ok}/{count}"), detail.join("  "));
+        println!(
+            "{label:<14} {frontend:<28} {:>8}  {peer:<24} {}",
+            format!("{ok}/{count}"),
+            detail.join("  ")
+        );
     }
     Ok(())
 }

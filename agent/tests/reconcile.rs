@@ -1,0 +1,369 @@
+//! The reconciler and the event loop against the fake datapath: restarts,
+//! random event sequences, injected write failures, and the rule that a
+//! partial initial state never touches the maps.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use proptest::prelude::*;
+use socklb::{
+    agent::{LoopConfig, drive},
+    datapath::{
+        Datapath, DatapathError, MapOp, MapState,
+        fake::SharedFake,
+        faulty::{FaultyDatapath, RandomFaults},
+    },
+    metrics::Metrics,
+    model::NodeContext,
+    plan,
+    reconcile::{Limits, Reconciler},
+    source::yaml::parse_objects,
+    store::SourceEvent,
+};
+
+fn node() -> NodeContext {
+    NodeContext {
+        node_name: "node-a".into(),
+        zone: None,
+        nodeport_addresses: vec!["192.168.50.10".parse().expect("ip")],
+        service_proxy_name: None,
+    }
+}
+
+const LIMITS: Limits = Limits {
+    max_services: 4096,
+    max_backends: 4096,
+};
+
+fn reconciler(dp: impl Datapath + Send + 'static) -> Reconciler {
+    Reconciler::new(Box::new(dp), node(), &LIMITS, Arc::new(Metrics::new())).expect("reconciler")
+}
+
+fn example() -> (Vec<Service>, Vec<EndpointSlice>) {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/cluster.yaml"
+    ))
+    .expect("example");
+    let (o, _) = parse_objects(&text).expect("parses");
+    (o.services, o.slices)
+}
+
+fn load(r: &mut Reconciler, services: Vec<Service>, slices: Vec<EndpointSlice>) {
+    r.apply_event(SourceEvent::Replace {
+        origin: 0,
+        services,
+        slices,
+    });
+}
+
+#[test]
+fn a_restart_with_an_unchanged_desired_state_writes_nothing_and_keeps_ids() {
+    let dp = SharedFake::default();
+    let mut first = reconciler(dp.clone());
+    let (services, slices) = example();
+    load(&mut first, services.clone(), slices.clone());
+    assert!(first.sync().complete);
+    let before = dp.state();
+    let ops_before = dp.ops();
+    drop(first);
+
+    // A new agent adopts the maps as they are.
+    let mut second = reconciler(dp.clone());
+    load(&mut second, services, slices);
+    let report = second.sync();
+    assert!(report.complete);
+    assert_eq!(report.ops_applied, 0, "nothing may be written");
+    assert_eq!(dp.ops(), ops_before);
+    assert_eq!(dp.state(), before, "same ids, same generations");
+}
+
+#[test]
+fn an_endpoint_change_rewrites_only_that_service() {
+    let dp = SharedFake::default();
+    let mut r = reconciler(dp.clone());
+    let (services, mut slices) = example();
+    load(&mut r, services.clone(), slices.clone());
+    r.sync();
+    let ops_before = dp.ops();
+    let web = slices
+        .iter_mut()
+        .find(|s| s.metadata.name.as_deref() == Some("web-7xk2p"))
+        .expect("web slice");
+    web.endpoints.pop();
+    load(&mut r, services, slices);
+    let report = r.sync();
+    assert_eq!(report.changed.len(), 1, "{:?}", report.changed);
+    assert_eq!(report.changed[0].to_string(), "default/web");
+    // Two new slots, one switch, three old slots, one member, one backend.
+    assert_eq!(dp.ops() - ops_before, report.ops_applied);
+    assert!(
+        report.ops_applied <= 9,
+        "{} ops for one small change",
+        report.ops_applied
+    );
+}
+
+#[test]
+fn a_relist_deletes_what_it_no_longer_contains() {
+    let dp = SharedFake::default();
+    let mut r = reconciler(dp.clone());
+    let (services, slices) = example();
+    load(&mut r, services.clone(), slices.clone());
+    r.sync();
+    let web_frontends = dp.state().frontends.len();
+    let kept: Vec<Service> = services
+        .into_iter()
+        .filter(|s| s.metadata.name.as_deref() != Some("web"))
+        .collect();
+    r.apply_event(SourceEvent::ReplaceServices {
+        origin: 0,
+        services: kept,
+    });
+    r.sync();
+    assert_eq!(dp.state().frontends.len(), web_frontends - 1);
+    assert!(dp.state().is_tidy());
+}
+
+#[test]
+fn a_resync_repairs_drift_and_counts_it() {
+    let dp = SharedFake::default();
+    let mut r = reconciler(dp.clone());
+    let (services, slices) = example();
+    load(&mut r, services, slices);
+    r.sync();
+    let want = dp.state();
+    // Somebody deletes a frontend and a backend behind the agent's back.
+    {
+        let mut fake = dp.0.lock().expect("lock");
+        let fk = *fake.state.frontends.keys().next().expect("a frontend");
+        fake.state.frontends.remove(&fk);
+        let bk = *fake.state.backends.keys().next().expect("a backend");
+        fake.state.backends.remove(&bk);
+    }
+    let drift = r.resync().expect("resync");
+    assert!(drift >= 2, "drift {drift}");
+    assert_eq!(dp.state().logical_view(), want.logical_view());
+    assert_eq!(r.resync().expect("resync"), 0, "nothing left to repair");
+}
+
+#[tokio::test]
+async fn the_loop_touches_nothing_until_every_source_part_has_synced() {
+    let dp = SharedFake::default();
+    // The maps already serve something from before a restart.
+    {
+        let mut r = reconciler(dp.clone());
+        let (services, slices) = example();
+        load(&mut r, services, slices);
+        r.sync();
+    }
+    let before = dp.state();
+    let metrics = Arc::new(Metrics::new());
+    let mut r = Reconciler::new(Box::new(dp.clone()), node(), &LIMITS, metrics.clone())
+        .expect("reconciler");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let cfg = LoopConfig {
+        expected: HashMap::from([("services", 1), ("endpointslices", 1)]),
+        resync: Duration::from_secs(3600),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        drive(&mut r, &mut rx, &cfg, &metrics.clone(), async {
+            let _ = stop_rx.await;
+        })
+        .await;
+        metrics
+    });
+
+    // Services listed, slices not yet: a prune now would drop every backend.
+    let (services, slices) = example();
+    tx.send(SourceEvent::ReplaceServices {
+        origin: 9,
+        services,
+    })
+    .await
+    .expect("send");
+    tx.send(SourceEvent::Synced("services"))
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        dp.state(),
+        before,
+        "a partial initial state must not touch the maps"
+    );
+
+    tx.send(SourceEvent::ReplaceSlices { origin: 9, slices })
+        .await
+        .expect("send");
+    tx.send(SourceEvent::Synced("endpointslices"))
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        dp.state().logical_view(),
+        before.logical_view(),
+        "same content once complete"
+    );
+    stop_tx.send(()).expect("stop");
+    let metrics = task.await.expect("loop");
+    assert!(metrics.is_ready());
+}
+
+// ---- Random event sequences ----
+
+fn service(i: u8, ports: &[u16], local: bool, node_port: bool) -> Service {
+    let ports: Vec<String> = ports
+        .iter()
+        .map(|p| {
+            let np = if node_port {
+                format!(", nodePort: {}", 30000 + u32::from(*p))
+            } else {
+                String::new()
+            };
+            format!("{{name: p{p}, port: {p}{np}}}")
+        })
+        .collect();
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: ns}}\nspec:\n  type: {}\n  clusterIP: 10.96.0.{i}\n  internalTrafficPolicy: {}\n  ports: [{}]\n",
+        if node_port { "NodePort" } else { "ClusterIP" },
+        if local { "Local" } else { "Cluster" },
+        ports.join(", ")
+    );
+    parse_objects(&yaml).expect("yaml").0.services.remove(0)
+}
+
+fn slice(i: u8, n: u8, endpoints: &[(u8, bool, bool)]) -> EndpointSlice {
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|(a, ready, here)| {
+            format!(
+                "{{addresses: [10.244.0.{a}], conditions: {{ready: {ready}, serving: true, terminating: {}}}, nodeName: {}}}",
+                !ready,
+                if *here { "node-a" } else { "node-b" }
+            )
+        })
+        .collect();
+    let yaml = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{i}-{n}, namespace: ns, labels: {{kubernetes.io/service-name: s{i}}}}}\naddressType: IPv4\nendpoints: [{}]\nports: [{{name: p80, port: 8080}}, {{name: p443, port: 8443}}]\n",
+        eps.join(", ")
+    );
+    parse_objects(&yaml).expect("yaml").0.slices.remove(0)
+}
+
+#[derive(Clone, Debug)]
+enum Ev {
+    Service {
+        i: u8,
+        ports: Vec<u16>,
+        local: bool,
+        node_port: bool,
+    },
+    DeleteService(u8),
+    Slice {
+        i: u8,
+        n: u8,
+        endpoints: Vec<(u8, bool, bool)>,
+    },
+    DeleteSlice(u8, u8),
+}
+
+fn arb_event() -> impl Strategy<Value = Ev> {
+    prop_oneof![
+        3 => (1u8..=4, prop::sample::subsequence(vec![80u16, 443], 1..=2), any::<bool>(), any::<bool>())
+            .prop_map(|(i, ports, local, node_port)| Ev::Service { i, ports, local, node_port }),
+        1 => (1u8..=4).prop_map(Ev::DeleteService),
+        4 => (1u8..=4, 0u8..2, prop::collection::vec((1u8..=8, any::<bool>(), any::<bool>()), 0..5))
+            .prop_map(|(i, n, endpoints)| Ev::Slice { i, n, endpoints }),
+        1 => (1u8..=4, 0u8..2).prop_map(|(i, n)| Ev::DeleteSlice(i, n)),
+    ]
+}
+
+fn to_source(ev: &Ev) -> SourceEvent {
+    match ev {
+        Ev::Service {
+            i,
+            ports,
+            local,
+            node_port,
+        } => SourceEvent::ServiceApplied {
+            origin: 0,
+            service: Box::new(service(*i, ports, *local, *node_port)),
+        },
+        Ev::DeleteService(i) => SourceEvent::ServiceDeleted {
+            key: socklb::model::ObjKey::new("ns", format!("s{i}")),
+        },
+        Ev::Slice { i, n, endpoints } => SourceEvent::SliceApplied {
+            origin: 0,
+            slice: Box::new(slice(*i, *n, endpoints)),
+        },
+        Ev::DeleteSlice(i, n) => SourceEvent::SliceDeleted {
+            key: socklb::model::ObjKey::new("ns", format!("s{i}-{n}")),
+        },
+    }
+}
+
+/// A FaultyDatapath over the shared fake, boxed for the reconciler.
+struct Faulty(FaultyDatapath<SharedFake, RandomFaults>);
+
+impl Datapath for Faulty {
+    fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError> {
+        self.0.apply(op)
+    }
+    fn read_state(&self) -> Result<MapState, DatapathError> {
+        self.0.read_state()
+    }
+    fn read_counters(
+        &self,
+    ) -> Result<std::collections::BTreeMap<u32, socklb_common::ServiceCounters>, DatapathError>
+    {
+        self.0.read_counters()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn after_each_sync_the_maps_equal_the_desired_state_and_replanning_is_empty(
+        batches in prop::collection::vec(prop::collection::vec(arb_event(), 1..6), 1..8)
+    ) {
+        let dp = SharedFake::default();
+        let mut r = reconciler(dp.clone());
+        for batch in &batches {
+            for ev in batch {
+                r.apply_event(to_source(ev));
+            }
+            let report = r.sync();
+            prop_assert!(report.complete);
+            let state = dp.state();
+            prop_assert_eq!(&state.logical_view(), r.desired());
+            prop_assert!(state.is_tidy());
+            prop_assert!(plan::plan(&state, r.desired()).is_empty());
+        }
+    }
+
+    #[test]
+    fn with_injected_write_failures_retries_converge(
+        batches in prop::collection::vec(prop::collection::vec(arb_event(), 1..6), 1..6),
+        seed in any::<u64>(),
+    ) {
+        let dp = SharedFake::default();
+        let mut r = reconciler(Faulty(FaultyDatapath::new(dp.clone(), RandomFaults::new(seed, 250))));
+        for batch in &batches {
+            for ev in batch {
+                r.apply_event(to_source(ev));
+            }
+            let mut report = r.sync();
+            let mut rounds = 0;
+            while !report.complete || r.needs_retry() {
+                rounds += 1;
+                prop_assert!(rounds < 100, "no convergence");
+                report = r.sync();
+            }
+            let state = dp.state();
+            prop_assert_eq!(&state.logical_view(), r.desired());
+            prop_assert!(state.is_tidy());
+        }
+    }
+}
