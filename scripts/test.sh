@@ -32,6 +32,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 log "kernel tests"
+# The agent tests run the real socklb binary.
+cargo build --quiet -p socklb --bins
 # Each test builds its own namespace, cgroup and bpffs, so they may run in
 # parallel; two threads keep a 2-core machine responsive.
 cargo test -p socklb-integration -- --test-threads="${SOCKLB_TEST_THREADS:-2}"

@@ -9,6 +9,8 @@
 //!   ENETUNREACH and no packet leaves the machine;
 //! * only processes this harness started are killed, by their PID.
 
+pub mod agent;
+pub mod apiserver;
 pub mod probe;
 pub mod program;
 pub mod sandbox;

@@ -100,6 +100,11 @@ impl Sandbox {
         Ok(())
     }
 
+    /// A scratch directory removed with the sandbox.
+    pub fn workdir(&self) -> &Path {
+        &self.workdir
+    }
+
     /// Adds addresses (CIDR notation) to the namespace's loopback device.
     pub fn add_addrs(&self, cidrs: &[&str]) -> Result<()> {
         for cidr in cidrs {

@@ -1,0 +1,128 @@
+//! Runs the real `socklb agent` binary against a sandbox.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{Sandbox, sandbox::bin_path};
+
+pub struct AgentProc {
+    pub child: Child,
+    pub metrics: SocketAddr,
+    pub log: PathBuf,
+}
+
+/// A free loopback port (bound and released; the race is harmless here).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A plain HTTP GET; returns the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+impl Sandbox {
+    /// Starts `socklb agent` on this sandbox's cgroup and bpffs with `args`
+    /// (a source, node addresses...). It runs in the host network namespace
+    /// like the DaemonSet does; it only programs maps.
+    pub fn start_agent(&self, args: &[&str]) -> AgentProc {
+        let bin = bin_path("socklb");
+        assert!(
+            bin.exists(),
+            "{} is missing: build it with `cargo build -p socklb`",
+            bin.display()
+        );
+        let metrics: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = self.workdir().join(format!("agent-{}.log", metrics.port()));
+        let out = fs::File::create(&log).expect("agent log");
+        let err = out.try_clone().expect("agent log");
+        let child = Command::new(bin)
+            .arg("agent")
+            .arg("--cgroup")
+            .arg(&self.cgroup)
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .arg("--metrics-addr")
+            .arg(metrics.to_string())
+            .args(["--node-name", "node-a"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn socklb agent");
+        AgentProc {
+            child,
+            metrics,
+            log,
+        }
+    }
+}
+
+impl AgentProc {
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.metrics, path)
+    }
+
+    /// Waits for `/readyz` to answer 200.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some((200, _)) = self.get("/readyz") {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("agent exited with {status}:\n{}", self.log_text());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("agent not ready after {timeout:?}:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, by PID, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.child.wait().expect("wait for agent")
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
