@@ -16,17 +16,11 @@ fn main() -> anyhow::Result<()> {
             "bpf-linker was not found on PATH; run scripts/setup.sh (it builds bpf-linker against nightly's LLVM)"
         );
     }
-    let package = Package {
-        name: "socklb-ebpf-sock",
-        root_dir: root,
-        ..Default::default()
-    };
+    let package = Package { name: "socklb-ebpf-sock", root_dir: root, ..Default::default() };
     aya_build::build_ebpf([package], Toolchain::default())
 }
 
 fn which_bpf_linker() -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("bpf-linker"))
-        .find(|candidate| candidate.is_file())
+    std::env::split_paths(&path).map(|dir| dir.join("bpf-linker")).find(|candidate| candidate.is_file())
 }

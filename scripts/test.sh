@@ -19,6 +19,10 @@ cargo fmt --all -- --check
 log "clippy (workspace, all targets)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+log "clippy (eBPF programs, for the BPF target)"
+cargo +nightly clippy --quiet -p socklb-ebpf-sock --target bpfel-unknown-none -Z build-std=core \
+  --release --target-dir target/bpf-clippy -- -D warnings
+
 log "unit and property tests"
 cargo test --quiet
 

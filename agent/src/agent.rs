@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use socklb_common::{Config, config_flags};
 use tokio::{signal::unix::SignalKind, sync::mpsc};
 
 use crate::{
@@ -22,6 +23,7 @@ use crate::{
     model::NodeContext,
     reconcile::{Limits, Reconciler},
     source,
+    stale::{self, Doomed},
     store::SourceEvent,
 };
 
@@ -38,6 +40,10 @@ pub struct AgentConfig {
     pub resync: Duration,
     pub capacities: Capacities,
     pub service_proxy_name: Option<String>,
+    /// Translate only sockets in the host network namespace.
+    pub hostns_only: bool,
+    /// Destroy sockets whose backend left their service.
+    pub destroy_stale_sockets: bool,
 }
 
 /// Events arriving within this quiet time are applied together.
@@ -50,9 +56,8 @@ const RETRY: Duration = Duration::from_secs(1);
 pub async fn run(cfg: AgentConfig) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     // Bind before touching the kernel: a taken port fails the start cleanly.
-    let listener = http::bind(cfg.metrics_addr)
-        .await
-        .with_context(|| format!("--metrics-addr {}", cfg.metrics_addr))?;
+    let listener =
+        http::bind(cfg.metrics_addr).await.with_context(|| format!("--metrics-addr {}", cfg.metrics_addr))?;
 
     let report = loader::install(&InstallOptions {
         cgroup: cfg.cgroup.clone(),
@@ -67,18 +72,21 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         maps_adopted = report.maps_adopted.len(),
         "datapath attached"
     );
-    let maps = AyaMaps::open(&cfg.bpffs)?;
+    let mut maps = AyaMaps::open(&cfg.bpffs)?;
+    let config = Config { flags: if cfg.hostns_only { config_flags::HOSTNS_ONLY } else { 0 }, _pad: 0 };
+    if maps.read_config()? != config {
+        maps.write_config(config)?;
+    }
+    tracing::info!(
+        hostns_only = cfg.hostns_only,
+        destroy_stale_sockets = cfg.destroy_stale_sockets,
+        "datapath settings"
+    );
     for (map, cap) in maps.capacities()? {
-        metrics
-            .map_capacity
-            .get_or_create(&MapLabel { map: map.into() })
-            .set(i64::from(cap));
+        metrics.map_capacity.get_or_create(&MapLabel { map: map.into() }).set(i64::from(cap));
     }
     metrics.set_counter_source(Box::new(PinnedCounters::new(&cfg.bpffs)));
-    let limits = Limits {
-        max_services: maps.service_id_limit()?,
-        max_backends: cfg.capacities.backends,
-    };
+    let limits = Limits { max_services: maps.service_id_limit()?, max_backends: cfg.capacities.backends };
     let ctx = NodeContext {
         node_name: cfg.node_name.clone(),
         zone: None,
@@ -108,12 +116,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         expected.insert("file", cfg.from_files.len());
         for (i, path) in cfg.from_files.iter().enumerate() {
             let origin = u16::try_from(i).context("too many --from-file")?;
-            tokio::spawn(source::file::run(
-                path.clone(),
-                origin,
-                tx.clone(),
-                metrics.clone(),
-            ));
+            tokio::spawn(source::file::run(path.clone(), origin, tx.clone(), metrics.clone()));
         }
         drop(tx);
     }
@@ -126,28 +129,22 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             _ = sigint.recv() => {}
         }
     };
-    drive(
-        &mut reconciler,
-        &mut rx,
-        &LoopConfig {
-            expected,
-            resync: cfg.resync,
-        },
-        &metrics,
-        shutdown,
-    )
-    .await;
+    let on_doomed = cfg.destroy_stale_sockets.then(|| stale_socket_handler(&cfg, metrics.clone()));
+    let loop_cfg = LoopConfig { expected, resync: cfg.resync, on_doomed };
+    drive(&mut reconciler, &mut rx, &loop_cfg, &metrics, shutdown).await;
     tracing::info!("stopping; the datapath stays attached (socklb uninstall removes it)");
     Ok(())
 }
 
 /// What the event loop waits for and how often it resyncs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LoopConfig {
     /// How many `Synced` signals each source part must send before the
     /// first sync (one per file; one per API watcher).
     pub expected: HashMap<&'static str, usize>,
     pub resync: Duration,
+    /// Called with the backends that left their services (stale sockets).
+    pub on_doomed: Option<Arc<dyn Fn(Vec<Doomed>) + Send + Sync>>,
 }
 
 /// The agent's event loop: batches source events, syncs once every source
@@ -197,6 +194,9 @@ pub async fn drive(
                     }
                 }
                 let report = reconciler.sync();
+                if let (Some(f), false) = (&cfg.on_doomed, report.doomed.is_empty()) {
+                    f(report.doomed.clone());
+                }
                 if let Some(t) = oldest.take() {
                     metrics.event_to_datapath.observe(t.elapsed().as_secs_f64());
                 }
@@ -222,6 +222,27 @@ pub async fn drive(
             _ = &mut shutdown => return,
         }
     }
+}
+
+/// Destroys stale sockets off the event loop.
+fn stale_socket_handler(cfg: &AgentConfig, metrics: Arc<Metrics>) -> Arc<dyn Fn(Vec<Doomed>) + Send + Sync> {
+    let (cgroup, bpffs) = (cfg.cgroup.clone(), cfg.bpffs.clone());
+    Arc::new(move |doomed: Vec<Doomed>| {
+        let (cgroup, bpffs, metrics) = (cgroup.clone(), bpffs.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || {
+            let report = stale::terminate(&cgroup, &bpffs, &doomed);
+            metrics.stale_sockets_destroyed.inc_by(report.destroyed as u64);
+            for e in &report.errors {
+                tracing::warn!(error = %e, "stale-socket termination");
+            }
+            tracing::info!(
+                backends = doomed.len(),
+                namespaces = report.namespaces,
+                destroyed = report.destroyed,
+                "destroyed sockets of backends that left their services"
+            );
+        });
+    })
 }
 
 async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {

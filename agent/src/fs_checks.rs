@@ -25,19 +25,13 @@ pub enum FsCheckError {
     #[error(
         "--bpffs {path} is not on a BPF filesystem (filesystem magic {magic:#x}); mount one with `mount -t bpf bpf {mount_hint}`"
     )]
-    NotBpffs {
-        path: PathBuf,
-        magic: i64,
-        mount_hint: PathBuf,
-    },
+    NotBpffs { path: PathBuf, magic: i64, mount_hint: PathBuf },
 }
 
 /// The mount point of the first cgroup2 filesystem in `/proc/mounts`.
 pub fn cgroup2_mount() -> Result<PathBuf, FsCheckError> {
-    let file = fs::File::open("/proc/mounts").map_err(|source| FsCheckError::CgroupUnreadable {
-        path: "/proc/mounts".into(),
-        source,
-    })?;
+    let file = fs::File::open("/proc/mounts")
+        .map_err(|source| FsCheckError::CgroupUnreadable { path: "/proc/mounts".into(), source })?;
     cgroup2_mount_in(io::BufReader::new(file).lines().map_while(Result::ok))
         .ok_or(FsCheckError::NoCgroup2Mount)
 }
@@ -52,29 +46,20 @@ fn cgroup2_mount_in(lines: impl Iterator<Item = String>) -> Option<PathBuf> {
 
 /// /proc/mounts escapes spaces, tabs, newlines and backslashes as octal.
 fn unescape_mount_path(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
 /// Checks that `path` is a cgroup v2 directory and returns its cgroup id
 /// (the inode number, which is what the kernel reports for cgroup links).
 pub fn check_cgroup2(path: &Path) -> Result<u64, FsCheckError> {
-    let unreadable = |source| FsCheckError::CgroupUnreadable {
-        path: path.to_owned(),
-        source,
-    };
+    let unreadable = |source| FsCheckError::CgroupUnreadable { path: path.to_owned(), source };
     let meta = fs::metadata(path).map_err(unreadable)?;
     if !meta.is_dir() {
         return Err(unreadable(io::Error::other("not a directory")));
     }
     let st = statfs(path).map_err(|e| unreadable(e.into()))?;
     if st.filesystem_type() != CGROUP2_SUPER_MAGIC {
-        return Err(FsCheckError::NotCgroup2 {
-            path: path.to_owned(),
-            magic: st.filesystem_type().0 as i64,
-        });
+        return Err(FsCheckError::NotCgroup2 { path: path.to_owned(), magic: st.filesystem_type().0 as i64 });
     }
     Ok(meta.ino())
 }
@@ -82,22 +67,11 @@ pub fn check_cgroup2(path: &Path) -> Result<u64, FsCheckError> {
 /// Makes sure `dir` exists on a bpffs, creating it (mode 0700) if needed,
 /// and tightens an existing directory to 0700.
 pub fn prepare_bpffs_dir(dir: &Path) -> Result<(), FsCheckError> {
-    let unusable = |source| FsCheckError::BpffsUnusable {
-        path: dir.to_owned(),
-        source,
-    };
-    let probe = if dir.exists() {
-        dir
-    } else {
-        dir.parent().unwrap_or(dir)
-    };
+    let unusable = |source| FsCheckError::BpffsUnusable { path: dir.to_owned(), source };
+    let probe = if dir.exists() { dir } else { dir.parent().unwrap_or(dir) };
     check_bpffs(probe, dir)?;
     if !dir.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(unusable)?;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(unusable)?;
     }
     let mode = fs::metadata(dir).map_err(unusable)?.permissions().mode() & 0o777;
     if mode != 0o700 {
@@ -108,10 +82,8 @@ pub fn prepare_bpffs_dir(dir: &Path) -> Result<(), FsCheckError> {
 
 /// Checks that `probe` (the pin directory or its parent) is on a bpffs.
 pub fn check_bpffs(probe: &Path, dir: &Path) -> Result<(), FsCheckError> {
-    let st = statfs(probe).map_err(|e| FsCheckError::BpffsUnusable {
-        path: dir.to_owned(),
-        source: e.into(),
-    })?;
+    let st =
+        statfs(probe).map_err(|e| FsCheckError::BpffsUnusable { path: dir.to_owned(), source: e.into() })?;
     if st.filesystem_type() != BPF_FS_MAGIC {
         return Err(FsCheckError::NotBpffs {
             path: dir.to_owned(),
@@ -166,9 +138,6 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("not on a BPF filesystem"), "{text}");
         assert!(text.contains("mount -t bpf bpf"), "{text}");
-        assert!(
-            !dir.exists(),
-            "nothing may be created on a wrong filesystem"
-        );
+        assert!(!dir.exists(), "nothing may be created on a wrong filesystem");
     }
 }

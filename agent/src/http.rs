@@ -3,9 +3,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use axum::{
-    Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
-};
+use axum::{Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get};
 
 use crate::metrics::Metrics;
 
@@ -25,24 +23,13 @@ async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     if m.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "waiting for the first full sync\n",
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, "waiting for the first full sync\n")
     }
 }
 
 async fn metrics_text(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    let body = tokio::task::spawn_blocking(move || m.encode())
-        .await
-        .unwrap_or_default();
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
-    )
+    let body = tokio::task::spawn_blocking(move || m.encode()).await.unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
 }
 
 /// Binds first (so a taken port is an error at start), then serves.

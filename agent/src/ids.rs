@@ -26,11 +26,7 @@ struct Space {
 
 impl Space {
     fn new(limit: u32) -> Self {
-        Self {
-            limit: limit.max(2),
-            next: 1,
-            used: BTreeSet::new(),
-        }
+        Self { limit: limit.max(2), next: 1, used: BTreeSet::new() }
     }
 
     fn take(&mut self) -> Option<u32> {
@@ -40,11 +36,7 @@ impl Space {
         }
         for _ in 0..span {
             let id = self.next;
-            self.next = if self.next + 1 >= self.limit {
-                1
-            } else {
-                self.next + 1
-            };
+            self.next = if self.next + 1 >= self.limit { 1 } else { self.next + 1 };
             if self.used.insert(id) {
                 return Some(id);
             }
@@ -118,19 +110,11 @@ impl IdAllocator {
     }
 
     /// Forgets ids that are neither in the maps nor wanted.
-    pub fn release_unused(
-        &mut self,
-        in_use_services: &BTreeSet<u32>,
-        in_use_backends: &BTreeSet<u32>,
-    ) {
+    pub fn release_unused(&mut self, in_use_services: &BTreeSet<u32>, in_use_backends: &BTreeSet<u32>) {
         self.services.retain(|_, id| in_use_services.contains(id));
-        self.service_space
-            .used
-            .retain(|id| in_use_services.contains(id));
+        self.service_space.used.retain(|id| in_use_services.contains(id));
         self.backends.retain(|_, id| in_use_backends.contains(id));
-        self.backend_space
-            .used
-            .retain(|id| in_use_backends.contains(id));
+        self.backend_space.used.retain(|id| in_use_backends.contains(id));
     }
 }
 
@@ -171,15 +155,8 @@ mod tests {
     fn a_restart_reuses_the_ids_found_in_the_maps() {
         let mut state = MapState::default();
         state.services.insert(7, ServiceValue::default());
-        state
-            .names
-            .insert(7, ServiceName::new("default/web:80/TCP ipv4 cluster"));
-        let b = BackendValue {
-            addr: [0, 0, 0, 1],
-            port: 80,
-            proto: 6,
-            flags: 0,
-        };
+        state.names.insert(7, ServiceName::new("default/web:80/TCP ipv4 cluster"));
+        let b = BackendValue { addr: [0, 0, 0, 1], port: 80, proto: 6, flags: 0 };
         state.backends.insert(42, b);
         let mut ids = IdAllocator::from_maps(&state, 100, 100);
         assert_eq!(ids.service("default/web:80/TCP ipv4 cluster"), Some(7));

@@ -39,6 +39,14 @@ fn kind(flags: u16) -> &'static str {
     }
 }
 
+fn scope_name(scope: u8) -> &'static str {
+    match scope {
+        SCOPE_EXTERNAL => "external",
+        socklb_common::SCOPE_BIND_GUARD => "bind-guard",
+        _ => "internal",
+    }
+}
+
 fn proto(n: u8) -> String {
     match n {
         socklb_common::PROTO_TCP => "TCP".into(),
@@ -48,20 +56,13 @@ fn proto(n: u8) -> String {
 }
 
 /// The rows of `socklb list`, sorted by service then frontend.
-pub fn frontend_rows(
-    state: &MapState,
-    counters: &BTreeMap<u32, ServiceCounters>,
-) -> Vec<FrontendRow> {
+pub fn frontend_rows(state: &MapState, counters: &BTreeMap<u32, ServiceCounters>) -> Vec<FrontendRow> {
     let mut rows: Vec<FrontendRow> = state
         .frontends
         .iter()
         .map(|(k, f)| {
             let svc = state.services.get(&f.service_id);
-            let name = state
-                .names
-                .get(&f.service_id)
-                .map(|n| n.as_str().to_string())
-                .unwrap_or_default();
+            let name = state.names.get(&f.service_id).map(|n| n.as_str().to_string()).unwrap_or_default();
             let mut flags = Vec::new();
             if let Some(s) = svc {
                 if s.flags & service_flags::AFFINITY != 0 {
@@ -90,11 +91,7 @@ pub fn frontend_rows(
                 frontend: SocketAddr::new(ip_from_addr(&k.addr), u16::from_be(k.port)).to_string(),
                 protocol: proto(k.proto),
                 kind: kind(f.flags).into(),
-                scope: if k.scope == SCOPE_EXTERNAL {
-                    "external".into()
-                } else {
-                    "internal".into()
-                },
+                scope: scope_name(k.scope).into(),
                 service_id: f.service_id,
                 flags,
                 backends,
@@ -103,25 +100,14 @@ pub fn frontend_rows(
             }
         })
         .collect();
-    rows.sort_by(|a, b| {
-        (&a.service, &a.frontend, &a.scope).cmp(&(&b.service, &b.frontend, &b.scope))
-    });
+    rows.sort_by(|a, b| (&a.service, &a.frontend, &a.scope).cmp(&(&b.service, &b.frontend, &b.scope)));
     rows
 }
 
 /// A plain-text table.
 pub fn render_table(rows: &[FrontendRow]) -> String {
-    let headers = [
-        "SERVICE",
-        "FRONTEND",
-        "PROTO",
-        "KIND",
-        "SCOPE",
-        "FLAGS",
-        "BACKENDS",
-        "TRANSLATIONS",
-        "REFUSED",
-    ];
+    let headers =
+        ["SERVICE", "FRONTEND", "PROTO", "KIND", "SCOPE", "FLAGS", "BACKENDS", "TRANSLATIONS", "REFUSED"];
     let cells: Vec<[String; 9]> = rows
         .iter()
         .map(|r| {
@@ -131,16 +117,8 @@ pub fn render_table(rows: &[FrontendRow]) -> String {
                 r.protocol.clone(),
                 r.kind.clone(),
                 r.scope.clone(),
-                if r.flags.is_empty() {
-                    "-".into()
-                } else {
-                    r.flags.join(",")
-                },
-                if r.backends.is_empty() {
-                    "(none)".into()
-                } else {
-                    r.backends.join(",")
-                },
+                if r.flags.is_empty() { "-".into() } else { r.flags.join(",") },
+                if r.backends.is_empty() { "(none)".into() } else { r.backends.join(",") },
                 r.translations.to_string(),
                 r.refusals.to_string(),
             ]
@@ -188,10 +166,7 @@ impl std::fmt::Debug for AyaMapsDebug {
 
 impl PinnedCounters {
     pub fn new(bpffs: &Path) -> Self {
-        Self {
-            bpffs: bpffs.to_owned(),
-            maps: Mutex::new(None),
-        }
+        Self { bpffs: bpffs.to_owned(), maps: Mutex::new(None) }
     }
 
     fn rows(&self) -> Result<Vec<(ServiceLabels, u64, u64)>, DatapathError> {
@@ -238,16 +213,11 @@ impl CounterSource for PinnedCounters {
 /// Every map entry the agent writes, one sorted line each: the golden-file
 /// format, and what `socklb list --raw` would show.
 pub fn dump_maps(state: &MapState) -> String {
-    let addr = |a: &socklb_common::Addr, port: u16| {
-        SocketAddr::new(ip_from_addr(a), u16::from_be(port)).to_string()
-    };
+    let addr =
+        |a: &socklb_common::Addr, port: u16| SocketAddr::new(ip_from_addr(a), u16::from_be(port)).to_string();
     let mut lines = Vec::new();
     for (k, f) in &state.frontends {
-        let scope = if k.scope == SCOPE_EXTERNAL {
-            "external"
-        } else {
-            "internal"
-        };
+        let scope = scope_name(k.scope);
         lines.push(format!(
             "frontend {}/{} {scope} -> service {} ({})",
             addr(&k.addr, k.port),
@@ -257,11 +227,7 @@ pub fn dump_maps(state: &MapState) -> String {
         ));
     }
     for (id, s) in &state.services {
-        let name = state
-            .names
-            .get(id)
-            .map(|n| n.as_str().to_string())
-            .unwrap_or_default();
+        let name = state.names.get(id).map(|n| n.as_str().to_string()).unwrap_or_default();
         lines.push(format!(
             "service {id} {name:?} count={} generation={} flags={:#x} affinity={}s",
             s.count, s.generation, s.flags, s.affinity_timeout_secs
@@ -274,18 +240,10 @@ pub fn dump_maps(state: &MapState) -> String {
         ));
     }
     for (id, b) in &state.backends {
-        lines.push(format!(
-            "backend {id} {}/{} flags={:#x}",
-            addr(&b.addr, b.port),
-            proto(b.proto),
-            b.flags
-        ));
+        lines.push(format!("backend {id} {}/{} flags={:#x}", addr(&b.addr, b.port), proto(b.proto), b.flags));
     }
     for m in &state.members {
-        lines.push(format!(
-            "member service={} backend={}",
-            m.service_id, m.backend_id
-        ));
+        lines.push(format!("member service={} backend={}", m.service_id, m.backend_id));
     }
     lines.join("\n") + "\n"
 }

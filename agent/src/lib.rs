@@ -20,5 +20,7 @@ pub mod netaddr;
 pub mod plan;
 pub mod reconcile;
 pub mod render;
+pub mod sockdiag;
 pub mod source;
+pub mod stale;
 pub mod store;

@@ -21,12 +21,11 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, MapType},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, links::FdLink},
 };
 use socklb_common::{
-    AffinityKey, AffinityValue, BackendValue, Config, FrontendKey, FrontendValue, MemberKey,
-    MemberValue, ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState,
-    capacity, map_names, sys,
+    AffinityKey, AffinityValue, BackendValue, Config, FrontendKey, FrontendValue, MemberKey, MemberValue,
+    ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState, capacity, map_names, sys,
 };
 
 use crate::fs_checks::{self, FsCheckError};
@@ -40,52 +39,73 @@ pub struct Hook {
     /// Also the link's pin name under `<bpffs>/links/`.
     pub name: &'static str,
     pub program: &'static str,
+    /// The kernel that brought the hook and every helper its program uses
+    /// (bpf_set_retval: 5.18).
     pub min_kernel: &'static str,
 }
 
-/// Every hook socklb attaches, with the kernel that introduced it.
-pub const HOOKS: [Hook; 8] = [
-    Hook {
-        name: "connect4",
-        program: "sl_connect4",
-        min_kernel: "4.17",
-    },
-    Hook {
-        name: "connect6",
-        program: "sl_connect6",
-        min_kernel: "4.17",
-    },
-    Hook {
-        name: "sendmsg4",
-        program: "sl_sendmsg4",
-        min_kernel: "4.18",
-    },
-    Hook {
-        name: "sendmsg6",
-        program: "sl_sendmsg6",
-        min_kernel: "4.18",
-    },
-    Hook {
-        name: "recvmsg4",
-        program: "sl_recvmsg4",
-        min_kernel: "5.2",
-    },
-    Hook {
-        name: "recvmsg6",
-        program: "sl_recvmsg6",
-        min_kernel: "5.2",
-    },
-    Hook {
-        name: "getpeername4",
-        program: "sl_getpeer4",
-        min_kernel: "5.8",
-    },
-    Hook {
-        name: "getpeername6",
-        program: "sl_getpeer6",
-        min_kernel: "5.8",
-    },
+/// Every hook socklb attaches.
+pub const HOOKS: [Hook; 10] = [
+    Hook { name: "connect4", program: "sl_connect4", min_kernel: "5.18" },
+    Hook { name: "connect6", program: "sl_connect6", min_kernel: "5.18" },
+    Hook { name: "sendmsg4", program: "sl_sendmsg4", min_kernel: "5.18" },
+    Hook { name: "sendmsg6", program: "sl_sendmsg6", min_kernel: "5.18" },
+    Hook { name: "recvmsg4", program: "sl_recvmsg4", min_kernel: "5.2" },
+    Hook { name: "recvmsg6", program: "sl_recvmsg6", min_kernel: "5.2" },
+    Hook { name: "getpeername4", program: "sl_getpeer4", min_kernel: "5.8" },
+    Hook { name: "getpeername6", program: "sl_getpeer6", min_kernel: "5.8" },
+    Hook { name: "post_bind4", program: "sl_postbind4", min_kernel: "5.18" },
+    Hook { name: "post_bind6", program: "sl_postbind6", min_kernel: "5.18" },
 ];
+
+/// A hook's program, of either cgroup program type.
+enum HookProgram<'a> {
+    Addr(&'a mut CgroupSockAddr),
+    Sock(&'a mut CgroupSock),
+}
+
+fn link_conversion(e: impl std::fmt::Display) -> ProgramError {
+    ProgramError::IOError(io::Error::other(e.to_string()))
+}
+
+impl HookProgram<'_> {
+    fn load(&mut self) -> Result<(), ProgramError> {
+        match self {
+            Self::Addr(p) => p.load(),
+            Self::Sock(p) => p.load(),
+        }
+    }
+
+    fn tag(&self) -> Result<u64, ProgramError> {
+        match self {
+            Self::Addr(p) => p.info().map(|i| i.tag()),
+            Self::Sock(p) => p.info().map(|i| i.tag()),
+        }
+    }
+
+    /// Swaps the program of a pinned link for this one (BPF_LINK_UPDATE).
+    fn update_link(&self, link: std::os::fd::BorrowedFd<'_>) -> Result<(), ProgramError> {
+        let fd = match self {
+            Self::Addr(p) => p.fd()?,
+            Self::Sock(p) => p.fd()?,
+        };
+        sys::link_update(link, fd.as_fd()).map_err(ProgramError::IOError)
+    }
+
+    /// Attaches with a bpf_link and returns the link, ready to pin.
+    fn attach(&mut self, cgroup: &fs::File) -> Result<FdLink, ProgramError> {
+        match self {
+            Self::Addr(p) => {
+                let id = p.attach(cgroup, CgroupAttachMode::Single)?;
+                p.take_link(id)?.try_into().map_err(link_conversion)
+            }
+            Self::Sock(p) => {
+                let id = p.attach(cgroup, CgroupAttachMode::Single)?;
+                p.take_link(id)?.try_into().map_err(link_conversion)
+            }
+        }
+    }
+}
 
 /// What a pinned map must look like for this build to adopt it.
 #[derive(Clone, Copy, Debug)]
@@ -97,12 +117,7 @@ pub struct MapSpec {
 }
 
 const fn spec<K, V>(name: &'static str, map_type: MapType) -> MapSpec {
-    MapSpec {
-        name,
-        map_type,
-        key_size: size_of::<K>() as u32,
-        value_size: size_of::<V>() as u32,
-    }
+    MapSpec { name, map_type, key_size: size_of::<K>() as u32, value_size: size_of::<V>() as u32 }
 }
 
 pub const MAP_SPECS: [MapSpec; 10] = [
@@ -191,56 +206,31 @@ pub enum LoaderError {
         "pinned map {path} does not match this build ({found}; expected {expected}); \
          run `socklb uninstall` to remove the old datapath first"
     )]
-    IncompatibleMap {
-        path: PathBuf,
-        found: String,
-        expected: String,
-    },
+    IncompatibleMap { path: PathBuf, found: String, expected: String },
     #[error("pinned map {path}: {source}")]
-    PinnedMap {
-        path: PathBuf,
-        source: aya::maps::MapError,
-    },
+    PinnedMap { path: PathBuf, source: aya::maps::MapError },
     #[error("loading the eBPF object: {0}")]
     Object(#[source] Box<aya::EbpfError>),
     #[error("program {program} for hook cgroup/{hook} is missing from the object")]
-    MissingProgram {
-        program: &'static str,
-        hook: &'static str,
-    },
+    MissingProgram { program: &'static str, hook: &'static str },
     #[error(
         "the kernel refused the program for hook cgroup/{hook} (needs Linux >= {min_kernel} \
          with CONFIG_CGROUP_BPF): {source}"
     )]
-    ProgramLoad {
-        hook: &'static str,
-        min_kernel: &'static str,
-        source: Box<ProgramError>,
-    },
+    ProgramLoad { hook: &'static str, min_kernel: &'static str, source: Box<ProgramError> },
     #[error("attaching cgroup/{hook} to {cgroup}: {source}")]
-    Attach {
-        hook: &'static str,
-        cgroup: PathBuf,
-        source: Box<ProgramError>,
-    },
+    Attach { hook: &'static str, cgroup: PathBuf, source: Box<ProgramError> },
     #[error("pinned link {path}: {source}")]
     Link { path: PathBuf, source: io::Error },
     #[error(
         "pinned link {path} is attached to another cgroup (id {found}, --cgroup has id {expected}); \
          run `socklb uninstall` with that cgroup, or use another --bpffs"
     )]
-    LinkElsewhere {
-        path: PathBuf,
-        found: u64,
-        expected: u64,
-    },
+    LinkElsewhere { path: PathBuf, found: u64, expected: u64 },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LoaderError + '_ {
-    move |source| LoaderError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| LoaderError::Io { path: path.to_owned(), source }
 }
 
 pub fn links_dir(bpffs: &Path) -> PathBuf {
@@ -257,10 +247,7 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, LoaderError> {
     fs_checks::prepare_bpffs_dir(&opts.bpffs)?;
     let links = links_dir(&opts.bpffs);
     if !links.exists() {
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&links)
-            .map_err(io_err(&links))?;
+        fs::DirBuilder::new().mode(0o700).create(&links).map_err(io_err(&links))?;
     }
 
     let mut report = InstallReport::default();
@@ -278,20 +265,16 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, LoaderError> {
             loader.map_max_entries(spec.name, n);
         }
     }
-    let mut ebpf = loader
-        .load(OBJECT)
-        .map_err(|e| LoaderError::Object(Box::new(e)))?;
+    let mut ebpf = loader.load(OBJECT).map_err(|e| LoaderError::Object(Box::new(e)))?;
 
     // Load every program before touching any hook, so that a kernel missing
     // one hook leaves the node exactly as it was.
     for hook in &HOOKS {
-        program(&mut ebpf, hook)?
-            .load()
-            .map_err(|e| LoaderError::ProgramLoad {
-                hook: hook.name,
-                min_kernel: hook.min_kernel,
-                source: Box::new(e),
-            })?;
+        program(&mut ebpf, hook)?.load().map_err(|e| LoaderError::ProgramLoad {
+            hook: hook.name,
+            min_kernel: hook.min_kernel,
+            source: Box::new(e),
+        })?;
     }
 
     let mut attached_now: Vec<PathBuf> = Vec::new();
@@ -315,15 +298,13 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, LoaderError> {
     Ok(report)
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, hook: &Hook) -> Result<&'a mut CgroupSockAddr, LoaderError> {
-    let missing = || LoaderError::MissingProgram {
-        program: hook.program,
-        hook: hook.name,
-    };
-    ebpf.program_mut(hook.program)
-        .ok_or_else(missing)?
-        .try_into()
-        .map_err(|_| missing())
+fn program<'a>(ebpf: &'a mut Ebpf, hook: &Hook) -> Result<HookProgram<'a>, LoaderError> {
+    let missing = || LoaderError::MissingProgram { program: hook.program, hook: hook.name };
+    match ebpf.program_mut(hook.program).ok_or_else(missing)? {
+        aya::programs::Program::CgroupSockAddr(p) => Ok(HookProgram::Addr(p)),
+        aya::programs::Program::CgroupSock(p) => Ok(HookProgram::Sock(p)),
+        _ => Err(missing()),
+    }
 }
 
 fn link_hook(
@@ -334,12 +315,9 @@ fn link_hook(
     links: &Path,
 ) -> Result<LinkAction, LoaderError> {
     let pin = links.join(hook.name);
-    let prog = program(ebpf, hook)?;
+    let mut prog = program(ebpf, hook)?;
     if pin.exists() {
-        let link_err = |source| LoaderError::Link {
-            path: pin.clone(),
-            source,
-        };
+        let link_err = |source| LoaderError::Link { path: pin.clone(), source };
         let link = sys::obj_get(&pin).map_err(link_err)?;
         let info = sys::link_info(link.as_fd()).map_err(link_err)?;
         if info.link_type != sys::LINK_TYPE_CGROUP || info.cgroup_id != cgroup_id {
@@ -354,33 +332,21 @@ fn link_hook(
             source: io::Error::other(e.to_string()),
         };
         let pinned_tag = program_tag(info.prog_id).map_err(prog_err)?;
-        let new_tag = prog.info().map_err(prog_err)?.tag();
-        if pinned_tag == new_tag {
+        if pinned_tag == prog.tag().map_err(prog_err)? {
             return Ok(LinkAction::Adopted);
         }
-        let fd = prog.fd().map_err(prog_err)?;
-        sys::link_update(link.as_fd(), fd.as_fd()).map_err(link_err)?;
+        prog.update_link(link.as_fd()).map_err(prog_err)?;
         return Ok(LinkAction::Replaced);
     }
 
-    let attach_err = |e: ProgramError| LoaderError::Attach {
+    let cgroup = fs::File::open(&opts.cgroup).map_err(io_err(&opts.cgroup))?;
+    let link = prog.attach(&cgroup).map_err(|e| LoaderError::Attach {
         hook: hook.name,
         cgroup: opts.cgroup.clone(),
         source: Box::new(e),
-    };
-    let cgroup = fs::File::open(&opts.cgroup).map_err(io_err(&opts.cgroup))?;
-    let link_id = prog
-        .attach(&cgroup, CgroupAttachMode::Single)
-        .map_err(attach_err)?;
-    let link = prog.take_link(link_id).map_err(attach_err)?;
-    let link: FdLink = link.try_into().map_err(|e| LoaderError::Link {
-        path: pin.clone(),
-        source: io::Error::other(format!("{e}")),
     })?;
-    link.pin(&pin).map_err(|e| LoaderError::Link {
-        path: pin.clone(),
-        source: io::Error::other(e.to_string()),
-    })?;
+    link.pin(&pin)
+        .map_err(|e| LoaderError::Link { path: pin.clone(), source: io::Error::other(e.to_string()) })?;
     Ok(LinkAction::Attached)
 }
 
@@ -396,17 +362,11 @@ fn program_tag(id: u32) -> Result<u64, ProgramError> {
 }
 
 fn check_pinned_map(pin: &Path, spec: &MapSpec) -> Result<(), LoaderError> {
-    let pinned_err = |source| LoaderError::PinnedMap {
-        path: pin.to_owned(),
-        source,
-    };
+    let pinned_err = |source| LoaderError::PinnedMap { path: pin.to_owned(), source };
     let map = MapData::from_pin(pin).map_err(pinned_err)?;
     let info = map.info().map_err(pinned_err)?;
     let map_type = info.map_type().map_err(pinned_err)?;
-    if map_type != spec.map_type
-        || info.key_size() != spec.key_size
-        || info.value_size() != spec.value_size
-    {
+    if map_type != spec.map_type || info.key_size() != spec.key_size || info.value_size() != spec.value_size {
         return Err(LoaderError::IncompatibleMap {
             path: pin.to_owned(),
             found: format!(
@@ -425,10 +385,7 @@ fn check_pinned_map(pin: &Path, spec: &MapSpec) -> Result<(), LoaderError> {
 }
 
 fn detach_pinned_link(pin: &Path) -> Result<(), LoaderError> {
-    let link_err = |source| LoaderError::Link {
-        path: pin.to_owned(),
-        source,
-    };
+    let link_err = |source| LoaderError::Link { path: pin.to_owned(), source };
     let link = sys::obj_get(pin).map_err(link_err)?;
     sys::link_detach(link.as_fd()).map_err(link_err)?;
     fs::remove_file(pin).map_err(link_err)
@@ -490,11 +447,7 @@ mod tests {
     fn the_embedded_object_holds_every_program_and_map() {
         let obj = aya_obj_names(OBJECT);
         for hook in &HOOKS {
-            assert!(
-                obj.contains(&hook.program.to_string()),
-                "missing program {}",
-                hook.program
-            );
+            assert!(obj.contains(&hook.program.to_string()), "missing program {}", hook.program);
         }
         for name in map_names::ALL {
             assert!(obj.contains(&name.to_string()), "missing map {name}");
@@ -505,11 +458,7 @@ mod tests {
     fn aya_obj_names(bytes: &[u8]) -> Vec<String> {
         // Symbol names live in .strtab; scanning NUL-separated strings is
         // enough to see that the build embedded the right object.
-        bytes
-            .split(|b| *b == 0)
-            .filter_map(|s| std::str::from_utf8(s).ok())
-            .map(str::to_string)
-            .collect()
+        bytes.split(|b| *b == 0).filter_map(|s| std::str::from_utf8(s).ok()).map(str::to_string).collect()
     }
 
     #[test]

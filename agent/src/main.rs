@@ -16,11 +16,7 @@ use socklb::{
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf/socklb";
 
 #[derive(Parser)]
-#[command(
-    name = "socklb",
-    version,
-    about = "Kubernetes Service load balancing at the socket (cgroup BPF)"
-)]
+#[command(name = "socklb", version, about = "Kubernetes Service load balancing at the socket (cgroup BPF)")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -75,6 +71,14 @@ enum Cmd {
         /// (kube-proxy skips those), for a gradual migration.
         #[arg(long)]
         service_proxy_name: Option<String>,
+        /// Translate only sockets in the host network namespace; pods keep
+        /// the VIP (for service meshes that need to see it).
+        #[arg(long)]
+        hostns_only: bool,
+        /// Destroy established TCP and connected UDP sockets whose backend
+        /// left their service, so clients reconnect instead of hanging.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+        destroy_stale_sockets: bool,
     },
     /// Show the programmed frontends, their backends and counters.
     List {
@@ -95,9 +99,7 @@ enum Cmd {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -137,6 +139,8 @@ fn run(cli: Cli) -> Result<()> {
             resync,
             log_format,
             service_proxy_name,
+            hostns_only,
+            destroy_stale_sockets,
         } => {
             init_logs(log_format);
             let cfg = AgentConfig {
@@ -153,6 +157,8 @@ fn run(cli: Cli) -> Result<()> {
                 resync,
                 capacities: Capacities::default(),
                 service_proxy_name,
+                hostns_only,
+                destroy_stale_sockets,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -163,10 +169,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::List { bpffs, output } => {
             let maps = AyaMaps::open(&bpffs).with_context(|| {
-                format!(
-                    "no socklb datapath pinned at {} (is the agent running?)",
-                    bpffs.display()
-                )
+                format!("no socklb datapath pinned at {} (is the agent running?)", bpffs.display())
             })?;
             let state = maps.read_state()?;
             let counters = maps.read_counters()?;

@@ -104,6 +104,7 @@ pub struct Metrics {
     pub drift_repaired: Counter,
     pub source_errors: Family<SourceLabel, Counter>,
     pub syncs: Counter,
+    pub stale_sockets_destroyed: Counter,
     counter_source: Arc<Mutex<Option<Box<dyn CounterSource>>>>,
 }
 
@@ -117,29 +118,13 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let services = Gauge::default();
-        registry.register(
-            "socklb_services",
-            "Kubernetes Services programmed",
-            services.clone(),
-        );
+        registry.register("socklb_services", "Kubernetes Services programmed", services.clone());
         let frontends = Family::<KindLabel, Gauge>::default();
-        registry.register(
-            "socklb_frontends",
-            "Frontends programmed, by kind",
-            frontends.clone(),
-        );
+        registry.register("socklb_frontends", "Frontends programmed, by kind", frontends.clone());
         let backends = Gauge::default();
-        registry.register(
-            "socklb_backends",
-            "Distinct backends programmed",
-            backends.clone(),
-        );
+        registry.register("socklb_backends", "Distinct backends programmed", backends.clone());
         let map_entries = Family::<MapLabel, Gauge>::default();
-        registry.register(
-            "socklb_map_entries",
-            "Entries in each BPF map",
-            map_entries.clone(),
-        );
+        registry.register("socklb_map_entries", "Entries in each BPF map", map_entries.clone());
         let map_capacity = Family::<MapLabel, Gauge>::default();
         registry.register(
             "socklb_map_capacity",
@@ -189,10 +174,12 @@ impl Metrics {
             source_errors.clone(),
         );
         let syncs = Counter::default();
+        registry.register("socklb_syncs", "Syncs applied to the datapath", syncs.clone());
+        let stale_sockets_destroyed = Counter::default();
         registry.register(
-            "socklb_syncs",
-            "Syncs applied to the datapath",
-            syncs.clone(),
+            "socklb_stale_sockets_destroyed",
+            "Sockets destroyed because their backend left the service",
+            stale_sockets_destroyed.clone(),
         );
         let counter_source = Arc::new(Mutex::new(None));
         registry.register_collector(Box::new(DatapathCounters(counter_source.clone())));
@@ -212,6 +199,7 @@ impl Metrics {
             drift_repaired,
             source_errors,
             syncs,
+            stale_sockets_destroyed,
             counter_source,
         }
     }
@@ -231,19 +219,11 @@ impl Metrics {
     }
 
     pub fn invalid(&self, reason: &str) {
-        self.invalid_objects
-            .get_or_create(&ReasonLabel {
-                reason: reason.into(),
-            })
-            .inc();
+        self.invalid_objects.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
     }
 
     pub fn source_error(&self, source: &str) {
-        self.source_errors
-            .get_or_create(&SourceLabel {
-                source: source.into(),
-            })
-            .inc();
+        self.source_errors.get_or_create(&SourceLabel { source: source.into() }).inc();
     }
 
     /// The text exposition format.

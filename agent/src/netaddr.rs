@@ -18,15 +18,9 @@ pub struct CidrError {
 impl std::str::FromStr for Cidr {
     type Err = CidrError;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let err = |why| CidrError {
-            text: text.to_string(),
-            why,
-        };
+        let err = |why| CidrError { text: text.to_string(), why };
         let (ip, prefix) = match text.trim().split_once('/') {
-            Some((ip, p)) => (
-                ip,
-                Some(p.parse::<u8>().map_err(|_| err("bad prefix length"))?),
-            ),
+            Some((ip, p)) => (ip, Some(p.parse::<u8>().map_err(|_| err("bad prefix length"))?)),
             None => (text.trim(), None),
         };
         let addr: IpAddr = ip.parse().map_err(|_| err("bad address"))?;
@@ -47,15 +41,11 @@ impl Cidr {
     pub fn contains(&self, ip: &IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
                 u32::from(net) & mask == u32::from(*ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
                 u128::from(net) & mask == u128::from(*ip) & mask
             }
             _ => false,
@@ -94,16 +84,8 @@ pub fn nodeport_addresses(cidrs: &[Cidr], host: &[IpAddr]) -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = if cidrs.is_empty() {
         host.to_vec()
     } else {
-        let mut v: Vec<IpAddr> = cidrs
-            .iter()
-            .filter(|c| c.is_single_address())
-            .map(|c| c.addr)
-            .collect();
-        v.extend(host.iter().filter(|ip| {
-            cidrs
-                .iter()
-                .any(|c| !c.is_single_address() && c.contains(ip))
-        }));
+        let mut v: Vec<IpAddr> = cidrs.iter().filter(|c| c.is_single_address()).map(|c| c.addr).collect();
+        v.extend(host.iter().filter(|ip| cidrs.iter().any(|c| !c.is_single_address() && c.contains(ip))));
         v
     };
     out.sort();
@@ -132,27 +114,15 @@ mod tests {
 
     #[test]
     fn nodeport_addresses_default_to_every_host_address() {
-        let host: Vec<IpAddr> = vec![
-            "127.0.0.1".parse().expect("ip"),
-            "192.168.1.5".parse().expect("ip"),
-        ];
+        let host: Vec<IpAddr> = vec!["127.0.0.1".parse().expect("ip"), "192.168.1.5".parse().expect("ip")];
         assert_eq!(nodeport_addresses(&[], &host), host);
     }
 
     #[test]
     fn a_cidr_selects_host_addresses_and_a_single_address_is_taken_as_given() {
-        let host: Vec<IpAddr> = vec![
-            "127.0.0.1".parse().expect("ip"),
-            "192.168.1.5".parse().expect("ip"),
-        ];
+        let host: Vec<IpAddr> = vec!["127.0.0.1".parse().expect("ip"), "192.168.1.5".parse().expect("ip")];
         let got = nodeport_addresses(&[c("192.168.0.0/16"), c("10.9.9.9/32")], &host);
-        assert_eq!(
-            got,
-            vec![
-                "10.9.9.9".parse::<IpAddr>().expect("ip"),
-                "192.168.1.5".parse().expect("ip")
-            ]
-        );
+        assert_eq!(got, vec!["10.9.9.9".parse::<IpAddr>().expect("ip"), "192.168.1.5".parse().expect("ip")]);
     }
 
     #[test]

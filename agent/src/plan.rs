@@ -101,50 +101,23 @@ pub fn plan(applied: &MapState, desired: &DesiredState) -> Plan {
 
     // 4. Services no longer wanted: the entry first (it is unreachable once
     //    no frontend points at it), then its slots and members.
-    for &id in applied
-        .services
-        .keys()
-        .filter(|id| !desired.services.contains_key(id))
-    {
+    for &id in applied.services.keys().filter(|id| !desired.services.contains_key(id)) {
         let mut ops = vec![MapOp::DeleteService { id }];
         ops.extend(slots_of(applied, id).map(MapOp::DeleteSlot));
         ops.extend(members_of(applied, id).map(MapOp::DeleteMember));
         if applied.names.contains_key(&id) {
             ops.push(MapOp::DeleteName { id });
         }
-        plan.push(
-            UnitKind::Transaction {
-                service_id: id,
-                commit: 0,
-            },
-            ops,
-        );
+        plan.push(UnitKind::Transaction { service_id: id, commit: 0 }, ops);
     }
 
     // 5. Leftovers of services that have no entry at all (an interrupted
     //    earlier run): unreachable, so they go in any order.
-    let orphan =
-        |id: &u32| !applied.services.contains_key(id) && !desired.services.contains_key(id);
-    let mut ops: Vec<MapOp> = applied
-        .slots
-        .keys()
-        .filter(|k| orphan(&k.service_id))
-        .map(|&k| MapOp::DeleteSlot(k))
-        .collect();
-    ops.extend(
-        applied
-            .members
-            .iter()
-            .filter(|m| orphan(&m.service_id))
-            .map(|&m| MapOp::DeleteMember(m)),
-    );
-    ops.extend(
-        applied
-            .names
-            .keys()
-            .filter(|id| orphan(id))
-            .map(|&id| MapOp::DeleteName { id }),
-    );
+    let orphan = |id: &u32| !applied.services.contains_key(id) && !desired.services.contains_key(id);
+    let mut ops: Vec<MapOp> =
+        applied.slots.keys().filter(|k| orphan(&k.service_id)).map(|&k| MapOp::DeleteSlot(k)).collect();
+    ops.extend(applied.members.iter().filter(|m| orphan(&m.service_id)).map(|&m| MapOp::DeleteMember(m)));
+    ops.extend(applied.names.keys().filter(|id| orphan(id)).map(|&id| MapOp::DeleteName { id }));
     plan.push(UnitKind::Independent, ops);
 
     // 6. Backends nothing refers to any more.
@@ -160,28 +133,13 @@ pub fn plan(applied: &MapState, desired: &DesiredState) -> Plan {
 }
 
 fn slots_of(state: &MapState, service_id: u32) -> impl Iterator<Item = SlotKey> + '_ {
-    let start = SlotKey {
-        service_id,
-        generation: 0,
-        index: 0,
-    };
-    state
-        .slots
-        .range(start..)
-        .map(|(k, _)| *k)
-        .take_while(move |k| k.service_id == service_id)
+    let start = SlotKey { service_id, generation: 0, index: 0 };
+    state.slots.range(start..).map(|(k, _)| *k).take_while(move |k| k.service_id == service_id)
 }
 
 fn members_of(state: &MapState, service_id: u32) -> impl Iterator<Item = MemberKey> + '_ {
-    let start = MemberKey {
-        service_id,
-        backend_id: 0,
-    };
-    state
-        .members
-        .range(start..)
-        .copied()
-        .take_while(move |k| k.service_id == service_id)
+    let start = MemberKey { service_id, backend_id: 0 };
+    state.members.range(start..).copied().take_while(move |k| k.service_id == service_id)
 }
 
 fn service_unit(applied: &MapState, id: u32, want: &DesiredService) -> Option<Unit> {
@@ -201,35 +159,16 @@ fn service_unit(applied: &MapState, id: u32, want: &DesiredService) -> Option<Un
         ..Default::default()
     };
 
-    let wanted_members: BTreeSet<MemberKey> = backends
-        .iter()
-        .map(|&backend_id| MemberKey {
-            service_id: id,
-            backend_id,
-        })
-        .collect();
-    let mut ops: Vec<MapOp> = members_of(applied, id)
-        .filter(|m| !wanted_members.contains(m))
-        .map(MapOp::DeleteMember)
-        .collect();
-    ops.extend(
-        wanted_members
-            .iter()
-            .filter(|m| !applied.members.contains(m))
-            .map(|&m| MapOp::PutMember(m)),
-    );
+    let wanted_members: BTreeSet<MemberKey> =
+        backends.iter().map(|&backend_id| MemberKey { service_id: id, backend_id }).collect();
+    let mut ops: Vec<MapOp> =
+        members_of(applied, id).filter(|m| !wanted_members.contains(m)).map(MapOp::DeleteMember).collect();
+    ops.extend(wanted_members.iter().filter(|m| !applied.members.contains(m)).map(|&m| MapOp::PutMember(m)));
     if applied.names.get(&id) != Some(&want.name) {
-        ops.push(MapOp::PutName {
-            id,
-            name: want.name,
-        });
+        ops.push(MapOp::PutName { id, name: want.name });
     }
     for (index, &backend_id) in backends.iter().enumerate() {
-        let key = SlotKey {
-            service_id: id,
-            generation,
-            index: index as u16,
-        };
+        let key = SlotKey { service_id: id, generation, index: index as u16 };
         if applied.slots.get(&key) != Some(&backend_id) {
             ops.push(MapOp::PutSlot { key, backend_id });
         }
@@ -244,13 +183,7 @@ fn service_unit(applied: &MapState, id: u32, want: &DesiredService) -> Option<Un
     if ops.is_empty() {
         return None;
     }
-    Some(Unit {
-        kind: UnitKind::Transaction {
-            service_id: id,
-            commit,
-        },
-        ops,
-    })
+    Some(Unit { kind: UnitKind::Transaction { service_id: id, commit }, ops })
 }
 
 /// Why an operation did not happen.
@@ -278,20 +211,13 @@ impl ExecReport {
 
     /// Whether any failure was a map being full.
     pub fn map_full(&self) -> bool {
-        self.failures
-            .iter()
-            .any(|f| matches!(f, OpFailure::Failed { error, .. } if error.is_map_full()))
+        self.failures.iter().any(|f| matches!(f, OpFailure::Failed { error, .. } if error.is_map_full()))
     }
 }
 
 /// Applies `plan` to `dp`, keeping `mirror` equal to what the maps hold.
 pub fn execute(plan: &Plan, dp: &mut dyn Datapath, mirror: &mut MapState) -> ExecReport {
-    let mut exec = Executor {
-        dp,
-        mirror,
-        report: ExecReport::default(),
-        refs: None,
-    };
+    let mut exec = Executor { dp, mirror, report: ExecReport::default(), refs: None };
     for unit in &plan.units {
         match unit.kind {
             UnitKind::Independent => {
@@ -388,10 +314,7 @@ struct Executor<'a> {
 impl Executor<'_> {
     fn apply_one(&mut self, op: &MapOp) -> bool {
         if let Some(reason) = self.blocked(op) {
-            self.report.failures.push(OpFailure::Blocked {
-                op: op.clone(),
-                reason,
-            });
+            self.report.failures.push(OpFailure::Blocked { op: op.clone(), reason });
             return false;
         }
         match self.dp.apply(op) {
@@ -404,10 +327,7 @@ impl Executor<'_> {
                 true
             }
             Err(error) => {
-                self.report.failures.push(OpFailure::Failed {
-                    op: op.clone(),
-                    error,
-                });
+                self.report.failures.push(OpFailure::Failed { op: op.clone(), error });
                 false
             }
         }
@@ -438,18 +358,12 @@ impl Executor<'_> {
             }
             MapOp::PutService { id, value } => {
                 let complete = (0..value.count).all(|index| {
-                    let key = SlotKey {
-                        service_id: *id,
-                        generation: value.generation,
-                        index,
-                    };
+                    let key = SlotKey { service_id: *id, generation: value.generation, index };
                     mirror.slots.contains_key(&key)
                 });
                 (!complete).then_some("a slot of the new generation is missing")
             }
-            MapOp::PutFrontend { value, .. }
-                if mirror.active_backends(value.service_id).is_none() =>
-            {
+            MapOp::PutFrontend { value, .. } if mirror.active_backends(value.service_id).is_none() => {
                 Some("the frontend's service is not complete in the map")
             }
             MapOp::DeleteService { id } => self
@@ -457,11 +371,9 @@ impl Executor<'_> {
                 .frontends_per_service
                 .contains_key(id)
                 .then_some("a frontend still points at the service"),
-            MapOp::DeleteBackend { id } => self
-                .refs()
-                .slots_per_backend
-                .contains_key(id)
-                .then_some("a slot still refers to the backend"),
+            MapOp::DeleteBackend { id } => {
+                self.refs().slots_per_backend.contains_key(id).then_some("a slot still refers to the backend")
+            }
             _ => None,
         }
     }

@@ -22,6 +22,7 @@ use crate::{
     },
     plan::{self, ExecReport, OpFailure},
     render::render,
+    stale::Doomed,
     store::{SourceEvent, Store},
 };
 
@@ -40,6 +41,8 @@ pub struct SyncReport {
     pub complete: bool,
     /// Services whose model changed in this sync.
     pub changed: Vec<ObjKey>,
+    /// Backends that left a service in this sync (their sockets are stale).
+    pub doomed: Vec<Doomed>,
 }
 
 pub struct Reconciler {
@@ -110,10 +113,7 @@ impl Reconciler {
     }
 
     pub fn problems(&self) -> impl Iterator<Item = &Problem> {
-        self.problems
-            .values()
-            .flatten()
-            .chain(self.render_problems.iter())
+        self.problems.values().flatten().chain(self.render_problems.iter())
     }
 
     /// Rebuilds what changed and brings the maps to the desired state.
@@ -128,11 +128,15 @@ impl Reconciler {
             }
         };
         let mut changed = Vec::new();
+        let mut before: Vec<ServiceModel> = Vec::new();
         for key in keys {
+            let old = self.models.get(&key).cloned();
             if self.rebuild(&key) {
+                before.extend(old);
                 changed.push(key);
             }
         }
+        let old_ids: BTreeMap<SetId, u32> = self.sets.iter().map(|(id, set)| (set.clone(), *id)).collect();
 
         let rendered = render(self.models.iter(), &mut self.ids);
         let fresh: BTreeSet<Problem> = rendered.problems.into_iter().collect();
@@ -145,15 +149,41 @@ impl Reconciler {
 
         let report = self.execute();
         self.after_execute(&report, &changed);
-        self.metrics
-            .sync_duration
-            .observe(started.elapsed().as_secs_f64());
+        let doomed = self.doomed(&before, &old_ids, &report.services_failed);
+        self.metrics.sync_duration.observe(started.elapsed().as_secs_f64());
         SyncReport {
             ops_applied: report.applied,
             failures: report.failures.len(),
             complete: report.is_complete(),
             changed,
+            doomed,
         }
+    }
+
+    /// Backends of the changed services that the EndpointSlices no longer
+    /// list at all, per service id, where the new version was applied.
+    fn doomed(
+        &self,
+        before: &[ServiceModel],
+        old_ids: &BTreeMap<SetId, u32>,
+        failed: &BTreeSet<u32>,
+    ) -> Vec<Doomed> {
+        let mut out = Vec::new();
+        for set in before.iter().flat_map(|m| m.sets.iter()) {
+            let Some(&id) = old_ids.get(&set.id) else { continue };
+            if failed.contains(&id) {
+                continue; // the old set still serves
+            }
+            let now = self.models.get(&set.id.service).and_then(|m| m.sets.iter().find(|s| s.id == set.id));
+            let still_there = |b: &std::net::SocketAddr| now.is_some_and(|n| n.known.contains(b));
+            let was: BTreeSet<_> = set.backends.iter().chain(set.known.iter()).collect();
+            out.extend(was.into_iter().filter(|b| !still_there(b)).map(|b| Doomed {
+                service_id: id,
+                backend: *b,
+                proto: set.id.proto.number(),
+            }));
+        }
+        out
     }
 
     /// Reads the maps back, counts what differs from the desired state and
@@ -188,9 +218,7 @@ impl Reconciler {
             if let OpFailure::Failed { op, error } = f {
                 self.metrics
                     .map_operation_errors
-                    .get_or_create(&MapLabel {
-                        map: op.map_name().into(),
-                    })
+                    .get_or_create(&MapLabel { map: op.map_name().into() })
                     .inc();
                 tracing::debug!(%error, "map operation failed");
             }
@@ -199,11 +227,7 @@ impl Reconciler {
             self.metrics.reconcile_errors.inc();
             let full = report.map_full();
             for id in &report.services_failed {
-                let name = self
-                    .sets
-                    .get(id)
-                    .map(ToString::to_string)
-                    .unwrap_or_else(|| format!("id {id}"));
+                let name = self.sets.get(id).map(ToString::to_string).unwrap_or_else(|| format!("id {id}"));
                 if full {
                     tracing::error!(set = %name, "map full: the service keeps its previous version");
                     self.metrics.invalid("capacity");
@@ -215,17 +239,12 @@ impl Reconciler {
         if report.applied > 0 {
             self.metrics.syncs.inc();
         }
-        let failed: BTreeSet<&ObjKey> = report
-            .services_failed
-            .iter()
-            .filter_map(|id| self.sets.get(id))
-            .map(|s| &s.service)
-            .collect();
+        let failed: BTreeSet<&ObjKey> =
+            report.services_failed.iter().filter_map(|id| self.sets.get(id)).map(|s| &s.service).collect();
         for key in changed {
             match self.models.get(key) {
                 Some(m) if !failed.contains(key) => {
-                    let backends: BTreeSet<_> =
-                        m.sets.iter().flat_map(|s| s.backends.iter()).collect();
+                    let backends: BTreeSet<_> = m.sets.iter().flat_map(|s| s.backends.iter()).collect();
                     tracing::info!(
                         service = %key,
                         frontends = m.frontends.len(),
@@ -238,20 +257,10 @@ impl Reconciler {
             }
         }
         // Ids that are in neither the maps nor the desired state are free.
-        let svc_ids: BTreeSet<u32> = self
-            .mirror
-            .services
-            .keys()
-            .chain(self.desired.services.keys())
-            .copied()
-            .collect();
-        let be_ids: BTreeSet<u32> = self
-            .mirror
-            .backends
-            .keys()
-            .chain(self.desired.backends.keys())
-            .copied()
-            .collect();
+        let svc_ids: BTreeSet<u32> =
+            self.mirror.services.keys().chain(self.desired.services.keys()).copied().collect();
+        let be_ids: BTreeSet<u32> =
+            self.mirror.backends.keys().chain(self.desired.backends.keys()).copied().collect();
         self.ids.release_unused(&svc_ids, &be_ids);
         self.update_gauges();
     }
@@ -261,20 +270,13 @@ impl Reconciler {
         self.metrics.backends.set(self.mirror.backends.len() as i64);
         let mut kinds: BTreeMap<String, i64> = BTreeMap::new();
         for m in self.models.values() {
-            for f in m
-                .frontends
-                .iter()
-                .filter(|f| f.scope == socklb_common::SCOPE_INTERNAL)
-            {
+            for f in m.frontends.iter().filter(|f| f.scope == socklb_common::SCOPE_INTERNAL) {
                 *kinds.entry(f.kind.to_string()).or_default() += 1;
             }
         }
         for kind in ["ClusterIP", "NodePort", "ExternalIP", "LoadBalancer"] {
             let n = kinds.get(kind).copied().unwrap_or(0);
-            self.metrics
-                .frontends
-                .get_or_create(&KindLabel { kind: kind.into() })
-                .set(n);
+            self.metrics.frontends.get_or_create(&KindLabel { kind: kind.into() }).set(n);
         }
         use socklb_common::map_names as m;
         let entries = [
@@ -286,10 +288,7 @@ impl Reconciler {
             (m::SVC_NAMES, self.mirror.names.len()),
         ];
         for (map, n) in entries {
-            self.metrics
-                .map_entries
-                .get_or_create(&MapLabel { map: map.into() })
-                .set(n as i64);
+            self.metrics.map_entries.get_or_create(&MapLabel { map: map.into() }).set(n as i64);
         }
     }
 
@@ -302,11 +301,7 @@ impl Reconciler {
             problems.extend(ps);
             slices.extend(parsed);
         }
-        let model = match self
-            .store
-            .service(key)
-            .map(|svc| parse_service(svc, &self.ctx))
-        {
+        let model = match self.store.service(key).map(|svc| parse_service(svc, &self.ctx)) {
             Some((ServiceOutcome::Proxied(svc), ps)) => {
                 problems.extend(ps);
                 let refs: Vec<_> = slices.iter().collect();

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, btree_map::Entry};
 
 use socklb_common::{
-    BackendValue, FrontendKey, FrontendValue, ServiceName, addr_from_ip, backend_flags,
+    BackendValue, FrontendKey, FrontendValue, SCOPE_BIND_GUARD, ServiceName, addr_from_ip, backend_flags,
 };
 
 use crate::{
@@ -51,11 +51,7 @@ pub fn render<'a>(
                     addr: addr_from_ip(addr.ip()),
                     port: addr.port().to_be(),
                     proto: set.id.proto.number(),
-                    flags: if set.local.contains(addr) {
-                        backend_flags::LOCAL
-                    } else {
-                        0
-                    },
+                    flags: if set.local.contains(addr) { backend_flags::LOCAL } else { 0 },
                 };
                 let Some(bid) = ids.backend((value.addr, value.port, value.proto)) else {
                     full = true;
@@ -89,12 +85,9 @@ pub fn render<'a>(
             let Some(&service_id) = set_ids.get(&fe.set) else {
                 continue;
             };
-            let fk = FrontendKey {
-                addr: addr_from_ip(fe.addr.ip()),
-                port: fe.addr.port().to_be(),
-                proto: fe.proto.number(),
-                scope: fe.scope,
-            };
+            let addr = if fe.scope == SCOPE_BIND_GUARD { [0; 4] } else { addr_from_ip(fe.addr.ip()) };
+            let fk =
+                FrontendKey { addr, port: fe.addr.port().to_be(), proto: fe.proto.number(), scope: fe.scope };
             match owner.entry(fk) {
                 Entry::Occupied(first) => out.problems.push(Problem::new(
                     ProblemKind::FrontendConflict,
@@ -104,23 +97,15 @@ pub fn render<'a>(
                 )),
                 Entry::Vacant(slot) => {
                     slot.insert(key.clone());
-                    let value = FrontendValue {
-                        service_id,
-                        flags: fe.kind.flag(),
-                        _pad: 0,
-                    };
+                    let value = FrontendValue { service_id, flags: fe.kind.flag(), _pad: 0 };
                     out.desired.frontends.insert(fk, value);
                 }
             }
         }
     }
     // Backends of sets that were dropped after their ids were taken.
-    let used: std::collections::BTreeSet<u32> = out
-        .desired
-        .services
-        .values()
-        .flat_map(|s| s.backends.iter().copied())
-        .collect();
+    let used: std::collections::BTreeSet<u32> =
+        out.desired.services.values().flat_map(|s| s.backends.iter().copied()).collect();
     out.desired.backends.retain(|id, _| used.contains(id));
     out
 }

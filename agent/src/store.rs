@@ -69,14 +69,7 @@ pub fn slice_key(slice: &EndpointSlice) -> ObjKey {
 /// The Service a slice belongs to (by its `kubernetes.io/service-name` label).
 pub fn slice_service(slice: &EndpointSlice) -> Option<ObjKey> {
     let name = slice.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
-    Some(ObjKey::new(
-        slice
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        name.clone(),
-    ))
+    Some(ObjKey::new(slice.metadata.namespace.clone().unwrap_or_else(|| "default".into()), name.clone()))
 }
 
 #[derive(Debug, Default)]
@@ -118,17 +111,11 @@ impl Store {
 
     pub fn apply(&mut self, event: SourceEvent) {
         match event {
-            SourceEvent::Replace {
-                origin,
-                services,
-                slices,
-            } => {
+            SourceEvent::Replace { origin, services, slices } => {
                 self.replace_services(origin, services);
                 self.replace_slices(origin, slices);
             }
-            SourceEvent::ReplaceServices { origin, services } => {
-                self.replace_services(origin, services)
-            }
+            SourceEvent::ReplaceServices { origin, services } => self.replace_services(origin, services),
             SourceEvent::ReplaceSlices { origin, slices } => self.replace_slices(origin, slices),
             SourceEvent::ServiceApplied { origin, service } => self.put_service(origin, *service),
             SourceEvent::ServiceDeleted { key } => self.delete_service(&key),
@@ -166,10 +153,7 @@ impl Store {
         }
         self.delete_slice(&key);
         if let Some(svc) = slice_service(&slice) {
-            self.slices_by_service
-                .entry(svc.clone())
-                .or_default()
-                .insert(key.clone());
+            self.slices_by_service.entry(svc.clone()).or_default().insert(key.clone());
             self.dirty.insert(svc);
         }
         self.slices.insert(key, (origin, slice));
@@ -225,19 +209,11 @@ impl Store {
     /// The Services to rebuild since the last call; `None` means all.
     pub fn take_dirty(&mut self) -> Option<BTreeSet<ObjKey>> {
         let dirty = std::mem::take(&mut self.dirty);
-        if std::mem::take(&mut self.all_dirty) {
-            None
-        } else {
-            Some(dirty)
-        }
+        if std::mem::take(&mut self.all_dirty) { None } else { Some(dirty) }
     }
 
     /// Every Service key known, plus those with slices but no Service.
     pub fn all_service_keys(&self) -> BTreeSet<ObjKey> {
-        self.services
-            .keys()
-            .chain(self.slices_by_service.keys())
-            .cloned()
-            .collect()
+        self.services.keys().chain(self.slices_by_service.keys()).cloned().collect()
     }
 }

@@ -18,10 +18,7 @@ fn node() -> NodeContext {
     NodeContext {
         node_name: "node-a".into(),
         zone: None,
-        nodeport_addresses: vec![
-            "192.168.50.10".parse().expect("ip"),
-            "127.0.0.1".parse().expect("ip"),
-        ],
+        nodeport_addresses: vec!["192.168.50.10".parse().expect("ip"), "127.0.0.1".parse().expect("ip")],
         service_proxy_name: None,
     }
 }
@@ -34,23 +31,11 @@ fn check(name: &str) {
     let mut zone_node = node();
     zone_node.zone = Some("zone-1".into());
     let dp = SharedFake::default();
-    let limits = Limits {
-        max_services: 1000,
-        max_backends: 1000,
-    };
-    let mut r = Reconciler::new(
-        Box::new(dp.clone()),
-        zone_node,
-        &limits,
-        Arc::new(Metrics::new()),
-    )
-    .expect("reconciler");
+    let limits = Limits { max_services: 1000, max_backends: 1000 };
+    let mut r = Reconciler::new(Box::new(dp.clone()), zone_node, &limits, Arc::new(Metrics::new()))
+        .expect("reconciler");
     r.apply_event(SourceEvent::NodeZone(Some("zone-1".into())));
-    r.apply_event(SourceEvent::Replace {
-        origin: 0,
-        services: objects.services,
-        slices: objects.slices,
-    });
+    r.apply_event(SourceEvent::Replace { origin: 0, services: objects.services, slices: objects.slices });
     let report = r.sync();
     assert!(report.complete);
     let dump = dump_maps(&dp.state());
@@ -60,12 +45,7 @@ fn check(name: &str) {
     }
     let want = std::fs::read_to_string(&golden)
         .unwrap_or_else(|_| panic!("{} is missing; run with UPDATE_GOLDEN=1", golden.display()));
-    assert_eq!(
-        dump,
-        want,
-        "map dump of {name}.yaml differs from {}",
-        golden.display()
-    );
+    assert_eq!(dump, want, "map dump of {name}.yaml differs from {}", golden.display());
 }
 
 #[test]

@@ -30,31 +30,21 @@ fn node() -> NodeContext {
     }
 }
 
-const LIMITS: Limits = Limits {
-    max_services: 4096,
-    max_backends: 4096,
-};
+const LIMITS: Limits = Limits { max_services: 4096, max_backends: 4096 };
 
 fn reconciler(dp: impl Datapath + Send + 'static) -> Reconciler {
     Reconciler::new(Box::new(dp), node(), &LIMITS, Arc::new(Metrics::new())).expect("reconciler")
 }
 
 fn example() -> (Vec<Service>, Vec<EndpointSlice>) {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/cluster.yaml"
-    ))
-    .expect("example");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cluster.yaml"))
+        .expect("example");
     let (o, _) = parse_objects(&text).expect("parses");
     (o.services, o.slices)
 }
 
 fn load(r: &mut Reconciler, services: Vec<Service>, slices: Vec<EndpointSlice>) {
-    r.apply_event(SourceEvent::Replace {
-        origin: 0,
-        services,
-        slices,
-    });
+    r.apply_event(SourceEvent::Replace { origin: 0, services, slices });
 }
 
 #[test]
@@ -86,10 +76,7 @@ fn an_endpoint_change_rewrites_only_that_service() {
     load(&mut r, services.clone(), slices.clone());
     r.sync();
     let ops_before = dp.ops();
-    let web = slices
-        .iter_mut()
-        .find(|s| s.metadata.name.as_deref() == Some("web-7xk2p"))
-        .expect("web slice");
+    let web = slices.iter_mut().find(|s| s.metadata.name.as_deref() == Some("web-7xk2p")).expect("web slice");
     web.endpoints.pop();
     load(&mut r, services, slices);
     let report = r.sync();
@@ -97,11 +84,7 @@ fn an_endpoint_change_rewrites_only_that_service() {
     assert_eq!(report.changed[0].to_string(), "default/web");
     // Two new slots, one switch, three old slots, one member, one backend.
     assert_eq!(dp.ops() - ops_before, report.ops_applied);
-    assert!(
-        report.ops_applied <= 9,
-        "{} ops for one small change",
-        report.ops_applied
-    );
+    assert!(report.ops_applied <= 9, "{} ops for one small change", report.ops_applied);
 }
 
 #[test]
@@ -112,14 +95,9 @@ fn a_relist_deletes_what_it_no_longer_contains() {
     load(&mut r, services.clone(), slices.clone());
     r.sync();
     let web_frontends = dp.state().frontends.len();
-    let kept: Vec<Service> = services
-        .into_iter()
-        .filter(|s| s.metadata.name.as_deref() != Some("web"))
-        .collect();
-    r.apply_event(SourceEvent::ReplaceServices {
-        origin: 0,
-        services: kept,
-    });
+    let kept: Vec<Service> =
+        services.into_iter().filter(|s| s.metadata.name.as_deref() != Some("web")).collect();
+    r.apply_event(SourceEvent::ReplaceServices { origin: 0, services: kept });
     r.sync();
     assert_eq!(dp.state().frontends.len(), web_frontends - 1);
     assert!(dp.state().is_tidy());
@@ -159,12 +137,12 @@ async fn the_loop_touches_nothing_until_every_source_part_has_synced() {
     }
     let before = dp.state();
     let metrics = Arc::new(Metrics::new());
-    let mut r = Reconciler::new(Box::new(dp.clone()), node(), &LIMITS, metrics.clone())
-        .expect("reconciler");
+    let mut r = Reconciler::new(Box::new(dp.clone()), node(), &LIMITS, metrics.clone()).expect("reconciler");
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let cfg = LoopConfig {
         expected: HashMap::from([("services", 1), ("endpointslices", 1)]),
         resync: Duration::from_secs(3600),
+        on_doomed: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -177,34 +155,15 @@ async fn the_loop_touches_nothing_until_every_source_part_has_synced() {
 
     // Services listed, slices not yet: a prune now would drop every backend.
     let (services, slices) = example();
-    tx.send(SourceEvent::ReplaceServices {
-        origin: 9,
-        services,
-    })
-    .await
-    .expect("send");
-    tx.send(SourceEvent::Synced("services"))
-        .await
-        .expect("send");
+    tx.send(SourceEvent::ReplaceServices { origin: 9, services }).await.expect("send");
+    tx.send(SourceEvent::Synced("services")).await.expect("send");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        dp.state(),
-        before,
-        "a partial initial state must not touch the maps"
-    );
+    assert_eq!(dp.state(), before, "a partial initial state must not touch the maps");
 
-    tx.send(SourceEvent::ReplaceSlices { origin: 9, slices })
-        .await
-        .expect("send");
-    tx.send(SourceEvent::Synced("endpointslices"))
-        .await
-        .expect("send");
+    tx.send(SourceEvent::ReplaceSlices { origin: 9, slices }).await.expect("send");
+    tx.send(SourceEvent::Synced("endpointslices")).await.expect("send");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        dp.state().logical_view(),
-        before.logical_view(),
-        "same content once complete"
-    );
+    assert_eq!(dp.state().logical_view(), before.logical_view(), "same content once complete");
     stop_tx.send(()).expect("stop");
     let metrics = task.await.expect("loop");
     assert!(metrics.is_ready());
@@ -216,11 +175,7 @@ fn service(i: u8, ports: &[u16], local: bool, node_port: bool) -> Service {
     let ports: Vec<String> = ports
         .iter()
         .map(|p| {
-            let np = if node_port {
-                format!(", nodePort: {}", 30000 + u32::from(*p))
-            } else {
-                String::new()
-            };
+            let np = if node_port { format!(", nodePort: {}", 30000 + u32::from(*p)) } else { String::new() };
             format!("{{name: p{p}, port: {p}{np}}}")
         })
         .collect();
@@ -253,18 +208,9 @@ fn slice(i: u8, n: u8, endpoints: &[(u8, bool, bool)]) -> EndpointSlice {
 
 #[derive(Clone, Debug)]
 enum Ev {
-    Service {
-        i: u8,
-        ports: Vec<u16>,
-        local: bool,
-        node_port: bool,
-    },
+    Service { i: u8, ports: Vec<u16>, local: bool, node_port: bool },
     DeleteService(u8),
-    Slice {
-        i: u8,
-        n: u8,
-        endpoints: Vec<(u8, bool, bool)>,
-    },
+    Slice { i: u8, n: u8, endpoints: Vec<(u8, bool, bool)> },
     DeleteSlice(u8, u8),
 }
 
@@ -281,25 +227,19 @@ fn arb_event() -> impl Strategy<Value = Ev> {
 
 fn to_source(ev: &Ev) -> SourceEvent {
     match ev {
-        Ev::Service {
-            i,
-            ports,
-            local,
-            node_port,
-        } => SourceEvent::ServiceApplied {
+        Ev::Service { i, ports, local, node_port } => SourceEvent::ServiceApplied {
             origin: 0,
             service: Box::new(service(*i, ports, *local, *node_port)),
         },
-        Ev::DeleteService(i) => SourceEvent::ServiceDeleted {
-            key: socklb::model::ObjKey::new("ns", format!("s{i}")),
-        },
-        Ev::Slice { i, n, endpoints } => SourceEvent::SliceApplied {
-            origin: 0,
-            slice: Box::new(slice(*i, *n, endpoints)),
-        },
-        Ev::DeleteSlice(i, n) => SourceEvent::SliceDeleted {
-            key: socklb::model::ObjKey::new("ns", format!("s{i}-{n}")),
-        },
+        Ev::DeleteService(i) => {
+            SourceEvent::ServiceDeleted { key: socklb::model::ObjKey::new("ns", format!("s{i}")) }
+        }
+        Ev::Slice { i, n, endpoints } => {
+            SourceEvent::SliceApplied { origin: 0, slice: Box::new(slice(*i, *n, endpoints)) }
+        }
+        Ev::DeleteSlice(i, n) => {
+            SourceEvent::SliceDeleted { key: socklb::model::ObjKey::new("ns", format!("s{i}-{n}")) }
+        }
     }
 }
 
@@ -315,8 +255,7 @@ impl Datapath for Faulty {
     }
     fn read_counters(
         &self,
-    ) -> Result<std::collections::BTreeMap<u32, socklb_common::ServiceCounters>, DatapathError>
-    {
+    ) -> Result<std::collections::BTreeMap<u32, socklb_common::ServiceCounters>, DatapathError> {
         self.0.read_counters()
     }
 }

@@ -67,10 +67,8 @@ pub mod map_names {
     pub const SVC_NAMES: &str = "SOCKLB_SVC_NAMES";
 
     /// Every map, in the order `socklb list` and `status` show them.
-    pub const ALL: [&str; 10] = [
-        FRONTENDS, SERVICES, SLOTS, BACKENDS, MEMBERS, AFFINITY, COUNTERS, CONFIG, SOCK_STATE,
-        SVC_NAMES,
-    ];
+    pub const ALL: [&str; 10] =
+        [FRONTENDS, SERVICES, SLOTS, BACKENDS, MEMBERS, AFFINITY, COUNTERS, CONFIG, SOCK_STATE, SVC_NAMES];
 }
 
 /// Default map capacities, sized for 100k services with 10 endpoints each.
@@ -109,6 +107,9 @@ pub const PROTO_UDP: u8 = 17;
 /// allows for traffic that arrives from outside.
 pub const SCOPE_EXTERNAL: u8 = 0;
 pub const SCOPE_INTERNAL: u8 = 1;
+/// Not a destination: marks a NodePort (port, protocol) so that `post_bind`
+/// refuses a host process's wildcard bind to it. The address is all zeros.
+pub const SCOPE_BIND_GUARD: u8 = 2;
 
 /// An address as four network-order words; IPv4 is stored v4-mapped.
 pub type Addr = [u32; 4];
@@ -259,9 +260,7 @@ pub struct ServiceName {
 
 impl Default for ServiceName {
     fn default() -> Self {
-        Self {
-            bytes: [0; SERVICE_NAME_LEN],
-        }
+        Self { bytes: [0; SERVICE_NAME_LEN] }
     }
 }
 
@@ -279,11 +278,7 @@ impl ServiceName {
 
     /// The text, up to the first NUL (invalid UTF-8 yields "").
     pub fn as_str(&self) -> &str {
-        let len = self
-            .bytes
-            .iter()
-            .position(|b| *b == 0)
-            .unwrap_or(SERVICE_NAME_LEN);
+        let len = self.bytes.iter().position(|b| *b == 0).unwrap_or(SERVICE_NAME_LEN);
         core::str::from_utf8(&self.bytes[..len]).unwrap_or("")
     }
 }
@@ -450,10 +445,7 @@ mod tests {
 
     #[test]
     fn ports_are_network_order() {
-        let key = FrontendKey {
-            port: 8080u16.to_be(),
-            ..Default::default()
-        };
+        let key = FrontendKey { port: 8080u16.to_be(), ..Default::default() };
         assert_eq!(key.port.to_ne_bytes(), [0x1f, 0x90]);
     }
 
@@ -476,10 +468,7 @@ mod tests {
 
     #[test]
     fn service_names_round_trip_and_truncate_on_a_char_boundary() {
-        assert_eq!(
-            ServiceName::new("default/web:http").as_str(),
-            "default/web:http"
-        );
+        assert_eq!(ServiceName::new("default/web:http").as_str(), "default/web:http");
         let long = "é".repeat(200);
         let name = ServiceName::new(&long);
         assert_eq!(name.as_str().len(), SERVICE_NAME_LEN);

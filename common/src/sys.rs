@@ -90,21 +90,14 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
             size_of::<T>() as libc::c_uint,
         )
     };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
 }
 
 /// Opens a pinned object (a link, here).
 pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    let mut attr = ObjGetAttr {
-        pathname: c_path.as_ptr() as u64,
-        ..Default::default()
-    };
+    let mut attr = ObjGetAttr { pathname: c_path.as_ptr() as u64, ..Default::default() };
     let fd = bpf(BPF_OBJ_GET, &mut attr)?;
     let fd = i32::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
     // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
@@ -113,13 +106,7 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
 
 /// Reads a link's type, program and (for cgroup links) cgroup.
 pub fn link_info(link: impl AsFd) -> io::Result<LinkInfo> {
-    let mut info = RawLinkInfo {
-        link_type: 0,
-        id: 0,
-        prog_id: 0,
-        _pad: 0,
-        union: [0; 32],
-    };
+    let mut info = RawLinkInfo { link_type: 0, id: 0, prog_id: 0, _pad: 0, union: [0; 32] };
     let mut attr = InfoByFdAttr {
         bpf_fd: fd_u32(&link)?,
         info_len: size_of::<RawLinkInfo>() as u32,
@@ -137,19 +124,14 @@ pub fn link_info(link: impl AsFd) -> io::Result<LinkInfo> {
 
 /// Atomically replaces the program of a link (no moment without a program).
 pub fn link_update(link: impl AsFd, new_prog: impl AsFd) -> io::Result<()> {
-    let mut attr = LinkUpdateAttr {
-        link_fd: fd_u32(&link)?,
-        new_prog_fd: fd_u32(&new_prog)?,
-        ..Default::default()
-    };
+    let mut attr =
+        LinkUpdateAttr { link_fd: fd_u32(&link)?, new_prog_fd: fd_u32(&new_prog)?, ..Default::default() };
     bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
 }
 
 /// Detaches a link from its hook now, even if other descriptors hold it.
 pub fn link_detach(link: impl AsFd) -> io::Result<()> {
-    let mut attr = LinkDetachAttr {
-        link_fd: fd_u32(&link)?,
-    };
+    let mut attr = LinkDetachAttr { link_fd: fd_u32(&link)? };
     bpf(BPF_LINK_DETACH, &mut attr).map(|_| ())
 }
 

@@ -7,9 +7,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use socklb_common::{
-    AffinityKey, AffinityValue, BackendValue, Config, FrontendKey, FrontendValue, MemberKey,
-    MemberValue, ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState,
-    capacity,
+    AffinityKey, AffinityValue, BackendValue, Config, FrontendKey, FrontendValue, MemberKey, MemberValue,
+    ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState, capacity,
 };
 
 // Hash maps are not preallocated: a node with 50 services should not pay
@@ -17,20 +16,15 @@ use socklb_common::{
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
 
 #[btf_map(name = "SOCKLB_FRONTENDS")]
-pub static FRONTENDS: HashMap<
-    FrontendKey,
-    FrontendValue,
-    { capacity::FRONTENDS as usize },
-    NO_PREALLOC,
-> = HashMap::new();
+pub static FRONTENDS: HashMap<FrontendKey, FrontendValue, { capacity::FRONTENDS as usize }, NO_PREALLOC> =
+    HashMap::new();
 
 #[btf_map(name = "SOCKLB_SERVICES")]
 pub static SERVICES: HashMap<u32, ServiceValue, { capacity::SERVICES as usize }, NO_PREALLOC> =
     HashMap::new();
 
 #[btf_map(name = "SOCKLB_SLOTS")]
-pub static SLOTS: HashMap<SlotKey, SlotValue, { capacity::SLOTS as usize }, NO_PREALLOC> =
-    HashMap::new();
+pub static SLOTS: HashMap<SlotKey, SlotValue, { capacity::SLOTS as usize }, NO_PREALLOC> = HashMap::new();
 
 #[btf_map(name = "SOCKLB_BACKENDS")]
 pub static BACKENDS: HashMap<u32, BackendValue, { capacity::BACKENDS as usize }, NO_PREALLOC> =
@@ -45,8 +39,7 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { capacity::AFFINITY
     LruHashMap::new();
 
 #[btf_map(name = "SOCKLB_COUNTERS")]
-pub static COUNTERS: PerCpuArray<ServiceCounters, { capacity::SERVICES as usize }> =
-    PerCpuArray::new();
+pub static COUNTERS: PerCpuArray<ServiceCounters, { capacity::SERVICES as usize }> = PerCpuArray::new();
 
 #[btf_map(name = "SOCKLB_CONFIG")]
 pub static CONFIG: Array<Config, 1> = Array::new();

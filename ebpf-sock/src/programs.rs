@@ -17,8 +17,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use socklb_common::{
-    Addr, FrontendKey, PROTO_TCP, PROTO_UDP, RevNat, SCOPE_INTERNAL, config_flags, is_v4_mapped,
-    v4_mapped,
+    Addr, FrontendKey, PROTO_TCP, PROTO_UDP, RevNat, SCOPE_INTERNAL, config_flags, is_v4_mapped, v4_mapped,
 };
 
 use crate::{
@@ -205,12 +204,7 @@ unsafe fn destination(ctx: &SockAddrContext, family: Family) -> Addr {
     unsafe {
         match family {
             Family::V4 => v4_mapped((*sa).user_ip4),
-            Family::V6 => [
-                (*sa).user_ip6[0],
-                (*sa).user_ip6[1],
-                (*sa).user_ip6[2],
-                (*sa).user_ip6[3],
-            ],
+            Family::V6 => [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]],
         }
     }
 }
@@ -266,9 +260,7 @@ fn netns_cookie(ctx: &SockAddrContext) -> u64 {
 /// keep their VIP destination.
 #[inline(always)]
 fn translates_here(ctx: &SockAddrContext) -> bool {
-    let hostns_only = CONFIG
-        .get(0)
-        .is_some_and(|c| c.flags & config_flags::HOSTNS_ONLY != 0);
+    let hostns_only = CONFIG.get(0).is_some_and(|c| c.flags & config_flags::HOSTNS_ONLY != 0);
     if !hostns_only {
         return true;
     }

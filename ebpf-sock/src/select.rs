@@ -3,8 +3,8 @@
 
 use aya_ebpf::helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use socklb_common::{
-    AffinityKey, AffinityValue, BackendValue, MemberKey, SELECT_RETRIES, ServiceCounters,
-    ServiceValue, SlotKey, service_flags,
+    AffinityKey, AffinityValue, BackendValue, MemberKey, SELECT_RETRIES, ServiceCounters, ServiceValue,
+    SlotKey, service_flags,
 };
 
 use crate::maps::{AFFINITY, BACKENDS, COUNTERS, MEMBERS, SERVICES, SLOTS};
@@ -40,11 +40,7 @@ pub fn select(service_id: u32, netns_cookie: u64) -> Selection {
             return Selection::Backend { id, backend };
         }
         let index = (unsafe { bpf_get_prandom_u32() } % u32::from(svc.count)) as u16;
-        let slot = SlotKey {
-            service_id,
-            generation: svc.generation,
-            index,
-        };
+        let slot = SlotKey { service_id, generation: svc.generation, index };
         let Some(id) = (unsafe { SLOTS.get(slot) }).map(|s| s.backend_id) else {
             continue;
         };
@@ -63,25 +59,14 @@ pub fn select(service_id: u32, netns_cookie: u64) -> Selection {
 /// the address the caller remembered.
 #[inline(always)]
 pub fn still_member(service_id: u32, backend_id: u32) -> Option<BackendValue> {
-    let member = MemberKey {
-        service_id,
-        backend_id,
-    };
+    let member = MemberKey { service_id, backend_id };
     unsafe { MEMBERS.get(member) }?;
     unsafe { BACKENDS.get(backend_id) }.copied()
 }
 
 #[inline(always)]
-fn affine_backend(
-    service_id: u32,
-    netns_cookie: u64,
-    svc: &ServiceValue,
-) -> Option<(u32, BackendValue)> {
-    let key = AffinityKey {
-        netns_cookie,
-        service_id,
-        _pad: 0,
-    };
+fn affine_backend(service_id: u32, netns_cookie: u64, svc: &ServiceValue) -> Option<(u32, BackendValue)> {
+    let key = AffinityKey { netns_cookie, service_id, _pad: 0 };
     let entry = AFFINITY.get_ptr_mut(key)?;
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: pointer from a successful lookup; only this program's CPU
@@ -99,16 +84,8 @@ fn affine_backend(
 
 #[inline(always)]
 fn remember_affinity(service_id: u32, netns_cookie: u64, backend_id: u32) {
-    let key = AffinityKey {
-        netns_cookie,
-        service_id,
-        _pad: 0,
-    };
-    let value = AffinityValue {
-        last_used_ns: unsafe { bpf_ktime_get_ns() },
-        backend_id,
-        _pad: 0,
-    };
+    let key = AffinityKey { netns_cookie, service_id, _pad: 0 };
+    let value = AffinityValue { last_used_ns: unsafe { bpf_ktime_get_ns() }, backend_id, _pad: 0 };
     // An LRU insert only fails on a broken map; affinity is then best effort.
     let _ = AFFINITY.insert(key, value, 0);
 }

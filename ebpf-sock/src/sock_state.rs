@@ -8,8 +8,7 @@
 use core::ptr;
 
 use aya_ebpf::{
-    bindings::BPF_SK_STORAGE_GET_F_CREATE, helpers::generated::bpf_sk_storage_get,
-    programs::SockAddrContext,
+    bindings::BPF_SK_STORAGE_GET_F_CREATE, helpers::generated::bpf_sk_storage_get, programs::SockAddrContext,
 };
 use socklb_common::{Addr, RevNat, SOCK_REV_ENTRIES, SockState};
 
@@ -20,19 +19,11 @@ use crate::maps::SOCK_STATE;
 pub fn get(ctx: &SockAddrContext, create: bool) -> Option<*mut SockState> {
     // SAFETY: ctx->sk is a valid socket pointer in every sock_addr hook.
     let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
-    let flags = if create {
-        u64::from(BPF_SK_STORAGE_GET_F_CREATE)
-    } else {
-        0
-    };
+    let flags = if create { u64::from(BPF_SK_STORAGE_GET_F_CREATE) } else { 0 };
     let map = ptr::from_ref(&SOCK_STATE).cast_mut().cast();
     // SAFETY: helper call with the map and the socket from the context.
     let state = unsafe { bpf_sk_storage_get(map, sk.cast(), ptr::null_mut(), flags) };
-    if state.is_null() {
-        None
-    } else {
-        Some(state.cast())
-    }
+    if state.is_null() { None } else { Some(state.cast()) }
 }
 
 /// Records the translation of a connect: the socket now has exactly one peer.

@@ -20,10 +20,7 @@ pub struct AgentProc {
 
 /// A free loopback port (bound and released; the race is harmless here).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// A plain HTTP GET; returns the status code and the body.
@@ -34,10 +31,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((code, body))
 }
 
@@ -47,11 +41,7 @@ impl Sandbox {
     /// like the DaemonSet does; it only programs maps.
     pub fn start_agent(&self, args: &[&str]) -> AgentProc {
         let bin = bin_path("socklb");
-        assert!(
-            bin.exists(),
-            "{} is missing: build it with `cargo build -p socklb`",
-            bin.display()
-        );
+        assert!(bin.exists(), "{} is missing: build it with `cargo build -p socklb`", bin.display());
         let metrics: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = self.workdir().join(format!("agent-{}.log", metrics.port()));
         let out = fs::File::create(&log).expect("agent log");
@@ -71,11 +61,7 @@ impl Sandbox {
             .stderr(Stdio::from(err))
             .spawn()
             .expect("spawn socklb agent");
-        AgentProc {
-            child,
-            metrics,
-            log,
-        }
+        AgentProc { child, metrics, log }
     }
 }
 

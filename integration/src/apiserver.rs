@@ -101,21 +101,13 @@ pub struct FakeApiServer {
 }
 
 fn new_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
 }
 
 fn key_of(obj: &Value) -> Option<(Kind, String, String)> {
     let kind = Kind::of(obj)?;
     let meta = obj.get("metadata")?;
-    let ns = meta
-        .get("namespace")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let ns = meta.get("namespace").and_then(Value::as_str).unwrap_or_default().to_string();
     let name = meta.get("name")?.as_str()?.to_string();
     Some((kind, ns, name))
 }
@@ -136,23 +128,14 @@ impl FakeApiServer {
             })),
             events,
         };
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind test API server");
+        let listener =
+            runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind test API server");
         let addr = listener.local_addr().expect("addr");
-        let server = Self {
-            shared,
-            addr,
-            runtime: None,
-        };
+        let server = Self { shared, addr, runtime: None };
         server.serve(runtime, listener)
     }
 
-    fn serve(
-        mut self,
-        runtime: tokio::runtime::Runtime,
-        listener: tokio::net::TcpListener,
-    ) -> Self {
+    fn serve(mut self, runtime: tokio::runtime::Runtime, listener: tokio::net::TcpListener) -> Self {
         let app = app(self.shared.clone());
         runtime.spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -221,18 +204,9 @@ impl FakeApiServer {
         if obj["metadata"].get("uid").is_none() {
             obj["metadata"]["uid"] = json!(format!("uid-{}-{}-{}", key.1, key.2, rv));
         }
-        let kind_of_event = if st.objects.contains_key(&key) {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
+        let kind_of_event = if st.objects.contains_key(&key) { "MODIFIED" } else { "ADDED" };
         st.objects.insert(key.clone(), obj.clone());
-        let ev = WatchEvent {
-            rv,
-            kind: key.0,
-            kind_of_event,
-            object: obj,
-        };
+        let ev = WatchEvent { rv, kind: key.0, kind_of_event, object: obj };
         st.history.push(ev.clone());
         drop(st);
         let _ = self.shared.events.send(ev);
@@ -240,21 +214,13 @@ impl FakeApiServer {
 
     pub fn delete(&self, kind: Kind, namespace: &str, name: &str) {
         let mut st = self.shared.state.lock().expect("lock");
-        let Some(mut obj) = st
-            .objects
-            .remove(&(kind, namespace.to_string(), name.to_string()))
-        else {
+        let Some(mut obj) = st.objects.remove(&(kind, namespace.to_string(), name.to_string())) else {
             return;
         };
         st.rv += 1;
         let rv = st.rv;
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let ev = WatchEvent {
-            rv,
-            kind,
-            kind_of_event: "DELETED",
-            object: obj,
-        };
+        let ev = WatchEvent { rv, kind, kind_of_event: "DELETED", object: obj };
         st.history.push(ev.clone());
         drop(st);
         let _ = self.shared.events.send(ev);
@@ -269,12 +235,7 @@ impl FakeApiServer {
         st.history.clear();
         drop(st);
         // Open watches are told too.
-        let gone = WatchEvent {
-            rv: 0,
-            kind: Kind::Service,
-            kind_of_event: "GONE",
-            object: Value::Null,
-        };
+        let gone = WatchEvent { rv: 0, kind: Kind::Service, kind_of_event: "GONE", object: Value::Null };
         let _ = self.shared.events.send(gone);
     }
 }
@@ -282,10 +243,7 @@ impl FakeApiServer {
 fn app(shared: Shared) -> Router {
     Router::new()
         .route("/api/v1/services", get(handle_services))
-        .route(
-            "/apis/discovery.k8s.io/v1/endpointslices",
-            get(handle_slices),
-        )
+        .route("/apis/discovery.k8s.io/v1/endpointslices", get(handle_slices))
         .route("/api/v1/nodes", get(handle_nodes))
         .with_state(shared)
 }
@@ -323,37 +281,27 @@ async fn handle_nodes(State(s): State<Shared>, Query(q): Query<ListParams>) -> R
 fn selector_matches(selector: Option<&str>, obj: &Value) -> bool {
     let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
     let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
-    selector
-        .unwrap_or_default()
-        .split(',')
-        .filter(|t| !t.is_empty())
-        .all(|term| {
-            if let Some(key) = term.strip_prefix('!') {
-                get(key).is_none()
-            } else if let Some((k, v)) = term.split_once("!=") {
-                get(k) != Some(v)
-            } else if let Some((k, v)) = term.split_once('=') {
-                get(k.trim_end_matches('=')) == Some(v)
-            } else {
-                get(term).is_some()
-            }
-        })
+    selector.unwrap_or_default().split(',').filter(|t| !t.is_empty()).all(|term| {
+        if let Some(key) = term.strip_prefix('!') {
+            get(key).is_none()
+        } else if let Some((k, v)) = term.split_once("!=") {
+            get(k) != Some(v)
+        } else if let Some((k, v)) = term.split_once('=') {
+            get(k.trim_end_matches('=')) == Some(v)
+        } else {
+            get(term).is_some()
+        }
+    })
 }
 
 fn fields_match(selector: Option<&str>, obj: &Value) -> bool {
-    selector
-        .unwrap_or_default()
-        .split(',')
-        .filter(|t| !t.is_empty())
-        .all(|term| match term.split_once('=') {
-            Some(("metadata.name", v)) => {
-                obj.pointer("/metadata/name").and_then(Value::as_str) == Some(v)
-            }
-            Some(("metadata.namespace", v)) => {
-                obj.pointer("/metadata/namespace").and_then(Value::as_str) == Some(v)
-            }
-            _ => true,
-        })
+    selector.unwrap_or_default().split(',').filter(|t| !t.is_empty()).all(|term| match term.split_once('=') {
+        Some(("metadata.name", v)) => obj.pointer("/metadata/name").and_then(Value::as_str) == Some(v),
+        Some(("metadata.namespace", v)) => {
+            obj.pointer("/metadata/namespace").and_then(Value::as_str) == Some(v)
+        }
+        _ => true,
+    })
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Value {
@@ -376,11 +324,7 @@ async fn handle(s: Shared, q: ListParams, kind: Kind) -> Response {
     }
     if fail {
         let body = status(500, "InternalError", "injected failure").to_string();
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "application/json")],
-            body,
-        )
+        return (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "application/json")], body)
             .into_response();
     }
     let matches = {
@@ -403,28 +347,16 @@ async fn handle(s: Shared, q: ListParams, kind: Kind) -> Response {
             "metadata": {"resourceVersion": st.rv.to_string()},
             "items": items,
         });
-        return (
-            [(header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
-            .into_response();
+        return ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
     }
 
-    let from: u64 = q
-        .resource_version
-        .as_deref()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let from: u64 = q.resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
     let mut rx = s.events.subscribe();
     let (backlog, too_old, current) = {
         let st = s.state.lock().expect("lock");
         let too_old = from != 0 && from < st.compacted;
-        let backlog: Vec<WatchEvent> = st
-            .history
-            .iter()
-            .filter(|e| e.rv > from && e.kind == kind)
-            .cloned()
-            .collect();
+        let backlog: Vec<WatchEvent> =
+            st.history.iter().filter(|e| e.rv > from && e.kind == kind).cloned().collect();
         (backlog, too_old, st.rv)
     };
     let bookmarks = q.allow_watch_bookmarks.as_deref() == Some("true");
@@ -439,9 +371,7 @@ async fn handle(s: Shared, q: ListParams, kind: Kind) -> Response {
         }
         for e in backlog {
             if matches(&e.object) {
-                let _ = tx
-                    .send(line(json!({"type": e.kind_of_event, "object": e.object})))
-                    .await;
+                let _ = tx.send(line(json!({"type": e.kind_of_event, "object": e.object}))).await;
             }
         }
         let mut last_rv = current;
@@ -494,9 +424,7 @@ where
     tokio_stream_from(rx)
 }
 
-fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::Receiver<String>,
-) -> impl futures::Stream<Item = String> {
+fn tokio_stream_from(mut rx: tokio::sync::mpsc::Receiver<String>) -> impl futures::Stream<Item = String> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 

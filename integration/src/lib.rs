@@ -43,8 +43,7 @@ macro_rules! require_root {
 
 /// Parses a socket address literal in a test.
 pub fn sa(s: &str) -> std::net::SocketAddr {
-    s.parse()
-        .unwrap_or_else(|e| panic!("bad address literal {s:?}: {e}"))
+    s.parse().unwrap_or_else(|e| panic!("bad address literal {s:?}: {e}"))
 }
 
 /// How many programs are attached to a cgroup (effective or not), by bpftool.
@@ -54,11 +53,7 @@ pub fn attached_programs(cgroup: &std::path::Path) -> usize {
         .arg(cgroup)
         .output()
         .expect("bpftool (scripts/setup.sh installs it)");
-    assert!(
-        out.status.success(),
-        "bpftool: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     if text.trim().is_empty() {
         return 0;

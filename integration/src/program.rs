@@ -9,8 +9,7 @@ use socklb::{
     plan::{self, ExecReport},
 };
 use socklb_common::{
-    BackendValue, FrontendKey, FrontendValue, PROTO_TCP, SCOPE_INTERNAL, addr_from_ip,
-    frontend_flags,
+    BackendValue, FrontendKey, FrontendValue, PROTO_TCP, SCOPE_INTERNAL, addr_from_ip, frontend_flags,
 };
 
 /// One service for the test: its frontends and its backends.
@@ -20,6 +19,9 @@ pub struct Svc {
     pub proto: u8,
     pub frontends: Vec<SocketAddr>,
     pub backends: Vec<SocketAddr>,
+    /// `socklb_common::service_flags`.
+    pub flags: u16,
+    pub affinity_timeout_secs: u32,
 }
 
 impl Svc {
@@ -28,11 +30,26 @@ impl Svc {
             id,
             proto: PROTO_TCP,
             frontends: vec![vip.parse().expect("vip")],
-            backends: backends
-                .iter()
-                .map(|b| b.parse().expect("backend"))
-                .collect(),
+            backends: backends.iter().map(|b| b.parse().expect("backend")).collect(),
+            flags: 0,
+            affinity_timeout_secs: 0,
         }
+    }
+
+    pub fn udp(id: u32, vip: &str, backends: &[&str]) -> Self {
+        Self { proto: socklb_common::PROTO_UDP, ..Self::tcp(id, vip, backends) }
+    }
+
+    /// Adds more frontends (e.g. the IPv6 VIP of a dual-stack service).
+    pub fn also(mut self, vip: &str) -> Self {
+        self.frontends.push(vip.parse().expect("vip"));
+        self
+    }
+
+    pub fn with_affinity(mut self, timeout_secs: u32) -> Self {
+        self.flags |= socklb_common::service_flags::AFFINITY;
+        self.affinity_timeout_secs = timeout_secs;
+        self
     }
 }
 
@@ -84,6 +101,8 @@ impl Programmer {
                 svc.id,
                 DesiredService {
                     backends: ids,
+                    flags: svc.flags,
+                    affinity_timeout_secs: svc.affinity_timeout_secs,
                     ..Default::default()
                 },
             );
@@ -94,11 +113,7 @@ impl Programmer {
                     proto: svc.proto,
                     scope: SCOPE_INTERNAL,
                 };
-                let value = FrontendValue {
-                    service_id: svc.id,
-                    flags: frontend_flags::CLUSTER_IP,
-                    _pad: 0,
-                };
+                let value = FrontendValue { service_id: svc.id, flags: frontend_flags::CLUSTER_IP, _pad: 0 };
                 desired.frontends.insert(key, value);
             }
         }

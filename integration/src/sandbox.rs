@@ -62,11 +62,7 @@ pub fn bin_path(name: &str) -> PathBuf {
 
 impl Sandbox {
     pub fn new(tag: &str) -> Result<Self> {
-        let name = format!(
-            "socklb-{tag}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("socklb-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let cg2 = socklb::fs_checks::cgroup2_mount()?;
         let workdir = std::env::temp_dir().join(&name);
         let bpffs_mount = workdir.join("bpffs");
@@ -79,8 +75,7 @@ impl Sandbox {
             children: Mutex::new(Vec::new()),
         };
         // From here on, Drop cleans up whatever was created.
-        sb.create()
-            .inspect_err(|_| drop(std::mem::take(&mut sb.children)))?;
+        sb.create().inspect_err(|_| drop(std::mem::take(&mut sb.children)))?;
         Ok(sb)
     }
 
@@ -132,14 +127,21 @@ impl Sandbox {
     }
 
     /// Starts backend servers in the namespace and waits until they listen.
-    pub fn serve(
+    pub fn serve(&self, tcp: &[SocketAddr], udp: &[SocketAddr], tcp_hold: &[SocketAddr]) -> Result<()> {
+        let mut cmd = Command::new(bin_path("socklb-probe"));
+        cmd.args(["serve", "--netns", &self.name]);
+        self.start_server(cmd, tcp, udp, tcp_hold)
+    }
+
+    /// Starts servers with extra arguments (`--dns`, or no `--netns` for
+    /// loopback servers in the host namespace).
+    pub fn start_server(
         &self,
+        mut cmd: Command,
         tcp: &[SocketAddr],
         udp: &[SocketAddr],
         tcp_hold: &[SocketAddr],
     ) -> Result<()> {
-        let mut cmd = Command::new(bin_path("socklb-probe"));
-        cmd.args(["serve", "--netns", &self.name]);
         for a in tcp {
             cmd.arg("--tcp").arg(a.to_string());
         }
@@ -149,10 +151,7 @@ impl Sandbox {
         for a in tcp_hold {
             cmd.arg("--tcp-hold").arg(a.to_string());
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
         let stdout = child.stdout.take().context("server stdout")?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
@@ -166,12 +165,18 @@ impl Sandbox {
     /// A probe client command that runs in this sandbox's cgroup and netns.
     pub fn client_cmd(&self, sub: &str, to: SocketAddr) -> Command {
         let mut cmd = Command::new(bin_path("socklb-probe"));
-        cmd.arg(sub).arg("--cgroup").arg(&self.cgroup).args([
-            "--netns",
-            &self.name,
-            "--to",
-            &to.to_string(),
-        ]);
+        cmd.arg(sub).arg("--cgroup").arg(&self.cgroup).args(["--netns", &self.name, "--to", &to.to_string()]);
+        cmd
+    }
+
+    /// A probe command in this sandbox's cgroup, in its namespace or (with
+    /// `in_netns: false`) in the host namespace.
+    pub fn probe_cmd(&self, sub: &str, in_netns: bool) -> Command {
+        let mut cmd = Command::new(bin_path("socklb-probe"));
+        cmd.arg(sub).arg("--cgroup").arg(&self.cgroup);
+        if in_netns {
+            cmd.args(["--netns", &self.name]);
+        }
         cmd
     }
 
@@ -185,11 +190,7 @@ impl Sandbox {
     /// Runs a client command to completion and parses its attempts.
     pub fn run_client(&self, mut cmd: Command) -> Vec<Attempt> {
         let out: Output = cmd.output().expect("running socklb-probe");
-        assert!(
-            out.status.success(),
-            "client failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "client failed: {}", String::from_utf8_lossy(&out.stderr));
         parse_attempts(&out.stdout)
     }
 
@@ -197,11 +198,8 @@ impl Sandbox {
     /// [`Sandbox::collect`]. Its output is drained as it comes, so a long
     /// run never blocks on a full pipe.
     pub fn spawn_client(&self, mut cmd: Command) -> RunningClient {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning socklb-probe");
+        let mut child =
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawning socklb-probe");
         let mut stdout = child.stdout.take().expect("stdout");
         let mut stderr = child.stderr.take().expect("stderr");
         let out = thread::spawn(move || {
@@ -218,19 +216,11 @@ impl Sandbox {
     }
 
     pub fn collect(&self, client: RunningClient) -> Vec<Attempt> {
-        let RunningClient {
-            mut child,
-            out,
-            err,
-        } = client;
+        let RunningClient { mut child, out, err } = client;
         let status = child.wait().expect("waiting for socklb-probe");
         let stdout = out.join().expect("stdout reader");
         let stderr = err.join().expect("stderr reader");
-        assert!(
-            status.success(),
-            "client failed: {}",
-            String::from_utf8_lossy(&stderr)
-        );
+        assert!(status.success(), "client failed: {}", String::from_utf8_lossy(&stderr));
         parse_attempts(&stdout)
     }
 
@@ -243,12 +233,7 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         // 1. Our processes, by PID (Child::kill), and wait for them.
-        for mut child in self
-            .children
-            .get_mut()
-            .map(std::mem::take)
-            .unwrap_or_default()
-        {
+        for mut child in self.children.get_mut().map(std::mem::take).unwrap_or_default() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -273,8 +258,6 @@ impl Drop for Sandbox {
             eprintln!("cleanup: could not remove cgroup {}", self.cgroup.display());
         }
         // 5. The network namespace.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }

@@ -15,10 +15,8 @@ use socklb::datapath::{Datapath, aya_maps::AyaMaps};
 use socklb_integration::{Sandbox, probe::by_backend, require_root, sa};
 
 fn cluster(endpoints: &[&str]) -> String {
-    let eps: Vec<String> = endpoints
-        .iter()
-        .map(|a| format!("  - {{addresses: [{a}], conditions: {{ready: true}}}}"))
-        .collect();
+    let eps: Vec<String> =
+        endpoints.iter().map(|a| format!("  - {{addresses: [{a}], conditions: {{ready: true}}}}")).collect();
     format!(
         r#"apiVersion: v1
 kind: List
@@ -52,14 +50,8 @@ fn write(path: &Path, text: &str) {
 
 fn sandbox(tag: &str) -> Sandbox {
     let sb = Sandbox::new(tag).expect("sandbox");
-    sb.add_addrs(&[
-        "10.244.0.1/32",
-        "10.244.0.2/32",
-        "10.244.0.3/32",
-        "10.244.0.4/32",
-        "192.168.77.1/32",
-    ])
-    .expect("addresses");
+    sb.add_addrs(&["10.244.0.1/32", "10.244.0.2/32", "10.244.0.3/32", "10.244.0.4/32", "192.168.77.1/32"])
+        .expect("addresses");
     let servers: Vec<_> = (1..=4).map(|i| sa(&format!("10.244.0.{i}:8080"))).collect();
     sb.serve(&servers, &[], &[]).expect("servers");
     sb
@@ -69,11 +61,7 @@ fn backends_of(sb: &Sandbox, to: &str, n: u64) -> BTreeSet<String> {
     let attempts = sb.connect(sa(to), n);
     for a in &attempts {
         assert!(a.ok, "connect to {to}: {a:?}");
-        assert_eq!(
-            a.peer.as_deref(),
-            Some(to),
-            "getpeername shows the frontend"
-        );
+        assert_eq!(a.peer.as_deref(), Some(to), "getpeername shows the frontend");
     }
     by_backend(&attempts).into_keys().collect()
 }
@@ -109,10 +97,7 @@ fn cluster_ip_node_port_and_external_ip_reach_the_endpoints_and_file_edits_move_
         if backends_of(&sb, "10.96.0.10:80", 10).is_subset(&second) {
             break;
         }
-        assert!(
-            written.elapsed() < Duration::from_secs(2),
-            "the edit was not applied within 2 s"
-        );
+        assert!(written.elapsed() < Duration::from_secs(2), "the edit was not applied within 2 s");
         thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(backends_of(&sb, "192.168.77.1:30080", 40), second);
@@ -120,17 +105,12 @@ fn cluster_ip_node_port_and_external_ip_reach_the_endpoints_and_file_edits_move_
     // A broken file keeps the last good state and says where it broke.
     fs::write(&file, "apiVersion: v1\nkind: List\nitems: [\n  {unclosed\n").expect("write");
     thread::sleep(Duration::from_millis(800));
-    assert_eq!(
-        backends_of(&sb, "10.96.0.10:80", 20),
-        second,
-        "the last good state stays"
-    );
+    assert_eq!(backends_of(&sb, "10.96.0.10:80", 20), second, "the last good state stays");
     let log = agent.log_text();
     assert!(
-        log.lines()
-            .any(|l| l.contains("keeping the last good state")
-                && l.contains("cluster.yaml")
-                && l.contains("line ")),
+        log.lines().any(|l| l.contains("keeping the last good state")
+            && l.contains("cluster.yaml")
+            && l.contains("line ")),
         "no error naming the file and line:\n{log}"
     );
     assert!(agent.is_running());
@@ -142,18 +122,10 @@ fn sigkill_and_restart_under_load_fail_no_connect_and_write_nothing() {
     let sb = sandbox("agent-kill");
     let file = sb.workdir().join("cluster.yaml");
     write(&file, &cluster(&["10.244.0.1", "10.244.0.2", "10.244.0.3"]));
-    let args = [
-        "--from-file",
-        file.to_str().expect("utf8"),
-        "--nodeport-addresses",
-        "192.168.77.1",
-    ];
+    let args = ["--from-file", file.to_str().expect("utf8"), "--nodeport-addresses", "192.168.77.1"];
     let mut agent = sb.start_agent(&args);
     agent.wait_ready(Duration::from_secs(20));
-    let before = AyaMaps::open(&sb.bpffs)
-        .expect("maps")
-        .read_state()
-        .expect("read");
+    let before = AyaMaps::open(&sb.bpffs).expect("maps").read_state().expect("read");
 
     let mut cmd = sb.client_cmd("connect", sa("10.96.0.10:80"));
     cmd.args(["--duration-ms", "3000"]);
@@ -168,24 +140,12 @@ fn sigkill_and_restart_under_load_fail_no_connect_and_write_nothing() {
     let failed = attempts.iter().filter(|a| !a.ok).count();
     assert!(attempts.len() > 200, "only {} connects", attempts.len());
     assert_eq!(failed, 0, "{failed} of {} connects failed", attempts.len());
-    let after = AyaMaps::open(&sb.bpffs)
-        .expect("maps")
-        .read_state()
-        .expect("read");
-    assert_eq!(
-        before, after,
-        "a restart with the same desired state writes nothing"
-    );
+    let after = AyaMaps::open(&sb.bpffs).expect("maps").read_state().expect("read");
+    assert_eq!(before, after, "a restart with the same desired state writes nothing");
     let log = agent.log_text();
-    assert!(
-        log.contains("Adopted"),
-        "the restarted agent adopts the pinned links:\n{log}"
-    );
+    assert!(log.contains("Adopted"), "the restarted agent adopts the pinned links:\n{log}");
 
     // SIGTERM stops the agent cleanly and leaves the datapath in place.
     assert!(agent.terminate().success());
-    assert!(
-        sb.connect(sa("10.96.0.10:80"), 5).iter().all(|a| a.ok),
-        "datapath outlives the agent"
-    );
+    assert!(sb.connect(sa("10.96.0.10:80"), 5).iter().all(|a| a.ok), "datapath outlives the agent");
 }

@@ -34,11 +34,7 @@ fn set(n: &[u8]) -> BTreeSet<String> {
 /// Backends answering `to` now (every connect must succeed).
 fn answering(sb: &Sandbox, to: &str) -> Option<BTreeSet<String>> {
     let attempts = sb.connect(sa(to), 30);
-    if attempts.iter().all(|a| a.ok) {
-        Some(by_backend(&attempts).into_keys().collect())
-    } else {
-        None
-    }
+    if attempts.iter().all(|a| a.ok) { Some(by_backend(&attempts).into_keys().collect()) } else { None }
 }
 
 /// Polls until `to` is answered by exactly `want`.
@@ -49,10 +45,7 @@ fn converges(sb: &Sandbox, to: &str, want: &BTreeSet<String>, within: Duration) 
         if got.as_ref() == Some(want) {
             return;
         }
-        assert!(
-            start.elapsed() < within,
-            "{to}: still {got:?}, want {want:?}"
-        );
+        assert!(start.elapsed() < within, "{to}: still {got:?}, want {want:?}");
         thread::sleep(Duration::from_millis(100));
     }
 }
@@ -64,13 +57,7 @@ fn services_from_the_api_server_reach_the_kernel_and_follow_updates_outages_and_
     let mut api = FakeApiServer::start();
     api.apply(objects::node("node-a", "zone-1"));
     api.apply(objects::service("default", "web", "10.96.0.10", 80));
-    api.apply(objects::slice(
-        "default",
-        "web-1",
-        "web",
-        &["10.244.0.1", "10.244.0.2"],
-        8080,
-    ));
+    api.apply(objects::slice("default", "web-1", "web", &["10.244.0.1", "10.244.0.2"], 8080));
     // Not for us: another proxy's service.
     let mut other = objects::service("default", "other", "10.96.0.11", 80);
     other["metadata"]["labels"] =
@@ -78,10 +65,7 @@ fn services_from_the_api_server_reach_the_kernel_and_follow_updates_outages_and_
     api.apply(other);
     // Watches are cut every few seconds, so kube-rs re-watches from its
     // resourceVersion during the test.
-    api.set_faults(Faults {
-        watch_lifetime: Some(Duration::from_secs(3)),
-        ..Default::default()
-    });
+    api.set_faults(Faults { watch_lifetime: Some(Duration::from_secs(3)), ..Default::default() });
 
     let kubeconfig = sb.workdir().join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig()).expect("kubeconfig");
@@ -102,22 +86,10 @@ fn services_from_the_api_server_reach_the_kernel_and_follow_updates_outages_and_
     );
 
     // Updates: endpoints change, a service appears, a service goes away.
-    api.apply(objects::slice(
-        "default",
-        "web-1",
-        "web",
-        &["10.244.0.2", "10.244.0.3"],
-        8080,
-    ));
+    api.apply(objects::slice("default", "web-1", "web", &["10.244.0.2", "10.244.0.3"], 8080));
     converges(&sb, "10.96.0.10:80", &set(&[2, 3]), wait);
     api.apply(objects::service("shop", "cart", "10.96.0.20", 80));
-    api.apply(objects::slice(
-        "shop",
-        "cart-1",
-        "cart",
-        &["10.244.0.4"],
-        8080,
-    ));
+    api.apply(objects::slice("shop", "cart-1", "cart", &["10.244.0.4"], 8080));
     converges(&sb, "10.96.0.20:80", &set(&[4]), wait);
     api.delete(Kind::Service, "shop", "cart");
     let start = Instant::now();
@@ -129,42 +101,21 @@ fn services_from_the_api_server_reach_the_kernel_and_follow_updates_outages_and_
     // Watch expiry: the history is compacted; kube-rs gets 410 Gone, relists
     // and keeps following.
     api.compact();
-    api.apply(objects::slice(
-        "default",
-        "web-1",
-        "web",
-        &["10.244.0.3", "10.244.0.4"],
-        8080,
-    ));
+    api.apply(objects::slice("default", "web-1", "web", &["10.244.0.3", "10.244.0.4"], 8080));
     converges(&sb, "10.96.0.10:80", &set(&[3, 4]), wait);
 
     // The API server goes away: the datapath keeps its state untouched.
     api.stop();
     thread::sleep(Duration::from_secs(2));
     assert_eq!(answering(&sb, "10.96.0.10:80"), Some(set(&[3, 4])));
-    assert!(
-        matches!(agent.get("/healthz"), Some((200, _))),
-        "the agent stays alive"
-    );
+    assert!(matches!(agent.get("/healthz"), Some((200, _))), "the agent stays alive");
 
     // It comes back with a changed state (and a compacted history, as after
     // an etcd restore): the agent converges, and the relist deletes what the
     // server no longer has.
-    api.apply(objects::slice(
-        "default",
-        "web-1",
-        "web",
-        &["10.244.0.5", "10.244.0.6"],
-        8080,
-    ));
+    api.apply(objects::slice("default", "web-1", "web", &["10.244.0.5", "10.244.0.6"], 8080));
     api.apply(objects::service("shop", "cart", "10.96.0.21", 80));
-    api.apply(objects::slice(
-        "shop",
-        "cart-2",
-        "cart",
-        &["10.244.0.1"],
-        8080,
-    ));
+    api.apply(objects::slice("shop", "cart-2", "cart", &["10.244.0.1"], 8080));
     // cart-1 goes away while the agent cannot see it: only the relist tells.
     api.delete(Kind::EndpointSlice, "shop", "cart-1");
     api.compact();
@@ -178,14 +129,6 @@ fn services_from_the_api_server_reach_the_kernel_and_follow_updates_outages_and_
     converges(&sb, "10.96.0.10:80", &set(&[5, 6]), Duration::from_secs(30));
     converges(&sb, "10.96.0.21:80", &set(&[1]), wait);
     assert!(agent.is_running(), "no crash:\n{}", agent.log_text());
-    assert!(
-        !agent.log_text().contains("panicked"),
-        "{}",
-        agent.log_text()
-    );
-    assert_eq!(
-        api.faults().fail_lists,
-        0,
-        "the agent retried through the injected 500s"
-    );
+    assert!(!agent.log_text().contains("panicked"), "{}", agent.log_text());
+    assert_eq!(api.faults().fail_lists, 0, "the agent retried through the injected 500s");
 }

@@ -49,36 +49,16 @@ fn setup(tag: &str) -> (Sandbox, Programmer) {
 }
 
 const V4_BACKENDS: [&str; 3] = ["10.244.0.1:8080", "10.244.0.2:8080", "10.244.0.3:8080"];
-const V6_BACKENDS: [&str; 3] = [
-    "[fd00:244::1]:8080",
-    "[fd00:244::2]:8080",
-    "[fd00:244::3]:8080",
-];
+const V6_BACKENDS: [&str; 3] = ["[fd00:244::1]:8080", "[fd00:244::2]:8080", "[fd00:244::3]:8080"];
 
-fn assert_translated(
-    attempts: &[socklb_integration::probe::Attempt],
-    vip: &str,
-    backends: &[&str],
-) {
+fn assert_translated(attempts: &[socklb_integration::probe::Attempt], vip: &str, backends: &[&str]) {
     assert!(!attempts.is_empty());
     for a in attempts {
         assert!(a.ok, "connect to {vip} failed: {a:?}");
         let backend = a.backend.as_deref().expect("backend");
-        assert!(
-            backends.contains(&backend),
-            "{backend} is not a backend of {vip}"
-        );
-        assert_eq!(
-            a.peer.as_deref(),
-            Some(vip),
-            "getpeername must return the VIP"
-        );
-        let local: SocketAddr = a
-            .local
-            .as_deref()
-            .expect("local")
-            .parse()
-            .expect("local addr");
+        assert!(backends.contains(&backend), "{backend} is not a backend of {vip}");
+        assert_eq!(a.peer.as_deref(), Some(vip), "getpeername must return the VIP");
+        let local: SocketAddr = a.local.as_deref().expect("local").parse().expect("local addr");
         let vip_ip = sa(vip).ip();
         assert_ne!(local.ip(), vip_ip, "getsockname must not be the VIP");
     }
@@ -88,35 +68,18 @@ fn assert_translated(
 fn tcp_connect_to_a_vip_reaches_a_backend_in_ipv4_ipv6_and_v4_mapped() {
     require_root!();
     let (sb, mut p) = setup("tcp-fam");
-    p.set(&[
-        Svc::tcp(1, "10.96.0.10:80", &V4_BACKENDS),
-        Svc::tcp(2, "[fd00:96::10]:80", &V6_BACKENDS),
-    ])
-    .expect("program");
+    p.set(&[Svc::tcp(1, "10.96.0.10:80", &V4_BACKENDS), Svc::tcp(2, "[fd00:96::10]:80", &V6_BACKENDS)])
+        .expect("program");
 
-    assert_translated(
-        &sb.connect(sa("10.96.0.10:80"), 10),
-        "10.96.0.10:80",
-        &V4_BACKENDS,
-    );
-    assert_translated(
-        &sb.connect(sa("[fd00:96::10]:80"), 10),
-        "[fd00:96::10]:80",
-        &V6_BACKENDS,
-    );
+    assert_translated(&sb.connect(sa("10.96.0.10:80"), 10), "10.96.0.10:80", &V4_BACKENDS);
+    assert_translated(&sb.connect(sa("[fd00:96::10]:80"), 10), "[fd00:96::10]:80", &V6_BACKENDS);
 
     // An IPv6 socket to ::ffff:10.96.0.10 goes through the IPv4 table; the
     // server sees a plain IPv4 peer and the client gets the mapped VIP back.
     let mapped = sb.connect(sa("[::ffff:10.96.0.10]:80"), 10);
     assert_translated(&mapped, "[::ffff:10.96.0.10]:80", &V4_BACKENDS);
     for a in &mapped {
-        assert!(
-            a.local
-                .as_deref()
-                .expect("local")
-                .starts_with("[::ffff:10."),
-            "{a:?}"
-        );
+        assert!(a.local.as_deref().expect("local").starts_with("[::ffff:10."), "{a:?}");
     }
 }
 
@@ -124,8 +87,7 @@ fn tcp_connect_to_a_vip_reaches_a_backend_in_ipv4_ipv6_and_v4_mapped() {
 fn connects_are_spread_over_the_backends() {
     require_root!();
     let (sb, mut p) = setup("tcp-spread");
-    p.set(&[Svc::tcp(1, "10.96.0.10:80", &V4_BACKENDS)])
-        .expect("program");
+    p.set(&[Svc::tcp(1, "10.96.0.10:80", &V4_BACKENDS)]).expect("program");
     let attempts = sb.connect(sa("10.96.0.10:80"), 300);
     assert_eq!(attempts.len(), 300);
     assert!(attempts.iter().all(|a| a.ok), "every connect succeeds");
@@ -133,10 +95,7 @@ fn connects_are_spread_over_the_backends() {
     assert_eq!(counts.len(), 3, "all three backends answer: {counts:?}");
     for (backend, n) in &counts {
         let share = *n as f64 / 300.0;
-        assert!(
-            (0.15..=0.55).contains(&share),
-            "{backend} got {share:.2} of connects: {counts:?}"
-        );
+        assert!((0.15..=0.55).contains(&share), "{backend} got {share:.2} of connects: {counts:?}");
     }
 }
 
@@ -144,8 +103,7 @@ fn connects_are_spread_over_the_backends() {
 fn other_destinations_are_untouched_and_unknown_vips_stay_unreachable() {
     require_root!();
     let (sb, mut p) = setup("tcp-untouched");
-    p.set(&[Svc::tcp(1, "10.96.0.10:80", &V4_BACKENDS)])
-        .expect("program");
+    p.set(&[Svc::tcp(1, "10.96.0.10:80", &V4_BACKENDS)]).expect("program");
 
     // A backend address itself is not a frontend: it connects as usual and
     // getpeername shows the real peer.
@@ -170,8 +128,7 @@ fn replacing_the_backend_set_under_load_never_fails_and_never_returns_a_removed_
     let (sb, mut p) = setup("tcp-switch");
     let set_a = V4_BACKENDS;
     let set_b = ["10.244.0.4:8080", "10.244.0.5:8080", "10.244.0.6:8080"];
-    p.set(&[Svc::tcp(1, "10.96.0.10:80", &set_a)])
-        .expect("program");
+    p.set(&[Svc::tcp(1, "10.96.0.10:80", &set_a)]).expect("program");
 
     let mut cmd = sb.client_cmd("connect", sa("10.96.0.10:80"));
     cmd.args(["--duration-ms", "4000"]);
@@ -182,8 +139,7 @@ fn replacing_the_backend_set_under_load_never_fails_and_never_returns_a_removed_
     let mut epochs: Vec<(u64, u64, BTreeSet<&str>)> = Vec::new();
     let mut current = &set_b;
     for _ in 0..10 {
-        p.set(&[Svc::tcp(1, "10.96.0.10:80", current)])
-            .expect("switch");
+        p.set(&[Svc::tcp(1, "10.96.0.10:80", current)]).expect("switch");
         let done = now_ns();
         thread::sleep(Duration::from_millis(250));
         epochs.push((done, now_ns(), current.iter().copied().collect()));
@@ -201,15 +157,9 @@ fn replacing_the_backend_set_under_load_never_fails_and_never_returns_a_removed_
     );
     let mut checked = 0;
     for (done, next, set) in &epochs {
-        for a in attempts
-            .iter()
-            .filter(|a| a.t_start_ns > *done && a.t_end_ns < *next)
-        {
+        for a in attempts.iter().filter(|a| a.t_start_ns > *done && a.t_end_ns < *next) {
             let backend = a.backend.as_deref().expect("backend");
-            assert!(
-                set.contains(backend),
-                "connect after the switch reached removed backend {backend}"
-            );
+            assert!(set.contains(backend), "connect after the switch reached removed backend {backend}");
             checked += 1;
         }
     }
@@ -228,8 +178,7 @@ fn the_datapath_outlives_its_loader_and_a_new_loader_adopts_the_pins() {
     require_root!();
     let sb = Sandbox::new("tcp-adopt").expect("sandbox");
     sb.add_addrs(&["10.244.0.1/32"]).expect("addresses");
-    sb.serve(&[sa("10.244.0.1:8080")], &[], &[])
-        .expect("servers");
+    sb.serve(&[sa("10.244.0.1:8080")], &[], &[]).expect("servers");
 
     // A separate process loads, pins, attaches and exits.
     let status = std::process::Command::new(socklb_integration::sandbox::bin_path("socklb-probe"))
@@ -241,34 +190,23 @@ fn the_datapath_outlives_its_loader_and_a_new_loader_adopts_the_pins() {
         .status()
         .expect("run installer");
     assert!(status.success());
-    assert_eq!(attached_programs(&sb.cgroup), 8, "one program per hook");
+    assert_eq!(attached_programs(&sb.cgroup), socklb::loader::HOOKS.len(), "one program per hook");
 
     {
         let mut p = Programmer::open(&sb.bpffs).expect("maps");
-        p.set(&[Svc::tcp(1, "10.96.0.10:80", &["10.244.0.1:8080"])])
-            .expect("program");
+        p.set(&[Svc::tcp(1, "10.96.0.10:80", &["10.244.0.1:8080"])]).expect("program");
     } // every descriptor of this process to the maps is closed here
 
-    assert!(
-        sb.connect(sa("10.96.0.10:80"), 5).iter().all(|a| a.ok),
-        "works with no loader alive"
-    );
+    assert!(sb.connect(sa("10.96.0.10:80"), 5).iter().all(|a| a.ok), "works with no loader alive");
 
     // A second load adopts: no second attachment, nothing lost.
     let report = sb.install().expect("second install");
     assert!(
-        report
-            .links
-            .iter()
-            .all(|(_, action)| *action == socklb::loader::LinkAction::Adopted),
+        report.links.iter().all(|(_, action)| *action == socklb::loader::LinkAction::Adopted),
         "{report:?}"
     );
     assert!(report.maps_created.is_empty(), "{report:?}");
-    assert_eq!(
-        attached_programs(&sb.cgroup),
-        8,
-        "still one program per hook"
-    );
+    assert_eq!(attached_programs(&sb.cgroup), socklb::loader::HOOKS.len(), "still one program per hook");
     let p = Programmer::open(&sb.bpffs).expect("maps");
     assert_eq!(p.mirror.frontends.len(), 1, "map contents survive");
     assert!(sb.connect(sa("10.96.0.10:80"), 5).iter().all(|a| a.ok));
@@ -278,21 +216,16 @@ fn the_datapath_outlives_its_loader_and_a_new_loader_adopts_the_pins() {
 fn uninstall_detaches_and_removes_the_pins() {
     require_root!();
     let (sb, mut p) = setup("tcp-uninstall");
-    p.set(&[Svc::tcp(1, "10.96.0.10:80", &V4_BACKENDS)])
-        .expect("program");
+    p.set(&[Svc::tcp(1, "10.96.0.10:80", &V4_BACKENDS)]).expect("program");
     assert!(sb.connect(sa("10.96.0.10:80"), 3).iter().all(|a| a.ok));
     drop(p);
 
     let report = socklb::loader::uninstall(&sb.cgroup, &sb.bpffs).expect("uninstall");
-    assert_eq!(report.links_detached.len(), 8);
+    assert_eq!(report.links_detached.len(), socklb::loader::HOOKS.len());
     assert!(!sb.bpffs.exists(), "pin directory removed");
     assert_eq!(attached_programs(&sb.cgroup), 0);
     let a = &sb.connect(sa("10.96.0.10:80"), 1)[0];
-    assert_eq!(
-        a.errno,
-        Some(ENETUNREACH),
-        "the VIP is untranslated again: {a:?}"
-    );
+    assert_eq!(a.errno, Some(ENETUNREACH), "the VIP is untranslated again: {a:?}");
     // Running it again is harmless.
     socklb::loader::uninstall(&sb.cgroup, &sb.bpffs).expect("second uninstall");
 }
@@ -306,9 +239,6 @@ fn a_path_that_is_not_cgroup_v2_is_refused_by_name() {
     let err = socklb::loader::install(&opts).expect_err("tmp is not a cgroup");
     let text = err.to_string();
     assert!(text.contains("is not a cgroup v2 directory"), "{text}");
-    assert!(
-        text.contains(&std::env::temp_dir().display().to_string()),
-        "{text}"
-    );
+    assert!(text.contains(&std::env::temp_dir().display().to_string()), "{text}");
     assert!(!sb.bpffs.exists(), "nothing pinned on failure");
 }

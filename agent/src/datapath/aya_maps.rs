@@ -8,8 +8,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray};
 use socklb_common::{
-    BackendValue, Config, FrontendKey, FrontendValue, MemberKey, MemberValue, ServiceCounters,
-    ServiceName, ServiceValue, SlotKey, SlotValue, map_names,
+    BackendValue, Config, FrontendKey, FrontendValue, MemberKey, MemberValue, ServiceCounters, ServiceName,
+    ServiceValue, SlotKey, SlotValue, map_names,
 };
 
 use super::{Datapath, DatapathError, MapOp, MapState};
@@ -40,10 +40,7 @@ where
     T: TryFrom<Map, Error = MapError>,
 {
     let path: PathBuf = map_pin(bpffs, name);
-    let err = |e: MapError| DatapathError::Open {
-        path: path.clone(),
-        source: map_io(e),
-    };
+    let err = |e: MapError| DatapathError::Open { path: path.clone(), source: map_io(e) };
     let data = MapData::from_pin(&path).map_err(err)?;
     let map = Map::from_map_data(data).map_err(err)?;
     T::try_from(map).map_err(err)
@@ -69,10 +66,7 @@ impl AyaMaps {
         let info = |name: &'static str, m: &MapData| {
             m.info()
                 .map(|i| (name, i.max_entries()))
-                .map_err(|e| DatapathError::Read {
-                    map: name,
-                    source: map_io(e),
-                })
+                .map_err(|e| DatapathError::Read { map: name, source: map_io(e) })
         };
         Ok(vec![
             info(map_names::FRONTENDS, self.frontends.map())?,
@@ -94,27 +88,19 @@ impl AyaMaps {
         self.names
             .iter()
             .collect::<Result<BTreeMap<_, _>, _>>()
-            .map_err(|e| DatapathError::Read {
-                map: map_names::SVC_NAMES,
-                source: map_io(e),
-            })
+            .map_err(|e| DatapathError::Read { map: map_names::SVC_NAMES, source: map_io(e) })
     }
 
     pub fn read_config(&self) -> Result<Config, DatapathError> {
-        self.config.get(&0, 0).map_err(|e| DatapathError::Read {
-            map: map_names::CONFIG,
-            source: map_io(e),
-        })
+        self.config.get(&0, 0).map_err(|e| DatapathError::Read { map: map_names::CONFIG, source: map_io(e) })
     }
 
     pub fn write_config(&mut self, config: Config) -> Result<(), DatapathError> {
-        self.config
-            .set(0, config, 0)
-            .map_err(|e| DatapathError::Write {
-                map: map_names::CONFIG,
-                op: format!("set {config:?}"),
-                source: map_io(e),
-            })
+        self.config.set(0, config, 0).map_err(|e| DatapathError::Write {
+            map: map_names::CONFIG,
+            op: format!("set {config:?}"),
+            source: map_io(e),
+        })
     }
 }
 
@@ -123,11 +109,7 @@ fn deleted(r: Result<(), MapError>) -> Result<(), MapError> {
     match r {
         Err(e) => {
             let io = map_io(e);
-            if io.raw_os_error() == Some(2) {
-                Ok(())
-            } else {
-                Err(MapError::IoError(io))
-            }
+            if io.raw_os_error() == Some(2) { Ok(()) } else { Err(MapError::IoError(io)) }
         }
         ok => ok,
     }
@@ -140,9 +122,7 @@ impl Datapath for AyaMaps {
             MapOp::DeleteBackend { id } => deleted(self.backends.remove(&id)),
             MapOp::PutMember(k) => self.members.insert(k, MemberValue { present: 1 }, 0),
             MapOp::DeleteMember(k) => deleted(self.members.remove(&k)),
-            MapOp::PutSlot { key, backend_id } => {
-                self.slots.insert(key, SlotValue { backend_id }, 0)
-            }
+            MapOp::PutSlot { key, backend_id } => self.slots.insert(key, SlotValue { backend_id }, 0),
             MapOp::DeleteSlot(k) => deleted(self.slots.remove(&k)),
             MapOp::PutService { id, value } => self.services.insert(id, value, 0),
             MapOp::DeleteService { id } => deleted(self.services.remove(&id)),
@@ -165,45 +145,28 @@ impl Datapath for AyaMaps {
         ) -> Result<BTreeMap<K, V>, DatapathError> {
             map.iter()
                 .collect::<Result<BTreeMap<_, _>, _>>()
-                .map_err(|e| DatapathError::Read {
-                    map: name,
-                    source: map_io(e),
-                })
+                .map_err(|e| DatapathError::Read { map: name, source: map_io(e) })
         }
         Ok(MapState {
             frontends: read(&self.frontends, map_names::FRONTENDS)?,
             services: read(&self.services, map_names::SERVICES)?,
-            slots: read(&self.slots, map_names::SLOTS)?
-                .into_iter()
-                .map(|(k, v)| (k, v.backend_id))
-                .collect(),
+            slots: read(&self.slots, map_names::SLOTS)?.into_iter().map(|(k, v)| (k, v.backend_id)).collect(),
             backends: read(&self.backends, map_names::BACKENDS)?,
-            members: read(&self.members, map_names::MEMBERS)?
-                .into_keys()
-                .collect(),
+            members: read(&self.members, map_names::MEMBERS)?.into_keys().collect(),
             names: read(&self.names, map_names::SVC_NAMES)?,
         })
     }
 
     fn read_counters(&self) -> Result<BTreeMap<u32, ServiceCounters>, DatapathError> {
-        let err = |e| DatapathError::Read {
-            map: map_names::COUNTERS,
-            source: map_io(e),
-        };
-        let services = self
-            .services
-            .keys()
-            .collect::<Result<Vec<u32>, _>>()
-            .map_err(err)?;
+        let err = |e| DatapathError::Read { map: map_names::COUNTERS, source: map_io(e) };
+        let services = self.services.keys().collect::<Result<Vec<u32>, _>>().map_err(err)?;
         let mut out = BTreeMap::new();
         for id in services {
             let per_cpu = self.counters.get(&id, 0).map_err(err)?;
-            let sum = per_cpu
-                .iter()
-                .fold(ServiceCounters::default(), |acc, c| ServiceCounters {
-                    translations: acc.translations + c.translations,
-                    refused: acc.refused + c.refused,
-                });
+            let sum = per_cpu.iter().fold(ServiceCounters::default(), |acc, c| ServiceCounters {
+                translations: acc.translations + c.translations,
+                refused: acc.refused + c.refused,
+            });
             out.insert(id, sum);
         }
         Ok(out)

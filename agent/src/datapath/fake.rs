@@ -16,10 +16,7 @@ pub struct FakeDatapath {
 
 impl FakeDatapath {
     pub fn new(state: MapState) -> Self {
-        Self {
-            state,
-            ..Default::default()
-        }
+        Self { state, ..Default::default() }
     }
 }
 
@@ -46,9 +43,7 @@ pub struct SharedFake(pub std::sync::Arc<std::sync::Mutex<FakeDatapath>>);
 
 impl SharedFake {
     pub fn new(state: MapState) -> Self {
-        Self(std::sync::Arc::new(std::sync::Mutex::new(
-            FakeDatapath::new(state),
-        )))
+        Self(std::sync::Arc::new(std::sync::Mutex::new(FakeDatapath::new(state))))
     }
 
     /// A copy of what the maps hold.
@@ -77,8 +72,5 @@ impl Datapath for SharedFake {
 }
 
 fn poisoned() -> DatapathError {
-    DatapathError::Read {
-        map: "fake",
-        source: std::io::Error::other("lock poisoned"),
-    }
+    DatapathError::Read { map: "fake", source: std::io::Error::other("lock poisoned") }
 }

@@ -29,10 +29,7 @@ pub struct RandomFaults {
 
 impl RandomFaults {
     pub fn new(seed: u64, per_mille: u64) -> Self {
-        Self {
-            state: seed | 1,
-            per_mille,
-        }
+        Self { state: seed | 1, per_mille }
     }
 }
 
@@ -65,12 +62,7 @@ pub struct FaultyDatapath<D, P> {
 
 impl<D, P> FaultyDatapath<D, P> {
     pub fn new(inner: D, policy: P) -> Self {
-        Self {
-            inner,
-            policy,
-            writes: 0,
-            injected: 0,
-        }
+        Self { inner, policy, writes: 0, injected: 0 }
     }
 }
 

@@ -44,10 +44,7 @@ impl DatapathError {
     pub fn is_map_full(&self) -> bool {
         match self {
             Self::Write { source, .. } => {
-                matches!(
-                    source.raw_os_error(),
-                    Some(libc_consts::E2BIG | libc_consts::ENOMEM)
-                )
+                matches!(source.raw_os_error(), Some(libc_consts::E2BIG | libc_consts::ENOMEM))
             }
             _ => false,
         }

@@ -24,39 +24,18 @@ pub struct MapState {
 /// One map write or delete.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MapOp {
-    PutBackend {
-        id: u32,
-        value: BackendValue,
-    },
-    DeleteBackend {
-        id: u32,
-    },
+    PutBackend { id: u32, value: BackendValue },
+    DeleteBackend { id: u32 },
     PutMember(MemberKey),
     DeleteMember(MemberKey),
-    PutSlot {
-        key: SlotKey,
-        backend_id: u32,
-    },
+    PutSlot { key: SlotKey, backend_id: u32 },
     DeleteSlot(SlotKey),
-    PutService {
-        id: u32,
-        value: ServiceValue,
-    },
-    DeleteService {
-        id: u32,
-    },
-    PutFrontend {
-        key: FrontendKey,
-        value: FrontendValue,
-    },
+    PutService { id: u32, value: ServiceValue },
+    DeleteService { id: u32 },
+    PutFrontend { key: FrontendKey, value: FrontendValue },
     DeleteFrontend(FrontendKey),
-    PutName {
-        id: u32,
-        name: ServiceName,
-    },
-    DeleteName {
-        id: u32,
-    },
+    PutName { id: u32, name: ServiceName },
+    DeleteName { id: u32 },
 }
 
 impl MapOp {
@@ -134,11 +113,7 @@ impl MapState {
         let svc = self.services.get(&service_id)?;
         (0..svc.count)
             .map(|index| {
-                let key = SlotKey {
-                    service_id,
-                    generation: svc.generation,
-                    index,
-                };
+                let key = SlotKey { service_id, generation: svc.generation, index };
                 self.slots.get(&key).copied()
             })
             .collect()
@@ -153,24 +128,16 @@ impl MapState {
                 .get(&k.service_id)
                 .is_some_and(|s| s.generation == k.generation && k.index < s.count)
         });
-        let members_tidy = self.members.iter().all(|m| {
-            self.active_backends(m.service_id)
-                .is_some_and(|ids| ids.contains(&m.backend_id))
-        });
+        let members_tidy = self
+            .members
+            .iter()
+            .all(|m| self.active_backends(m.service_id).is_some_and(|ids| ids.contains(&m.backend_id)));
         let members_complete = self.services.keys().all(|&id| {
             self.active_backends(id).is_some_and(|ids| {
-                ids.iter().all(|&b| {
-                    self.members.contains(&MemberKey {
-                        service_id: id,
-                        backend_id: b,
-                    })
-                })
+                ids.iter().all(|&b| self.members.contains(&MemberKey { service_id: id, backend_id: b }))
             })
         });
-        let backends_used = self
-            .backends
-            .keys()
-            .all(|id| self.slots.values().any(|b| b == id));
+        let backends_used = self.backends.keys().all(|id| self.slots.values().any(|b| b == id));
         let names_tidy = self.names.keys().all(|id| self.services.contains_key(id));
         slots_tidy && members_tidy && members_complete && backends_used && names_tidy
     }
@@ -223,10 +190,6 @@ impl MapState {
             .filter(|(id, _)| services.values().any(|s| s.backends.contains(id)))
             .map(|(&id, &v)| (id, v))
             .collect();
-        DesiredState {
-            frontends: self.frontends.clone(),
-            services,
-            backends,
-        }
+        DesiredState { frontends: self.frontends.clone(), services, backends }
     }
 }

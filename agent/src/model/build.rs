@@ -20,7 +20,9 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use socklb_common::{MAX_BACKENDS_PER_SERVICE, SCOPE_EXTERNAL, SCOPE_INTERNAL, service_flags};
+use socklb_common::{
+    MAX_BACKENDS_PER_SERVICE, SCOPE_BIND_GUARD, SCOPE_EXTERNAL, SCOPE_INTERNAL, service_flags,
+};
 
 use super::{
     BackendSet, Family, Frontend, FrontendKind, NodeContext, Policy, ServiceModel, SetId,
@@ -36,11 +38,7 @@ fn merged_endpoints(port: &ServicePortSpec, slices: &[&ParsedSlice], node: &str)
     sorted.sort_by(|a, b| a.key.cmp(&b.key));
     let mut by_addr: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
     for slice in sorted {
-        let Some(sp) = slice
-            .ports
-            .iter()
-            .find(|p| p.name == port.name && p.proto == port.proto)
-        else {
+        let Some(sp) = slice.ports.iter().find(|p| p.name == port.name && p.proto == port.proto) else {
             continue;
         };
         for e in &slice.endpoints {
@@ -74,16 +72,10 @@ pub fn build_service(
     let mut model = ServiceModel::default();
     let mut problems = Vec::new();
     for (&family, &cluster_ip) in &svc.cluster_ips {
-        let family_slices: Vec<&ParsedSlice> = slices
-            .iter()
-            .copied()
-            .filter(|s| s.family == family && s.service == svc.key)
-            .collect();
+        let family_slices: Vec<&ParsedSlice> =
+            slices.iter().copied().filter(|s| s.family == family && s.service == svc.key).collect();
         let of_family = |ips: &[IpAddr]| -> Vec<IpAddr> {
-            ips.iter()
-                .copied()
-                .filter(|ip| Family::of(ip) == family)
-                .collect()
+            ips.iter().copied().filter(|ip| Family::of(ip) == family).collect()
         };
         let node_addrs = of_family(&ctx.nodeport_addresses);
         let external_ips = of_family(&svc.external_ips);
@@ -94,13 +86,7 @@ pub fn build_service(
             let external = svc.externally_accessible(port);
             let uses_cluster = !svc.internal_local || external;
             let uses_local = svc.internal_local || (svc.external_local && external);
-            let cat = categorize(
-                &endpoints,
-                uses_cluster,
-                uses_local,
-                &ctx.node_name,
-                ctx.zone.as_deref(),
-            );
+            let cat = categorize(&endpoints, uses_cluster, uses_local, &ctx.node_name, ctx.zone.as_deref());
             let set_id = |policy| SetId {
                 service: svc.key.clone(),
                 port: port.port,
@@ -145,23 +131,16 @@ pub fn build_service(
                     port_name: port.name.clone(),
                     backends,
                     local,
+                    known: endpoints.iter().map(|e| e.addr).collect(),
                     flags,
                     affinity_timeout_secs: svc.affinity_timeout_secs.unwrap_or(0),
                 }
             };
-            let cluster = cat
-                .cluster
-                .map(|a| make_set(Policy::Cluster, a, cat.cluster_fallback));
-            let local = cat
-                .local
-                .map(|a| make_set(Policy::Local, a, cat.local_fallback));
+            let cluster = cat.cluster.map(|a| make_set(Policy::Cluster, a, cat.cluster_fallback));
+            let local = cat.local.map(|a| make_set(Policy::Local, a, cat.local_fallback));
 
             let mut frontends = Vec::new();
-            let internal_policy = if svc.internal_local {
-                Policy::Local
-            } else {
-                Policy::Cluster
-            };
+            let internal_policy = if svc.internal_local { Policy::Local } else { Policy::Cluster };
             frontends.push((
                 SocketAddr::new(cluster_ip, port.port),
                 SCOPE_INTERNAL,
@@ -170,22 +149,20 @@ pub fn build_service(
             ));
             let mut externals: Vec<(SocketAddr, FrontendKind)> = Vec::new();
             if let Some(np) = port.node_port {
-                externals.extend(
-                    node_addrs
-                        .iter()
-                        .map(|a| (SocketAddr::new(*a, np), FrontendKind::NodePort)),
-                );
+                externals
+                    .extend(node_addrs.iter().map(|a| (SocketAddr::new(*a, np), FrontendKind::NodePort)));
             }
             externals.extend(
-                external_ips
-                    .iter()
-                    .map(|a| (SocketAddr::new(*a, port.port), FrontendKind::ExternalIp)),
+                external_ips.iter().map(|a| (SocketAddr::new(*a, port.port), FrontendKind::ExternalIp)),
             );
-            externals.extend(
-                lb_ips
-                    .iter()
-                    .map(|a| (SocketAddr::new(*a, port.port), FrontendKind::LoadBalancer)),
-            );
+            externals
+                .extend(lb_ips.iter().map(|a| (SocketAddr::new(*a, port.port), FrontendKind::LoadBalancer)));
+            // One wildcard bind guard per NodePort (see SCOPE_BIND_GUARD).
+            let first_family = svc.cluster_ips.keys().next() == Some(&family);
+            if let (Some(np), true) = (port.node_port, first_family) {
+                let any = SocketAddr::new(IpAddr::from([0u8, 0, 0, 0]), np);
+                frontends.push((any, SCOPE_BIND_GUARD, FrontendKind::NodePort, Policy::Cluster));
+            }
             for (addr, kind) in externals {
                 frontends.push((addr, SCOPE_INTERNAL, kind, Policy::Cluster));
                 if svc.external_local {
@@ -200,13 +177,7 @@ pub fn build_service(
                     continue; // e.g. an external IP equal to a node address
                 }
                 used.insert(policy);
-                model.frontends.push(Frontend {
-                    addr,
-                    proto: port.proto,
-                    scope,
-                    kind,
-                    set: set_id(policy),
-                });
+                model.frontends.push(Frontend { addr, proto: port.proto, scope, kind, set: set_id(policy) });
             }
             for set in [cluster, local].into_iter().flatten() {
                 if used.contains(&set.id.policy) {

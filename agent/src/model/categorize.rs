@@ -87,11 +87,7 @@ pub fn categorize(
     let mut out = Categorized::default();
     if uses_cluster {
         let mode = topology_mode(endpoints, node, zone);
-        let mut set = addrs(
-            endpoints
-                .iter()
-                .filter(|e| e.ready && available(e, mode, node, zone)),
-        );
+        let mut set = addrs(endpoints.iter().filter(|e| e.ready && available(e, mode, node, zone)));
         if set.is_empty() {
             set = addrs(endpoints.iter().filter(|e| e.serving_terminating()));
             out.cluster_fallback = !set.is_empty();
@@ -103,11 +99,7 @@ pub fn categorize(
         let set = if local_ready {
             addrs(endpoints.iter().filter(|e| e.local && e.ready))
         } else {
-            let set = addrs(
-                endpoints
-                    .iter()
-                    .filter(|e| e.local && e.serving_terminating()),
-            );
+            let set = addrs(endpoints.iter().filter(|e| e.local && e.serving_terminating()));
             out.local_fallback = !set.is_empty();
             set
         };
@@ -163,13 +155,7 @@ mod tests {
     fn without_ready_endpoints_serving_terminating_ones_are_used() {
         let mut not_serving = terminating(ep(3));
         not_serving.serving = false;
-        let c = categorize(
-            &[terminating(ep(1)), terminating(ep(2)), not_serving],
-            true,
-            false,
-            "n1",
-            None,
-        );
+        let c = categorize(&[terminating(ep(1)), terminating(ep(2)), not_serving], true, false, "n1", None);
         assert_eq!(ids(&c.cluster), [1, 2]);
         assert!(c.cluster_fallback);
     }
@@ -219,14 +205,8 @@ mod tests {
     #[test]
     fn zone_hints_are_ignored_if_none_matches_or_the_node_has_no_zone() {
         let eps = [zoned(1, "b"), zoned(2, "c")];
-        assert_eq!(
-            ids(&categorize(&eps, true, false, "n1", Some("a")).cluster),
-            [1, 2]
-        );
-        assert_eq!(
-            ids(&categorize(&eps, true, false, "n1", None).cluster),
-            [1, 2]
-        );
+        assert_eq!(ids(&categorize(&eps, true, false, "n1", Some("a")).cluster), [1, 2]);
+        assert_eq!(ids(&categorize(&eps, true, false, "n1", None).cluster), [1, 2]);
     }
 
     #[test]
@@ -254,13 +234,7 @@ mod tests {
         // The unready endpoint lacks hints, but only ready ones are checked.
         let mut unready = ep(3);
         unready.ready = false;
-        let c = categorize(
-            &[zoned(1, "a"), zoned(2, "b"), unready],
-            true,
-            false,
-            "n1",
-            Some("a"),
-        );
+        let c = categorize(&[zoned(1, "a"), zoned(2, "b"), unready], true, false, "n1", Some("a"));
         assert_eq!(ids(&c.cluster), [1]);
     }
 }

@@ -14,10 +14,7 @@ fn ctx() -> NodeContext {
     NodeContext {
         node_name: "node-a".into(),
         zone: Some("zone-1".into()),
-        nodeport_addresses: vec![
-            "192.168.0.10".parse().expect("ip"),
-            "fd00:1::10".parse().expect("ip"),
-        ],
+        nodeport_addresses: vec!["192.168.0.10".parse().expect("ip"), "fd00:1::10".parse().expect("ip")],
         service_proxy_name: None,
     }
 }
@@ -51,10 +48,10 @@ fn frontends(m: &ServiceModel) -> Vec<String> {
         .frontends
         .iter()
         .map(|f| {
-            let scope = if f.scope == socklb_common::SCOPE_INTERNAL {
-                "internal"
-            } else {
-                "external"
+            let scope = match f.scope {
+                socklb_common::SCOPE_INTERNAL => "internal",
+                socklb_common::SCOPE_BIND_GUARD => "bind-guard",
+                _ => "external",
             };
             format!("{}/{} {scope} {} -> {}", f.addr, f.proto, f.kind, f.set)
         })
@@ -65,25 +62,14 @@ fn frontends(m: &ServiceModel) -> Vec<String> {
 
 /// The backends of the set named `set` ("ns/name:port/PROTO family policy").
 fn backends(m: &ServiceModel, set: &str) -> Vec<String> {
-    let s = m
-        .sets
-        .iter()
-        .find(|s| s.id.to_string() == set)
-        .unwrap_or_else(|| {
-            panic!(
-                "no set {set}; have {:?}",
-                m.sets.iter().map(|s| s.id.to_string()).collect::<Vec<_>>()
-            )
-        });
+    let s = m.sets.iter().find(|s| s.id.to_string() == set).unwrap_or_else(|| {
+        panic!("no set {set}; have {:?}", m.sets.iter().map(|s| s.id.to_string()).collect::<Vec<_>>())
+    });
     s.backends.iter().map(ToString::to_string).collect()
 }
 
 fn flags(m: &ServiceModel, set: &str) -> u16 {
-    m.sets
-        .iter()
-        .find(|s| s.id.to_string() == set)
-        .map(|s| s.flags)
-        .expect("set")
+    m.sets.iter().find(|s| s.id.to_string() == set).map(|s| s.flags).expect("set")
 }
 
 const WEB: &str = r#"
@@ -110,14 +96,8 @@ fn a_cluster_ip_reaches_the_ready_endpoints_on_the_slice_port() {
     let (m, problems) = model(WEB, &ctx());
     assert!(problems.is_empty(), "{problems:?}");
     let web = &m[&ObjKey::new("default", "web")];
-    assert_eq!(
-        frontends(web),
-        ["10.96.0.10:80/TCP internal ClusterIP -> default/web:80/TCP ipv4 cluster"]
-    );
-    assert_eq!(
-        backends(web, "default/web:80/TCP ipv4 cluster"),
-        ["10.244.0.1:8080", "10.244.0.2:8080"]
-    );
+    assert_eq!(frontends(web), ["10.96.0.10:80/TCP internal ClusterIP -> default/web:80/TCP ipv4 cluster"]);
+    assert_eq!(backends(web, "default/web:80/TCP ipv4 cluster"), ["10.244.0.1:8080", "10.244.0.2:8080"]);
 }
 
 // kube-proxy resolves a named targetPort per EndpointSlice: during a rolling
@@ -160,10 +140,7 @@ endpoints: [{addresses: [10.244.5.5]}]
 ports: [{name: "", port: 8080, protocol: TCP}]
 "#;
     let (m, _) = model(yaml, &ctx());
-    assert_eq!(
-        backends(&m[&ObjKey::new("ns", "one")], "ns/one:80/TCP ipv4 cluster"),
-        ["10.244.5.5:8080"]
-    );
+    assert_eq!(backends(&m[&ObjKey::new("ns", "one")], "ns/one:80/TCP ipv4 cluster"), ["10.244.5.5:8080"]);
 }
 
 // kube-proxy ShouldSkipService: headless and ExternalName services are not
@@ -199,10 +176,7 @@ spec: {clusterIP: 10.96.1.3, ports: [{port: 80}]}
     let mut ours = ctx();
     ours.service_proxy_name = Some("socklb".into());
     let (m, _) = model(yaml, &ours);
-    assert_eq!(
-        m.keys().cloned().collect::<Vec<_>>(),
-        [ObjKey::new("ns", "mine")]
-    );
+    assert_eq!(m.keys().cloned().collect::<Vec<_>>(), [ObjKey::new("ns", "mine")]);
 }
 
 const DUAL: &str = r#"
@@ -242,14 +216,8 @@ fn a_dual_stack_service_has_one_cluster_ip_and_one_set_per_family() {
             "[fd00:96::30]:80/TCP internal ClusterIP -> default/dual:80/TCP ipv6 cluster",
         ]
     );
-    assert_eq!(
-        backends(dual, "default/dual:80/TCP ipv4 cluster"),
-        ["10.244.1.2:8080"]
-    );
-    assert_eq!(
-        backends(dual, "default/dual:80/TCP ipv6 cluster"),
-        ["[fd00:244::2]:8080"]
-    );
+    assert_eq!(backends(dual, "default/dual:80/TCP ipv4 cluster"), ["10.244.1.2:8080"]);
+    assert_eq!(backends(dual, "default/dual:80/TCP ipv6 cluster"), ["[fd00:244::2]:8080"]);
 }
 
 #[test]
@@ -302,13 +270,9 @@ ports: [{name: "", port: 8080}]
 "#;
     let (m, _) = model(yaml, &ctx());
     let svc = &m[&ObjKey::new("ns", "drain")];
-    assert_eq!(
-        backends(svc, "ns/drain:80/TCP ipv4 cluster"),
-        ["10.244.0.1:8080"]
-    );
+    assert_eq!(backends(svc, "ns/drain:80/TCP ipv4 cluster"), ["10.244.0.1:8080"]);
     assert_ne!(
-        flags(svc, "ns/drain:80/TCP ipv4 cluster")
-            & socklb_common::service_flags::TERMINATING_FALLBACK,
+        flags(svc, "ns/drain:80/TCP ipv4 cluster") & socklb_common::service_flags::TERMINATING_FALLBACK,
         0
     );
 }
@@ -328,10 +292,7 @@ ports: [{name: http, port: 8080}]
     );
     let (m, _) = model(&yaml, &ctx());
     assert_eq!(
-        backends(
-            &m[&ObjKey::new("default", "web")],
-            "default/web:80/TCP ipv4 cluster"
-        ),
+        backends(&m[&ObjKey::new("default", "web")], "default/web:80/TCP ipv4 cluster"),
         ["10.244.0.1:8080", "10.244.0.2:8080", "10.244.0.7:8080"]
     );
 }
@@ -363,14 +324,8 @@ ports: [{{name: http, port: 8080}}]
 fn internal_traffic_policy_local_uses_only_this_nodes_endpoints() {
     let (m, _) = model(&with_spec("  internalTrafficPolicy: Local"), &ctx());
     let svc = &m[&ObjKey::new("ns", "pol")];
-    assert_eq!(
-        frontends(svc),
-        ["10.96.3.1:80/TCP internal ClusterIP -> ns/pol:80/TCP ipv4 local"]
-    );
-    assert_eq!(
-        backends(svc, "ns/pol:80/TCP ipv4 local"),
-        ["10.244.0.1:8080"]
-    );
+    assert_eq!(frontends(svc), ["10.96.3.1:80/TCP internal ClusterIP -> ns/pol:80/TCP ipv4 local"]);
+    assert_eq!(backends(svc, "ns/pol:80/TCP ipv4 local"), ["10.244.0.1:8080"]);
 
     // On a node without a local endpoint the set is empty: connects are refused.
     let mut elsewhere = ctx();
@@ -387,16 +342,13 @@ fn node_ports_answer_on_each_node_address_of_the_family() {
     assert_eq!(
         frontends(&m[&ObjKey::new("ns", "pol")]),
         [
+            "0.0.0.0:30080/TCP bind-guard NodePort -> ns/pol:80/TCP ipv4 cluster",
             "10.96.3.1:80/TCP internal ClusterIP -> ns/pol:80/TCP ipv4 cluster",
             "192.168.0.10:30080/TCP internal NodePort -> ns/pol:80/TCP ipv4 cluster",
         ]
     );
     let (m, _) = model(&with_spec("  type: ClusterIP"), &ctx());
-    assert_eq!(
-        frontends(&m[&ObjKey::new("ns", "pol")]).len(),
-        1,
-        "no NodePort for a ClusterIP service"
-    );
+    assert_eq!(frontends(&m[&ObjKey::new("ns", "pol")]).len(), 1, "no NodePort for a ClusterIP service");
 }
 
 // kube-proxy routes node-originated traffic to a service's external
@@ -405,41 +357,31 @@ fn node_ports_answer_on_each_node_address_of_the_family() {
 // scope carries the local set that outside traffic would get.
 #[test]
 fn external_traffic_policy_local_keeps_the_cluster_set_for_this_nodes_sockets() {
-    let (m, _) = model(
-        &with_spec("  type: NodePort\n  externalTrafficPolicy: Local"),
-        &ctx(),
-    );
+    let (m, _) = model(&with_spec("  type: NodePort\n  externalTrafficPolicy: Local"), &ctx());
     let svc = &m[&ObjKey::new("ns", "pol")];
     assert_eq!(
         frontends(svc),
         [
+            "0.0.0.0:30080/TCP bind-guard NodePort -> ns/pol:80/TCP ipv4 cluster",
             "10.96.3.1:80/TCP internal ClusterIP -> ns/pol:80/TCP ipv4 cluster",
             "192.168.0.10:30080/TCP external NodePort -> ns/pol:80/TCP ipv4 local",
             "192.168.0.10:30080/TCP internal NodePort -> ns/pol:80/TCP ipv4 cluster",
         ]
     );
-    assert_eq!(
-        backends(svc, "ns/pol:80/TCP ipv4 local"),
-        ["10.244.0.1:8080"]
-    );
-    assert_eq!(
-        backends(svc, "ns/pol:80/TCP ipv4 cluster"),
-        ["10.244.0.1:8080", "10.244.0.2:8080"]
-    );
+    assert_eq!(backends(svc, "ns/pol:80/TCP ipv4 local"), ["10.244.0.1:8080"]);
+    assert_eq!(backends(svc, "ns/pol:80/TCP ipv4 cluster"), ["10.244.0.1:8080", "10.244.0.2:8080"]);
 }
 
 // internalTrafficPolicy governs the ClusterIP; a NodePort of the same port
 // still uses the cluster set (UsesClusterEndpoints: externally accessible).
 #[test]
 fn internal_local_with_a_node_port_gives_the_two_frontends_two_sets() {
-    let (m, _) = model(
-        &with_spec("  type: NodePort\n  internalTrafficPolicy: Local"),
-        &ctx(),
-    );
+    let (m, _) = model(&with_spec("  type: NodePort\n  internalTrafficPolicy: Local"), &ctx());
     let svc = &m[&ObjKey::new("ns", "pol")];
     assert_eq!(
         frontends(svc),
         [
+            "0.0.0.0:30080/TCP bind-guard NodePort -> ns/pol:80/TCP ipv4 cluster",
             "10.96.3.1:80/TCP internal ClusterIP -> ns/pol:80/TCP ipv4 local",
             "192.168.0.10:30080/TCP internal NodePort -> ns/pol:80/TCP ipv4 cluster",
         ]
@@ -471,6 +413,7 @@ status:
     assert_eq!(
         kinds,
         [
+            "0.0.0.0:31443/TCP bind-guard NodePort -> ns/lb:443/TCP ipv4 cluster",
             "10.96.4.1:443/TCP internal ClusterIP -> ns/lb:443/TCP ipv4 cluster",
             "192.168.0.10:31443/TCP internal NodePort -> ns/lb:443/TCP ipv4 cluster",
             "198.51.100.1:443/TCP internal LoadBalancer -> ns/lb:443/TCP ipv4 cluster",
@@ -498,17 +441,11 @@ endpoints:
 ports: [{name: "", port: 8080}]
 "#;
     let (m, _) = model(yaml, &ctx());
-    assert_eq!(
-        backends(&m[&ObjKey::new("ns", "z")], "ns/z:80/TCP ipv4 cluster"),
-        ["10.244.0.1:8080"]
-    );
+    assert_eq!(backends(&m[&ObjKey::new("ns", "z")], "ns/z:80/TCP ipv4 cluster"), ["10.244.0.1:8080"]);
     let mut no_zone = ctx();
     no_zone.zone = None;
     let (m, _) = model(yaml, &no_zone);
-    assert_eq!(
-        backends(&m[&ObjKey::new("ns", "z")], "ns/z:80/TCP ipv4 cluster").len(),
-        2
-    );
+    assert_eq!(backends(&m[&ObjKey::new("ns", "z")], "ns/z:80/TCP ipv4 cluster").len(), 2);
 }
 
 #[test]
@@ -529,10 +466,7 @@ endpoints:
 ports: [{name: "", port: 8080}]
 "#;
     let (m, _) = model(yaml, &ctx());
-    assert_eq!(
-        backends(&m[&ObjKey::new("ns", "n")], "ns/n:80/TCP ipv4 cluster"),
-        ["10.244.0.1:8080"]
-    );
+    assert_eq!(backends(&m[&ObjKey::new("ns", "n")], "ns/n:80/TCP ipv4 cluster"), ["10.244.0.1:8080"]);
 }
 
 #[test]
@@ -556,11 +490,7 @@ spec: {clusterIP: 10.96.6.2, sessionAffinity: ClientIP, ports: [{port: 80}]}
     let a = &m[&ObjKey::new("ns", "a")].sets[0];
     assert_ne!(a.flags & socklb_common::service_flags::AFFINITY, 0);
     assert_eq!(a.affinity_timeout_secs, 60);
-    assert_eq!(
-        m[&ObjKey::new("ns", "b")].sets[0].affinity_timeout_secs,
-        10_800,
-        "kube-proxy's default"
-    );
+    assert_eq!(m[&ObjKey::new("ns", "b")].sets[0].affinity_timeout_secs, 10_800, "kube-proxy's default");
 }
 
 // Bad input: each bad part is skipped with a problem naming the object and
@@ -601,45 +531,26 @@ addressType: IPv4
 endpoints: []
 "#;
     let (m, problems) = model(yaml, &ctx());
-    let found: Vec<(String, String, &str)> = problems
-        .iter()
-        .map(|p| (p.object.clone(), p.field.clone(), p.kind.label()))
-        .collect();
+    let found: Vec<(String, String, &str)> =
+        problems.iter().map(|p| (p.object.clone(), p.field.clone(), p.kind.label())).collect();
     for expected in [
         ("Service ns/bad-ip", "spec.clusterIP", "invalid_ip"),
         ("Service ns/ports", "spec.ports[0].port", "invalid_port"),
         ("Service ns/ports", "spec.ports[1].port", "invalid_port"),
         ("Service ns/ports", "spec.ports[3].port", "duplicate_port"),
-        (
-            "EndpointSlice ns/ports-1",
-            "endpoints[1].addresses[0]",
-            "family_mismatch",
-        ),
-        (
-            "EndpointSlice ns/ports-1",
-            "endpoints[2].addresses[0]",
-            "invalid_ip",
-        ),
+        ("EndpointSlice ns/ports-1", "endpoints[1].addresses[0]", "family_mismatch"),
+        ("EndpointSlice ns/ports-1", "endpoints[2].addresses[0]", "invalid_ip"),
         ("EndpointSlice ns/ports-1", "ports[1].port", "missing_field"),
-        (
-            "EndpointSlice ns/orphan",
-            "metadata.labels[kubernetes.io/service-name]",
-            "missing_field",
-        ),
+        ("EndpointSlice ns/orphan", "metadata.labels[kubernetes.io/service-name]", "missing_field"),
     ] {
         assert!(
-            found
-                .iter()
-                .any(|(o, f, k)| o == expected.0 && f == expected.1 && *k == expected.2),
+            found.iter().any(|(o, f, k)| o == expected.0 && f == expected.1 && *k == expected.2),
             "missing {expected:?} in {found:#?}"
         );
     }
     assert!(!m.contains_key(&ObjKey::new("ns", "bad-ip")));
     let ports = &m[&ObjKey::new("ns", "ports")];
-    assert_eq!(
-        backends(ports, "ns/ports:80/TCP ipv4 cluster"),
-        ["10.244.0.1:8080"]
-    );
+    assert_eq!(backends(ports, "ns/ports:80/TCP ipv4 cluster"), ["10.244.0.1:8080"]);
 }
 
 #[test]
@@ -651,9 +562,6 @@ metadata: {name: mm, namespace: ns}
 spec: {clusterIP: 10.96.8.1, ipFamilies: [IPv6], ports: [{port: 80}]}
 "#;
     let (m, problems) = model(yaml, &ctx());
-    assert!(
-        problems.iter().any(|p| p.field == "spec.ipFamilies[0]"),
-        "{problems:?}"
-    );
+    assert!(problems.iter().any(|p| p.field == "spec.ipFamilies[0]"), "{problems:?}");
     assert_eq!(frontends(&m[&ObjKey::new("ns", "mm")]).len(), 1);
 }

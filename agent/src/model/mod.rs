@@ -30,10 +30,7 @@ pub struct ObjKey {
 
 impl ObjKey {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        Self { namespace: namespace.into(), name: name.into() }
     }
 }
 
@@ -129,11 +126,7 @@ pub struct SetId {
 
 impl fmt::Display for SetId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}/{} {} {}",
-            self.service, self.port, self.proto, self.family, self.policy
-        )
+        write!(f, "{}:{}/{} {} {}", self.service, self.port, self.proto, self.family, self.policy)
     }
 }
 
@@ -147,6 +140,10 @@ pub struct BackendSet {
     pub backends: Vec<SocketAddr>,
     /// The subset of `backends` on this node.
     pub local: BTreeSet<SocketAddr>,
+    /// Every endpoint the EndpointSlices list for this port and family,
+    /// ready or not. A backend leaves the service (and its sockets are
+    /// destroyed) only when it is no longer here.
+    pub known: BTreeSet<SocketAddr>,
     /// `socklb_common::service_flags`.
     pub flags: u16,
     pub affinity_timeout_secs: u32,
@@ -232,13 +229,7 @@ impl<'a> SetName<'a> {
         let mut words = text.split_whitespace();
         let (service, port) = words.next()?.rsplit_once(':')?;
         let (namespace, name) = service.split_once('/')?;
-        Some(Self {
-            namespace,
-            name,
-            port,
-            family: words.next()?,
-            policy: words.next()?,
-        })
+        Some(Self { namespace, name, port, family: words.next()?, policy: words.next()? })
     }
 }
 
@@ -260,13 +251,7 @@ mod tests {
         let parsed = SetName::parse(&text).expect("parses");
         assert_eq!(
             parsed,
-            SetName {
-                namespace: "prod",
-                name: "web",
-                port: "443/TCP",
-                family: "ipv6",
-                policy: "local"
-            }
+            SetName { namespace: "prod", name: "web", port: "443/TCP", family: "ipv6", policy: "local" }
         );
     }
 }

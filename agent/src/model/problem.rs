@@ -59,12 +59,7 @@ impl Problem {
         field: impl Into<String>,
         reason: impl Into<String>,
     ) -> Self {
-        Self {
-            kind,
-            object: object.into(),
-            field: field.into(),
-            reason: reason.into(),
-        }
+        Self { kind, object: object.into(), field: field.into(), reason: reason.into() }
     }
 }
 

@@ -54,9 +54,7 @@ impl ParsedService {
 
     /// kube-proxy's `ExternallyAccessible`.
     pub fn externally_accessible(&self, port: &ServicePortSpec) -> bool {
-        port.node_port.is_some()
-            || !self.external_ips.is_empty()
-            || !self.load_balancer_ips.is_empty()
+        port.node_port.is_some() || !self.external_ips.is_empty() || !self.load_balancer_ips.is_empty()
     }
 }
 
@@ -95,26 +93,17 @@ pub fn parse_service(svc: &Service, ctx: &NodeContext) -> (ServiceOutcome, Vec<P
         ));
         return (ServiceOutcome::NotProxied("no name"), problems);
     };
-    let key = ObjKey::new(
-        meta.namespace.clone().unwrap_or_else(|| "default".into()),
-        name,
-    );
+    let key = ObjKey::new(meta.namespace.clone().unwrap_or_else(|| "default".into()), name);
     let obj = object(&key);
 
     let labels = meta.labels.as_ref();
     let proxy_label = labels.and_then(|l| l.get(LABEL_SERVICE_PROXY_NAME));
     match (&ctx.service_proxy_name, proxy_label) {
         (None, Some(_)) => {
-            return (
-                ServiceOutcome::NotProxied("service-proxy-name label"),
-                problems,
-            );
+            return (ServiceOutcome::NotProxied("service-proxy-name label"), problems);
         }
         (Some(ours), theirs) if theirs != Some(ours) => {
-            return (
-                ServiceOutcome::NotProxied("not labelled for this proxy"),
-                problems,
-            );
+            return (ServiceOutcome::NotProxied("not labelled for this proxy"), problems);
         }
         _ => {}
     }
@@ -122,12 +111,7 @@ pub fn parse_service(svc: &Service, ctx: &NodeContext) -> (ServiceOutcome, Vec<P
         return (ServiceOutcome::NotProxied("headless"), problems);
     }
     let Some(spec) = &svc.spec else {
-        problems.push(Problem::new(
-            ProblemKind::MissingField,
-            &obj,
-            "spec",
-            "missing",
-        ));
+        problems.push(Problem::new(ProblemKind::MissingField, &obj, "spec", "missing"));
         return (ServiceOutcome::NotProxied("no spec"), problems);
     };
     let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
@@ -137,16 +121,12 @@ pub fn parse_service(svc: &Service, ctx: &NodeContext) -> (ServiceOutcome, Vec<P
 
     // ClusterIPs: `clusterIPs` when set, else `clusterIP`; "None" is headless.
     let listed: Vec<(String, &str)> = match spec.cluster_ips.as_deref() {
-        Some(ips) if !ips.is_empty() => ips
-            .iter()
-            .enumerate()
-            .map(|(i, ip)| (format!("spec.clusterIPs[{i}]"), ip.as_str()))
-            .collect(),
-        _ => spec
-            .cluster_ip
-            .as_deref()
-            .map(|ip| vec![("spec.clusterIP".to_string(), ip)])
-            .unwrap_or_default(),
+        Some(ips) if !ips.is_empty() => {
+            ips.iter().enumerate().map(|(i, ip)| (format!("spec.clusterIPs[{i}]"), ip.as_str())).collect()
+        }
+        _ => {
+            spec.cluster_ip.as_deref().map(|ip| vec![("spec.clusterIP".to_string(), ip)]).unwrap_or_default()
+        }
     };
     if listed.is_empty() || listed.iter().any(|(_, ip)| ip.is_empty() || *ip == "None") {
         return (ServiceOutcome::NotProxied("headless"), problems);
@@ -239,10 +219,7 @@ pub fn parse_service(svc: &Service, ctx: &NodeContext) -> (ServiceOutcome, Vec<P
             },
             _ => None,
         };
-        if let Some(first) = ports
-            .iter()
-            .position(|q| q.port == port && q.proto == proto)
-        {
+        if let Some(first) = ports.iter().position(|q| q.port == port && q.proto == proto) {
             problems.push(Problem::new(
                 ProblemKind::DuplicatePort,
                 &obj,
@@ -261,12 +238,7 @@ pub fn parse_service(svc: &Service, ctx: &NodeContext) -> (ServiceOutcome, Vec<P
             ));
             continue;
         }
-        ports.push(ServicePortSpec {
-            name,
-            port,
-            proto,
-            node_port,
-        });
+        ports.push(ServicePortSpec { name, port, proto, node_port });
     }
     if ports.is_empty() {
         return (ServiceOutcome::NotProxied("no usable port"), problems);
@@ -294,11 +266,8 @@ pub fn parse_service(svc: &Service, ctx: &NodeContext) -> (ServiceOutcome, Vec<P
     }
     let mut load_balancer_ips = Vec::new();
     if svc_type == "LoadBalancer" {
-        let ingress = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref());
+        let ingress =
+            svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
         for (i, ing) in ingress.into_iter().flatten().enumerate() {
             // ipMode Proxy: the load balancer delivers to the node, not the VIP.
             if ing.ip_mode.as_deref().is_some_and(|m| m != "VIP") {
@@ -357,10 +326,7 @@ pub fn parse_service(svc: &Service, ctx: &NodeContext) -> (ServiceOutcome, Vec<P
         external_ips,
         load_balancer_ips,
         internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
-        external_local: matches!(
-            spec.external_traffic_policy.as_deref(),
-            Some("Local" | "OnlyLocal")
-        ),
+        external_local: matches!(spec.external_traffic_policy.as_deref(), Some("Local" | "OnlyLocal")),
         affinity_timeout_secs,
     };
     (ServiceOutcome::Proxied(parsed), problems)

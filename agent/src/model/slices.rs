@@ -65,10 +65,7 @@ pub fn parse_slice(slice: &EndpointSlice) -> (Option<ParsedSlice>, Vec<Problem>)
     if labels.is_some_and(|l| l.contains_key(LABEL_HEADLESS)) {
         return (None, problems);
     }
-    let Some(service) = labels
-        .and_then(|l| l.get(LABEL_SERVICE_NAME))
-        .filter(|s| !s.is_empty())
-    else {
+    let Some(service) = labels.and_then(|l| l.get(LABEL_SERVICE_NAME)).filter(|s| !s.is_empty()) else {
         problems.push(Problem::new(
             ProblemKind::MissingField,
             &obj,
@@ -110,12 +107,7 @@ pub fn parse_slice(slice: &EndpointSlice) -> (Option<ParsedSlice>, Vec<Problem>)
             }
         };
         let Some(number) = p.port else {
-            problems.push(Problem::new(
-                ProblemKind::MissingField,
-                &obj,
-                field("port"),
-                "missing",
-            ));
+            problems.push(Problem::new(ProblemKind::MissingField, &obj, field("port"), "missing"));
             continue;
         };
         let Some(port) = u16::try_from(number).ok().filter(|p| *p != 0) else {
@@ -169,18 +161,10 @@ pub fn parse_slice(slice: &EndpointSlice) -> (Option<ParsedSlice>, Vec<Problem>)
         let serving = cond.and_then(|c| c.serving).unwrap_or(true);
         let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
         let hints = ep.hints.as_ref();
-        let zone_hints = hints
-            .and_then(|h| h.for_zones.as_ref())
-            .into_iter()
-            .flatten()
-            .map(|z| z.name.clone())
-            .collect();
-        let node_hints = hints
-            .and_then(|h| h.for_nodes.as_ref())
-            .into_iter()
-            .flatten()
-            .map(|n| n.name.clone())
-            .collect();
+        let zone_hints =
+            hints.and_then(|h| h.for_zones.as_ref()).into_iter().flatten().map(|z| z.name.clone()).collect();
+        let node_hints =
+            hints.and_then(|h| h.for_nodes.as_ref()).into_iter().flatten().map(|n| n.name.clone()).collect();
         endpoints.push(SliceEndpoint {
             addr,
             ready,
@@ -193,14 +177,5 @@ pub fn parse_slice(slice: &EndpointSlice) -> (Option<ParsedSlice>, Vec<Problem>)
     }
 
     let service = ObjKey::new(key.namespace.clone(), service.clone());
-    (
-        Some(ParsedSlice {
-            key,
-            service,
-            family,
-            ports,
-            endpoints,
-        }),
-        problems,
-    )
+    (Some(ParsedSlice { key, service, family, ports, endpoints }), problems)
 }

@@ -2,8 +2,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use socklb_common::{
-    BackendValue, FrontendKey, FrontendValue, MemberKey, PROTO_TCP, SCOPE_INTERNAL, SlotKey,
-    map_names,
+    BackendValue, FrontendKey, FrontendValue, MemberKey, PROTO_TCP, SCOPE_INTERNAL, SlotKey, map_names,
 };
 
 use super::*;
@@ -14,12 +13,7 @@ use crate::datapath::{
 
 fn backend(n: u8) -> BackendValue {
     BackendValue {
-        addr: [
-            0,
-            0,
-            0xffff_u32.to_be(),
-            u32::from_ne_bytes([10, 244, 0, n]),
-        ],
+        addr: [0, 0, 0xffff_u32.to_be(), u32::from_ne_bytes([10, 244, 0, n])],
         port: 8080u16.to_be(),
         proto: PROTO_TCP,
         flags: 0,
@@ -43,23 +37,10 @@ fn desired(services: &[(u32, &[u8])], frontends: &[(u8, u32)]) -> DesiredState {
             d.backends.insert(u32::from(b), backend(b));
         }
         let backends = bs.iter().map(|&b| u32::from(b)).collect();
-        d.services.insert(
-            id,
-            DesiredService {
-                backends,
-                ..Default::default()
-            },
-        );
+        d.services.insert(id, DesiredService { backends, ..Default::default() });
     }
     for &(f, id) in frontends {
-        d.frontends.insert(
-            frontend(f),
-            FrontendValue {
-                service_id: id,
-                flags: 0,
-                _pad: 0,
-            },
-        );
+        d.frontends.insert(frontend(f), FrontendValue { service_id: id, flags: 0, _pad: 0 });
     }
     d
 }
@@ -81,45 +62,28 @@ fn a_new_service_is_written_backends_first_and_frontend_last() {
     let slot_put = pos(&|o| matches!(o, MapOp::PutSlot { .. }));
     let switch = pos(&|o| matches!(o, MapOp::PutService { .. }));
     let frontend_put = pos(&|o| matches!(o, MapOp::PutFrontend { .. }));
-    assert!(
-        backend_put < slot_put && slot_put < switch && switch < frontend_put,
-        "{ops:#?}"
-    );
+    assert!(backend_put < slot_put && slot_put < switch && switch < frontend_put, "{ops:#?}");
 }
 
 #[test]
 fn replacing_the_backend_set_writes_a_new_generation_and_switches_with_one_write() {
     let mut dp = FakeDatapath::default();
     let mut mirror = MapState::default();
-    converge(
-        &mut dp,
-        &mut mirror,
-        &desired(&[(1, &[1, 2, 3])], &[(10, 1)]),
-    );
+    converge(&mut dp, &mut mirror, &desired(&[(1, &[1, 2, 3])], &[(10, 1)]));
     let g0 = mirror.services[&1].generation;
 
     let want = desired(&[(1, &[4, 5, 6])], &[(10, 1)]);
     let p = plan(&mirror, &want);
-    let service_writes: Vec<_> = p
-        .ops()
-        .filter(|o| matches!(o, MapOp::PutService { .. }))
-        .collect();
+    let service_writes: Vec<_> = p.ops().filter(|o| matches!(o, MapOp::PutService { .. })).collect();
     assert_eq!(service_writes.len(), 1, "exactly one switch");
     for op in p.ops() {
         if let MapOp::PutSlot { key, .. } = op {
-            assert_eq!(
-                key.generation,
-                g0.wrapping_add(1),
-                "new slots never overwrite live ones"
-            );
+            assert_eq!(key.generation, g0.wrapping_add(1), "new slots never overwrite live ones");
         }
     }
     converge(&mut dp, &mut mirror, &want);
     assert_eq!(mirror.logical_view(), want);
-    assert!(
-        mirror.is_tidy(),
-        "old generation and old backends are gone: {mirror:#?}"
-    );
+    assert!(mirror.is_tidy(), "old generation and old backends are gone: {mirror:#?}");
 }
 
 #[test]
@@ -137,10 +101,7 @@ fn a_flag_change_alone_rewrites_only_the_service_entry() {
     let mut mirror = MapState::default();
     let mut want = desired(&[(1, &[1, 2])], &[(10, 1)]);
     converge(&mut dp, &mut mirror, &want);
-    want.services
-        .get_mut(&1)
-        .expect("svc")
-        .affinity_timeout_secs = 10_800;
+    want.services.get_mut(&1).expect("svc").affinity_timeout_secs = 10_800;
     let p = plan(&mirror, &want);
     let ops: Vec<_> = p.ops().collect();
     assert_eq!(ops.len(), 1, "{ops:?}");
@@ -153,11 +114,7 @@ fn a_flag_change_alone_rewrites_only_the_service_entry() {
 fn a_failed_update_leaves_the_previous_version_serving() {
     let mut mirror = MapState::default();
     let mut fake = FakeDatapath::default();
-    converge(
-        &mut fake,
-        &mut mirror,
-        &desired(&[(1, &[1, 2]), (2, &[3])], &[(10, 1), (11, 2)]),
-    );
+    converge(&mut fake, &mut mirror, &desired(&[(1, &[1, 2]), (2, &[3])], &[(10, 1), (11, 2)]));
     let before = mirror.logical_view();
 
     // The slots map is full: service 1's new set cannot be written.
@@ -168,14 +125,8 @@ fn a_failed_update_leaves_the_previous_version_serving() {
     assert!(report.map_full());
     assert_eq!(report.services_failed, BTreeSet::from([1]));
     let after = dp.inner.state.logical_view();
-    assert_eq!(
-        after.services[&1], before.services[&1],
-        "service 1 keeps its old set"
-    );
-    assert_eq!(
-        after.services[&2], before.services[&2],
-        "service 2 is unaffected"
-    );
+    assert_eq!(after.services[&1], before.services[&1], "service 1 keeps its old set");
+    assert_eq!(after.services[&2], before.services[&2], "service 2 is unaffected");
     assert_eq!(dp.inner.state, mirror);
 }
 
@@ -186,14 +137,8 @@ fn a_frontend_of_a_service_that_failed_to_appear_is_not_written() {
     let want = desired(&[(1, &[1])], &[(10, 1)]);
     let report = execute(&plan(&mirror, &want), &mut dp, &mut mirror);
     assert!(!report.is_complete());
-    assert!(
-        dp.inner.state.frontends.is_empty(),
-        "no frontend may point at a missing service"
-    );
-    assert!(
-        dp.inner.state.slots.is_empty(),
-        "half-written slots are rolled back"
-    );
+    assert!(dp.inner.state.frontends.is_empty(), "no frontend may point at a missing service");
+    assert!(dp.inner.state.slots.is_empty(), "half-written slots are rolled back");
 }
 
 #[test]
@@ -215,18 +160,8 @@ fn removing_a_service_deletes_frontend_then_service_then_backends() {
 #[test]
 fn leftovers_of_an_interrupted_run_are_cleaned_up() {
     let mut state = MapState::default();
-    state.slots.insert(
-        SlotKey {
-            service_id: 9,
-            generation: 3,
-            index: 0,
-        },
-        1,
-    );
-    state.members.insert(MemberKey {
-        service_id: 9,
-        backend_id: 1,
-    });
+    state.slots.insert(SlotKey { service_id: 9, generation: 3, index: 0 }, 1);
+    state.members.insert(MemberKey { service_id: 9, backend_id: 1 });
     state.backends.insert(1, backend(1));
     let mut dp = FakeDatapath::new(state.clone());
     let mut mirror = state;
@@ -242,11 +177,7 @@ fn a_missing_live_slot_is_repaired_by_switching_to_a_complete_generation() {
     converge(&mut dp, &mut mirror, &want);
     let g = mirror.services[&1].generation;
     // Drift: somebody deleted a slot behind the agent's back.
-    dp.state.slots.remove(&SlotKey {
-        service_id: 1,
-        generation: g,
-        index: 1,
-    });
+    dp.state.slots.remove(&SlotKey { service_id: 1, generation: g, index: 1 });
     let mut read_back = dp.state.clone();
     converge(&mut dp, &mut read_back, &want);
     assert_eq!(read_back.logical_view(), want);
@@ -284,14 +215,7 @@ fn arb_desired() -> impl Strategy<Value = DesiredState> {
         if !ids.is_empty() {
             for (f, pick) in frontends {
                 let id = ids[pick.index(ids.len())];
-                d.frontends.insert(
-                    frontend(f),
-                    FrontendValue {
-                        service_id: id,
-                        flags: 0,
-                        _pad: 0,
-                    },
-                );
+                d.frontends.insert(frontend(f), FrontendValue { service_id: id, flags: 0, _pad: 0 });
             }
         }
         d
@@ -308,10 +232,7 @@ fn reader_view(state: &MapState) -> BTreeMap<FrontendKey, Option<Vec<u32>>> {
             let set = state.active_backends(f.service_id);
             if let Some(ids) = &set {
                 for id in ids {
-                    assert!(
-                        state.backends.contains_key(id),
-                        "slot points at a deleted backend {id}"
-                    );
+                    assert!(state.backends.contains_key(id), "slot points at a deleted backend {id}");
                 }
             }
             (*k, set)

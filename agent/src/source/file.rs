@@ -32,11 +32,7 @@ struct Stamp {
 fn stamp(path: &Path) -> std::io::Result<Stamp> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path)?;
-    Ok(Stamp {
-        modified: m.modified().ok(),
-        len: m.len(),
-        inode: m.ino(),
-    })
+    Ok(Stamp { modified: m.modified().ok(), len: m.len(), inode: m.ino() })
 }
 
 /// What reading the file gave.
@@ -70,12 +66,7 @@ pub fn read_once(path: &Path, last: &mut Option<String>, metrics: &Metrics) -> R
 }
 
 /// Watches one file and sends its whole content on every change.
-pub async fn run(
-    path: PathBuf,
-    origin: Origin,
-    tx: mpsc::Sender<SourceEvent>,
-    metrics: Arc<Metrics>,
-) {
+pub async fn run(path: PathBuf, origin: Origin, tx: mpsc::Sender<SourceEvent>, metrics: Arc<Metrics>) {
     let mut last_text: Option<String> = None;
     let mut last_stamp: Option<Stamp> = None;
     let mut last_error: Option<String> = None;
@@ -86,11 +77,8 @@ pub async fn run(
             match read_once(&path, &mut last_text, &metrics) {
                 Reading::Objects(objects) => {
                     last_error = None;
-                    let event = SourceEvent::Replace {
-                        origin,
-                        services: objects.services,
-                        slices: objects.slices,
-                    };
+                    let event =
+                        SourceEvent::Replace { origin, services: objects.services, slices: objects.slices };
                     if tx.send(event).await.is_err() {
                         return;
                     }

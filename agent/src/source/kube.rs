@@ -59,17 +59,9 @@ pub async fn run(
         "services",
         tx.clone(),
         metrics.clone(),
-        |objs| SourceEvent::ReplaceServices {
-            origin: ORIGIN,
-            services: objs,
-        },
-        |obj| SourceEvent::ServiceApplied {
-            origin: ORIGIN,
-            service: Box::new(obj),
-        },
-        |obj| SourceEvent::ServiceDeleted {
-            key: service_key(&obj),
-        },
+        |objs| SourceEvent::ReplaceServices { origin: ORIGIN, services: objs },
+        |obj| SourceEvent::ServiceApplied { origin: ORIGIN, service: Box::new(obj) },
+        |obj| SourceEvent::ServiceDeleted { key: service_key(&obj) },
     );
     let slices = watch_kind::<EndpointSlice>(
         Api::all(client.clone()),
@@ -77,25 +69,11 @@ pub async fn run(
         "endpointslices",
         tx.clone(),
         metrics.clone(),
-        |objs| SourceEvent::ReplaceSlices {
-            origin: ORIGIN,
-            slices: objs,
-        },
-        |obj| SourceEvent::SliceApplied {
-            origin: ORIGIN,
-            slice: Box::new(obj),
-        },
-        |obj| SourceEvent::SliceDeleted {
-            key: slice_key(&obj),
-        },
+        |objs| SourceEvent::ReplaceSlices { origin: ORIGIN, slices: objs },
+        |obj| SourceEvent::SliceApplied { origin: ORIGIN, slice: Box::new(obj) },
+        |obj| SourceEvent::SliceDeleted { key: slice_key(&obj) },
     );
-    let zone = |node: &Node| {
-        node.metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(ZONE_LABEL))
-            .cloned()
-    };
+    let zone = |node: &Node| node.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).cloned();
     let nodes = watch_kind::<Node>(
         Api::all(client),
         watcher::Config::default().fields(&format!("metadata.name={node_name}")),

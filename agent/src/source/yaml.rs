@@ -28,11 +28,7 @@ pub struct SyntaxError {
 
 fn syntax_error(e: &serde_yaml_ng::Error) -> SyntaxError {
     let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-    SyntaxError {
-        line,
-        column,
-        message: e.to_string(),
-    }
+    SyntaxError { line, column, message: e.to_string() }
 }
 
 /// Parses every document; objects of other kinds are ignored.
@@ -63,9 +59,7 @@ fn collect(value: Value, objects: &mut Objects, problems: &mut Vec<Problem>) {
         return; // an empty document
     }
     let kind = str_field(&value, &["kind"]).unwrap_or_default().to_string();
-    let api = str_field(&value, &["apiVersion"])
-        .unwrap_or_default()
-        .to_string();
+    let api = str_field(&value, &["apiVersion"]).unwrap_or_default().to_string();
     match (api.as_str(), kind.as_str()) {
         (_, "List") | (_, "ServiceList") | (_, "EndpointSliceList") => {
             if let Some(Value::Sequence(items)) = value.get("items").cloned() {
@@ -94,12 +88,8 @@ fn decode<T: serde::de::DeserializeOwned>(
     kind: &str,
     problems: &mut Vec<Problem>,
 ) -> Option<T> {
-    let ns = str_field(&value, &["metadata", "namespace"])
-        .unwrap_or("default")
-        .to_string();
-    let name = str_field(&value, &["metadata", "name"])
-        .unwrap_or("<unnamed>")
-        .to_string();
+    let ns = str_field(&value, &["metadata", "namespace"]).unwrap_or("default").to_string();
+    let name = str_field(&value, &["metadata", "name"]).unwrap_or("<unnamed>").to_string();
     match serde_path_to_error::deserialize::<_, T>(value) {
         Ok(obj) => Some(obj),
         Err(e) => {
@@ -107,11 +97,7 @@ fn decode<T: serde::de::DeserializeOwned>(
             problems.push(Problem::new(
                 ProblemKind::Malformed,
                 format!("{kind} {ns}/{name}"),
-                if field == "." {
-                    String::from("(object)")
-                } else {
-                    field
-                },
+                if field == "." { String::from("(object)") } else { field },
                 e.into_inner().to_string(),
             ));
             None

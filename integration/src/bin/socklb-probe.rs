@@ -34,8 +34,9 @@ enum Cmd {
     /// Serve on each address; every connection or datagram is answered with
     /// the address it arrived on, so a client learns which backend it hit.
     Serve {
+        /// Run in this network namespace (default: stay where we are).
         #[arg(long)]
-        netns: String,
+        netns: Option<String>,
         #[arg(long = "tcp")]
         tcp: Vec<SocketAddr>,
         #[arg(long = "udp")]
@@ -43,13 +44,17 @@ enum Cmd {
         /// TCP listeners that answer and then keep the connection open.
         #[arg(long = "tcp-hold")]
         tcp_hold: Vec<SocketAddr>,
+        /// UDP DNS responders: every A query is answered with the
+        /// responder's own IPv4 address.
+        #[arg(long = "dns")]
+        dns: Vec<SocketAddr>,
     },
     /// Connect (or send) repeatedly and print one JSON line per attempt.
     Connect {
         #[arg(long)]
         cgroup: Option<PathBuf>,
         #[arg(long)]
-        netns: String,
+        netns: Option<String>,
         #[arg(long)]
         to: SocketAddr,
         #[arg(long, value_enum, default_value = "tcp")]
@@ -69,7 +74,7 @@ enum Cmd {
         #[arg(long)]
         cgroup: Option<PathBuf>,
         #[arg(long)]
-        netns: String,
+        netns: Option<String>,
         #[arg(long)]
         to: SocketAddr,
         #[arg(long, default_value_t = 10_000)]
@@ -81,12 +86,32 @@ enum Cmd {
         #[arg(long)]
         cgroup: Option<PathBuf>,
         #[arg(long)]
-        netns: String,
+        netns: Option<String>,
         /// LABEL=ADDR:PORT, with /udp for UDP (repeatable).
         #[arg(long = "target")]
         targets: Vec<String>,
         #[arg(long, default_value_t = 100)]
         count: u64,
+    },
+    /// Bind a socket and report the result as JSON ({"errno": null|n}).
+    Bind {
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, value_enum, default_value = "tcp")]
+        proto: Proto,
+    },
+    /// Join the cgroup and namespace, then run a command (e.g. dig).
+    Exec {
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
     },
     /// Install the datapath in a separate process and exit.
     Install {
@@ -97,34 +122,23 @@ enum Cmd {
     },
 }
 
-fn join(cgroup: Option<&PathBuf>, netns: &str) -> Result<()> {
+fn join(cgroup: Option<&PathBuf>, netns: Option<&str>) -> Result<()> {
     if let Some(cg) = cgroup {
         fs::write(cg.join("cgroup.procs"), std::process::id().to_string())
             .with_context(|| format!("joining cgroup {}", cg.display()))?;
     }
-    let ns = fs::File::open(format!("/run/netns/{netns}")).context("opening netns")?;
-    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+    if let Some(netns) = netns {
+        let ns = fs::File::open(format!("/run/netns/{netns}")).context("opening netns")?;
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+    }
     Ok(())
 }
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Serve {
-            netns,
-            tcp,
-            udp,
-            tcp_hold,
-        } => serve(&netns, &tcp, &udp, &tcp_hold),
-        Cmd::Connect {
-            cgroup,
-            netns,
-            to,
-            proto,
-            count,
-            duration_ms,
-            one_socket,
-        } => {
-            join(cgroup.as_ref(), &netns)?;
+        Cmd::Serve { netns, tcp, udp, tcp_hold, dns } => serve(netns.as_deref(), &tcp, &udp, &tcp_hold, &dns),
+        Cmd::Connect { cgroup, netns, to, proto, count, duration_ms, one_socket } => {
+            join(cgroup.as_ref(), netns.as_deref())?;
             let deadline = duration_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
             let out = std::io::stdout();
             let mut out = out.lock();
@@ -153,23 +167,28 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Hold {
-            cgroup,
-            netns,
-            to,
-            max_ms,
-        } => {
-            join(cgroup.as_ref(), &netns)?;
+        Cmd::Hold { cgroup, netns, to, max_ms } => {
+            join(cgroup.as_ref(), netns.as_deref())?;
             hold(to, max_ms)
         }
-        Cmd::Table {
-            cgroup,
-            netns,
-            targets,
-            count,
-        } => {
-            join(cgroup.as_ref(), &netns)?;
+        Cmd::Table { cgroup, netns, targets, count } => {
+            join(cgroup.as_ref(), netns.as_deref())?;
             table(&targets, count)
+        }
+        Cmd::Bind { cgroup, netns, addr, proto } => {
+            join(cgroup.as_ref(), netns.as_deref())?;
+            let result = match proto {
+                Proto::Tcp => TcpListener::bind(addr).map(drop),
+                Proto::Udp => UdpSocket::bind(addr).map(drop),
+            };
+            println!("{}", serde_json::json!({"errno": result.err().and_then(|e| e.raw_os_error())}));
+            Ok(())
+        }
+        Cmd::Exec { cgroup, netns, command } => {
+            join(cgroup.as_ref(), netns.as_deref())?;
+            use std::os::unix::process::CommandExt;
+            let err = std::process::Command::new(&command[0]).args(&command[1..]).exec();
+            Err(err).with_context(|| format!("exec {}", command[0]))
         }
         Cmd::Install { cgroup, bpffs } => {
             let opts = socklb::loader::InstallOptions {
@@ -192,13 +211,26 @@ fn unspecified(to: &SocketAddr) -> SocketAddr {
 }
 
 fn serve(
-    netns: &str,
+    netns: Option<&str>,
     tcp: &[SocketAddr],
     udp: &[SocketAddr],
     tcp_hold: &[SocketAddr],
+    dns: &[SocketAddr],
 ) -> Result<()> {
     join(None, netns)?;
     let mut threads = Vec::new();
+    for &addr in dns {
+        let sock = UdpSocket::bind(addr).with_context(|| format!("bind dns {addr}"))?;
+        threads.push(thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            loop {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+                if let Some(reply) = dns_answer(&buf[..n], &addr) {
+                    let _ = sock.send_to(&reply, from);
+                }
+            }
+        }));
+    }
     for &addr in tcp_hold {
         let listener = TcpListener::bind(addr).with_context(|| format!("bind tcp {addr}"))?;
         threads.push(thread::spawn(move || {
@@ -244,10 +276,7 @@ fn serve(
 
 fn tcp_attempt(to: SocketAddr) -> Attempt {
     let t_start_ns = now_ns();
-    let mut a = Attempt {
-        t_start_ns,
-        ..Default::default()
-    };
+    let mut a = Attempt { t_start_ns, ..Default::default() };
     match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
         Ok(mut s) => {
             a.peer = s.peer_addr().ok().map(|p| p.to_string());
@@ -277,10 +306,7 @@ fn tcp_attempt(to: SocketAddr) -> Attempt {
 
 fn udp_connected_attempt(to: SocketAddr) -> Attempt {
     let t_start_ns = now_ns();
-    let mut a = Attempt {
-        t_start_ns,
-        ..Default::default()
-    };
+    let mut a = Attempt { t_start_ns, ..Default::default() };
     let result = (|| -> std::io::Result<()> {
         let sock = UdpSocket::bind(unspecified(&to))?;
         sock.connect(to)?;
@@ -304,10 +330,7 @@ fn udp_connected_attempt(to: SocketAddr) -> Attempt {
 
 fn udp_send_attempt(sock: &UdpSocket, to: SocketAddr) -> Attempt {
     let t_start_ns = now_ns();
-    let mut a = Attempt {
-        t_start_ns,
-        ..Default::default()
-    };
+    let mut a = Attempt { t_start_ns, ..Default::default() };
     let result = (|| -> std::io::Result<()> {
         a.local = sock.local_addr().ok().map(|p| p.to_string());
         sock.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -330,10 +353,7 @@ fn udp_send_attempt(sock: &UdpSocket, to: SocketAddr) -> Attempt {
 /// Connects, then waits for the server to go away or the socket to be
 /// reset; prints one Attempt whose t_end_ns is when that happened.
 fn hold(to: SocketAddr, max_ms: u64) -> Result<()> {
-    let mut a = Attempt {
-        t_start_ns: now_ns(),
-        ..Default::default()
-    };
+    let mut a = Attempt { t_start_ns: now_ns(), ..Default::default() };
     let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
     a.peer = s.peer_addr().ok().map(|p| p.to_string());
     s.set_read_timeout(Some(Duration::from_millis(max_ms)))?;
@@ -364,19 +384,14 @@ fn table(targets: &[String], count: u64) -> Result<()> {
         "SERVICE", "FRONTEND", "OK", "GETPEERNAME"
     );
     for t in targets {
-        let (label, rest) = t
-            .split_once('=')
-            .with_context(|| format!("target {t:?} is not LABEL=ADDR:PORT"))?;
+        let (label, rest) =
+            t.split_once('=').with_context(|| format!("target {t:?} is not LABEL=ADDR:PORT"))?;
         let (addr, udp) = match rest.strip_suffix("/udp") {
             Some(a) => (a, true),
             None => (rest, false),
         };
         let to: SocketAddr = addr.parse().with_context(|| format!("target {t:?}"))?;
-        let sock = if udp {
-            Some(UdpSocket::bind(unspecified(&to))?)
-        } else {
-            None
-        };
+        let sock = if udp { Some(UdpSocket::bind(unspecified(&to))?) } else { None };
         let attempts: Vec<Attempt> = (0..count)
             .map(|_| match &sock {
                 Some(s) => udp_send_attempt(s, to),
@@ -384,11 +399,9 @@ fn table(targets: &[String], count: u64) -> Result<()> {
             })
             .collect();
         let ok = attempts.iter().filter(|a| a.ok).count();
-        let mut shares: std::collections::BTreeMap<String, usize> =
-            std::collections::BTreeMap::new();
+        let mut shares: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
         let mut peers: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-        let mut errors: std::collections::BTreeMap<String, usize> =
-            std::collections::BTreeMap::new();
+        let mut errors: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
         for a in &attempts {
             if let Some(b) = a.backend.as_ref().filter(|_| a.ok) {
                 *shares.entry(b.clone()).or_default() += 1;
@@ -400,16 +413,11 @@ fn table(targets: &[String], count: u64) -> Result<()> {
                 *errors.entry(e.clone()).or_default() += 1;
             }
         }
-        let mut detail: Vec<String> = shares
-            .iter()
-            .map(|(b, n)| format!("{b} {:.0}%", 100.0 * *n as f64 / ok.max(1) as f64))
-            .collect();
+        let mut detail: Vec<String> =
+            shares.iter().map(|(b, n)| format!("{b} {:.0}%", 100.0 * *n as f64 / ok.max(1) as f64)).collect();
         detail.extend(errors.iter().map(|(e, n)| format!("error x{n}: {e}")));
-        let peer = if peers.is_empty() {
-            "-".to_string()
-        } else {
-            peers.into_iter().collect::<Vec<_>>().join(",")
-        };
+        let peer =
+            if peers.is_empty() { "-".to_string() } else { peers.into_iter().collect::<Vec<_>>().join(",") };
         let frontend = format!("{to}/{}", if udp { "UDP" } else { "TCP" });
         println!(
             "{label:<14} {frontend:<28} {:>8}  {peer:<24} {}",
@@ -418,4 +426,32 @@ fn table(targets: &[String], count: u64) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A minimal DNS answer: the query's id and question, and one A record
+/// holding the responder's own IPv4 address (so the client learns which
+/// backend answered).
+fn dns_answer(query: &[u8], me: &SocketAddr) -> Option<Vec<u8>> {
+    if query.len() < 12 {
+        return None;
+    }
+    // The question ends after the name's terminating zero, qtype and qclass.
+    let mut i = 12;
+    while *query.get(i)? != 0 {
+        i += usize::from(query[i]) + 1;
+    }
+    let question_end = i + 5;
+    let question = query.get(12..question_end)?;
+    let ip = match me.ip() {
+        std::net::IpAddr::V4(v4) => v4.octets(),
+        std::net::IpAddr::V6(_) => [192, 0, 2, 1],
+    };
+    let mut r = Vec::with_capacity(question_end + 16);
+    r.extend_from_slice(&query[0..2]); // id
+    r.extend_from_slice(&[0x81, 0x80]); // response, recursion desired and available
+    r.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 0]); // 1 question, 1 answer
+    r.extend_from_slice(question);
+    r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4]);
+    r.extend_from_slice(&ip);
+    Some(r)
 }

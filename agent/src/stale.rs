@@ -1,0 +1,150 @@
+//! Stale-socket termination: when a backend leaves a service (deleted from
+//! its EndpointSlices, not merely terminating or unready), established TCP
+//! and connected UDP sockets that socklb translated to it are destroyed, so
+//! their owners reconnect (through the datapath, to a live backend) instead
+//! of hanging on a dead peer. This is the top complaint about socket-level
+//! load balancing (Cilium #27300, #35773, #37577, #48096).
+//!
+//! A socket is "translated to it" when its `SOCK_STATE` storage names the
+//! service and the backend, and its peer is that backend: sockets a client
+//! opened to the backend's address directly are never touched, nor are
+//! sockets to backends that are still present.
+//!
+//! Mechanism: sock_diag (a dump that includes the socket storage, then
+//! SOCK_DESTROY), in every network namespace that has a process in the
+//! attached cgroup. The BPF iterator with the `bpf_sock_destroy` kfunc
+//! (Linux 6.5) would avoid the dump, but aya 0.14 cannot relocate kfunc
+//! calls, so sock_diag is the mechanism on every kernel.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs, io,
+    net::SocketAddr,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::MapData;
+use socklb_common::{ip_from_addr, map_names};
+
+use crate::{loader::map_pin, sockdiag};
+
+/// A backend that left a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Doomed {
+    pub service_id: u32,
+    pub backend: SocketAddr,
+    pub proto: u8,
+}
+
+#[derive(Debug, Default)]
+pub struct TerminateReport {
+    pub namespaces: usize,
+    pub destroyed: usize,
+    pub errors: Vec<String>,
+}
+
+/// One path per network namespace that a process in `cgroup` (or below)
+/// lives in.
+pub fn namespaces_of(cgroup: &Path) -> Vec<PathBuf> {
+    let mut pids = BTreeSet::new();
+    let mut dirs = vec![cgroup.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+            pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if let Ok(entries) = fs::read_dir(&dir) {
+            dirs.extend(
+                entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()),
+            );
+        }
+    }
+    let mut seen: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
+    for pid in pids {
+        let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        if let Ok(m) = fs::metadata(&path) {
+            seen.entry((m.dev(), m.ino())).or_insert(path);
+        }
+    }
+    seen.into_values().collect()
+}
+
+/// Whether a dumped socket was translated to one of the doomed backends.
+fn is_doomed(s: &sockdiag::DiagSocket, doomed: &BTreeSet<Doomed>) -> bool {
+    let Some(entries) = &s.storage else { return false };
+    let peer = s.peer();
+    entries.iter().filter(|e| e.valid != 0).any(|e| {
+        let backend = SocketAddr::new(ip_from_addr(&e.backend), u16::from_be(e.backend_port));
+        backend == peer && doomed.contains(&Doomed { service_id: e.service_id, backend, proto: s.protocol })
+    })
+}
+
+/// Destroys the doomed sockets of the calling thread's network namespace.
+fn sweep_here(map: &MapData, doomed: &BTreeSet<Doomed>, report: &mut TerminateReport) {
+    let fd = map.fd();
+    for family in sockdiag::FAMILIES {
+        for proto in [socklb_common::PROTO_TCP, socklb_common::PROTO_UDP] {
+            let sockets = match sockdiag::dump(family, proto, fd) {
+                Ok(s) => s,
+                Err(e) => {
+                    report.errors.push(format!("sock_diag dump (family {family}, protocol {proto}): {e}"));
+                    continue;
+                }
+            };
+            for s in sockets.iter().filter(|s| is_doomed(s, doomed)) {
+                match sockdiag::destroy(s) {
+                    Ok(()) => report.destroyed += 1,
+                    // Gone already (closed meanwhile): nothing to do.
+                    Err(e) if e.raw_os_error() == Some(2) => {}
+                    Err(e) => report.errors.push(format!("SOCK_DESTROY {}: {e}", s.peer())),
+                }
+            }
+        }
+    }
+}
+
+/// Destroys, in every network namespace of the cgroup's processes, the
+/// sockets translated to a doomed backend. Blocking; run it off the loop.
+pub fn terminate(cgroup: &Path, bpffs: &Path, doomed: &[Doomed]) -> TerminateReport {
+    let mut report = TerminateReport::default();
+    if doomed.is_empty() {
+        return report;
+    }
+    let doomed: BTreeSet<Doomed> = doomed.iter().copied().collect();
+    let map = match MapData::from_pin(map_pin(bpffs, map_names::SOCK_STATE)) {
+        Ok(m) => m,
+        Err(e) => {
+            report.errors.push(format!("opening {}: {e}", map_names::SOCK_STATE));
+            return report;
+        }
+    };
+    let namespaces = namespaces_of(cgroup);
+    report.namespaces = namespaces.len();
+    let results: Vec<TerminateReport> = std::thread::scope(|scope| {
+        let handles: Vec<_> = namespaces
+            .iter()
+            .map(|ns| {
+                let (map, doomed) = (&map, &doomed);
+                scope.spawn(move || {
+                    let mut r = TerminateReport::default();
+                    // setns(CLONE_NEWNET) changes only this thread's namespace.
+                    let entered = fs::File::open(ns).map_err(io::Error::from).and_then(|f| {
+                        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+                    });
+                    match entered {
+                        Ok(()) => sweep_here(map, doomed, &mut r),
+                        // The process left meanwhile: its namespace may be gone.
+                        Err(e) => r.errors.push(format!("entering {}: {e}", ns.display())),
+                    }
+                    r
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    for r in results {
+        report.destroyed += r.destroyed;
+        report.errors.extend(r.errors);
+    }
+    report
+}

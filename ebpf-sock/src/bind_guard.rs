@@ -1,0 +1,65 @@
+//! `post_bind4/6`: a process in the host network namespace may not bind a
+//! NodePort (on a NodePort address, or on the wildcard address), as in
+//! Cilium: it would otherwise steal the port from the service. The bind
+//! fails with EADDRINUSE. Pods have their own network namespaces and ports.
+
+use aya_ebpf::{
+    helpers::generated::{bpf_get_netns_cookie, bpf_set_retval},
+    macros::cgroup_sock,
+    programs::SockContext,
+};
+use socklb_common::{
+    Addr, FrontendKey, PROTO_TCP, PROTO_UDP, SCOPE_BIND_GUARD, SCOPE_INTERNAL, frontend_flags, v4_mapped,
+};
+
+use crate::maps::FRONTENDS;
+
+const ALLOW: i32 = 1;
+const EADDRINUSE: i32 = 98;
+
+#[cgroup_sock(post_bind4)]
+pub fn sl_postbind4(ctx: SockContext) -> i32 {
+    // SAFETY: reading fields of the context.
+    let ip = unsafe { (*ctx.sock).src_ip4 };
+    check(&ctx, v4_mapped(ip), ip == 0)
+}
+
+#[cgroup_sock(post_bind6)]
+pub fn sl_postbind6(ctx: SockContext) -> i32 {
+    // SAFETY: reading fields of the context.
+    let ip = unsafe {
+        let s = ctx.sock;
+        [(*s).src_ip6[0], (*s).src_ip6[1], (*s).src_ip6[2], (*s).src_ip6[3]]
+    };
+    check(&ctx, ip, ip == [0; 4])
+}
+
+#[inline(always)]
+fn check(ctx: &SockContext, addr: Addr, wildcard: bool) -> i32 {
+    // SAFETY: reading fields of the context.
+    let (proto, port) = unsafe { ((*ctx.sock).protocol as u8, (*ctx.sock).src_port as u16) };
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return ALLOW;
+    }
+    let key = if wildcard {
+        FrontendKey { addr: [0; 4], port: port.to_be(), proto, scope: SCOPE_BIND_GUARD }
+    } else {
+        FrontendKey { addr, port: port.to_be(), proto, scope: SCOPE_INTERNAL }
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(fe) = (unsafe { FRONTENDS.get(key) }).copied() else {
+        return ALLOW;
+    };
+    if fe.flags & frontend_flags::NODE_PORT == 0 {
+        return ALLOW;
+    }
+    // SAFETY: a null context asks for the initial network namespace's cookie.
+    let host = unsafe { bpf_get_netns_cookie(core::ptr::null_mut()) };
+    let mine = unsafe { bpf_get_netns_cookie(ctx.sock.cast()) };
+    if mine != host {
+        return ALLOW;
+    }
+    // SAFETY: plain helper call; the bind is undone and fails with EADDRINUSE.
+    unsafe { bpf_set_retval(-EADDRINUSE) };
+    0
+}
