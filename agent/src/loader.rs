@@ -25,7 +25,8 @@ use aya::{
 };
 use socklb_common::{
     AffinityKey, AffinityValue, BackendValue, Config, FrontendKey, FrontendValue, MemberKey, MemberValue,
-    ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState, capacity, map_names, sys,
+    RevNat, ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState, capacity, map_names,
+    sys,
 };
 
 use crate::fs_checks::{self, FsCheckError};
@@ -45,7 +46,7 @@ pub struct Hook {
 }
 
 /// Every hook socklb attaches.
-pub const HOOKS: [Hook; 10] = [
+pub const HOOKS: [Hook; 11] = [
     Hook { name: "connect4", program: "sl_connect4", min_kernel: "5.18" },
     Hook { name: "connect6", program: "sl_connect6", min_kernel: "5.18" },
     Hook { name: "sendmsg4", program: "sl_sendmsg4", min_kernel: "5.18" },
@@ -56,6 +57,7 @@ pub const HOOKS: [Hook; 10] = [
     Hook { name: "getpeername6", program: "sl_getpeer6", min_kernel: "5.8" },
     Hook { name: "post_bind4", program: "sl_postbind4", min_kernel: "5.18" },
     Hook { name: "post_bind6", program: "sl_postbind6", min_kernel: "5.18" },
+    Hook { name: "sock_release", program: "sl_release", min_kernel: "5.11" },
 ];
 
 /// A hook's program, of either cgroup program type.
@@ -120,7 +122,7 @@ const fn spec<K, V>(name: &'static str, map_type: MapType) -> MapSpec {
     MapSpec { name, map_type, key_size: size_of::<K>() as u32, value_size: size_of::<V>() as u32 }
 }
 
-pub const MAP_SPECS: [MapSpec; 10] = [
+pub const MAP_SPECS: [MapSpec; 11] = [
     spec::<FrontendKey, FrontendValue>(map_names::FRONTENDS, MapType::Hash),
     spec::<u32, ServiceValue>(map_names::SERVICES, MapType::Hash),
     spec::<SlotKey, SlotValue>(map_names::SLOTS, MapType::Hash),
@@ -131,6 +133,7 @@ pub const MAP_SPECS: [MapSpec; 10] = [
     spec::<u32, Config>(map_names::CONFIG, MapType::Array),
     spec::<i32, SockState>(map_names::SOCK_STATE, MapType::SkStorage),
     spec::<u32, ServiceName>(map_names::SVC_NAMES, MapType::Hash),
+    spec::<u64, RevNat>(map_names::UDP_CONNECTED, MapType::Hash),
 ];
 
 /// Map sizes. Only used when a map is created; a pinned map keeps its size.
@@ -142,6 +145,7 @@ pub struct Capacities {
     pub slots: u32,
     pub members: u32,
     pub affinity: u32,
+    pub udp_connected: u32,
 }
 
 impl Default for Capacities {
@@ -153,6 +157,7 @@ impl Default for Capacities {
             slots: capacity::SLOTS,
             members: capacity::MEMBERS,
             affinity: capacity::AFFINITY,
+            udp_connected: capacity::UDP_CONNECTED,
         }
     }
 }
@@ -166,6 +171,7 @@ impl Capacities {
             map_names::SLOTS => self.slots,
             map_names::MEMBERS => self.members,
             map_names::AFFINITY => self.affinity,
+            map_names::UDP_CONNECTED => self.udp_connected,
             _ => return None,
         })
     }

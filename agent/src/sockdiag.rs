@@ -75,6 +75,19 @@ pub struct DiagSocket {
 }
 
 impl DiagSocket {
+    /// The kernel's socket cookie (as `bpf_get_socket_cookie` returns it).
+    pub fn cookie(&self) -> u64 {
+        let w = |at: usize| {
+            u64::from(u32::from_ne_bytes([
+                self.id.raw[at],
+                self.id.raw[at + 1],
+                self.id.raw[at + 2],
+                self.id.raw[at + 3],
+            ]))
+        };
+        w(40) | (w(44) << 32)
+    }
+
     /// The peer, with v4-mapped addresses shown as IPv4.
     pub fn peer(&self) -> SocketAddr {
         SocketAddr::new(self.id.addr(self.family, 20), self.id.port(2))

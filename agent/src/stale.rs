@@ -5,10 +5,13 @@
 //! of hanging on a dead peer. This is the top complaint about socket-level
 //! load balancing (Cilium #27300, #35773, #37577, #48096).
 //!
-//! A socket is "translated to it" when its `SOCK_STATE` storage names the
-//! service and the backend, and its peer is that backend: sockets a client
-//! opened to the backend's address directly are never touched, nor are
-//! sockets to backends that are still present.
+//! A socket is "translated to it" when the datapath recorded the service and
+//! the backend for it, and its peer is that backend: sockets a client opened
+//! to the backend's address directly are never touched, nor are sockets to
+//! backends that are still present. For TCP the record is the socket's
+//! `SOCK_STATE` storage, which sock_diag returns with each socket; for UDP
+//! (whose sock_diag replies carry no storage) it is `UDP_CONNECTED`, keyed by
+//! the socket cookie and cleared when the socket closes.
 //!
 //! Mechanism: sock_diag (a dump that includes the socket storage, then
 //! SOCK_DESTROY), in every network namespace that has a process in the
@@ -24,8 +27,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::MapData;
-use socklb_common::{ip_from_addr, map_names};
+use aya::maps::{HashMap, Map, MapData};
+use socklb_common::{RevNat, ip_from_addr, map_names};
 
 use crate::{loader::map_pin, sockdiag};
 
@@ -69,18 +72,35 @@ pub fn namespaces_of(cgroup: &Path) -> Vec<PathBuf> {
     seen.into_values().collect()
 }
 
+/// Where the translations of connected UDP sockets are (sock_diag reports
+/// socket storage for TCP only).
+type UdpConnected = HashMap<MapData, u64, RevNat>;
+
 /// Whether a dumped socket was translated to one of the doomed backends.
-fn is_doomed(s: &sockdiag::DiagSocket, doomed: &BTreeSet<Doomed>) -> bool {
-    let Some(entries) = &s.storage else { return false };
+fn is_doomed(s: &sockdiag::DiagSocket, doomed: &BTreeSet<Doomed>, udp: Option<&UdpConnected>) -> bool {
     let peer = s.peer();
-    entries.iter().filter(|e| e.valid != 0).any(|e| {
+    let matches = |e: &RevNat| {
         let backend = SocketAddr::new(ip_from_addr(&e.backend), u16::from_be(e.backend_port));
-        backend == peer && doomed.contains(&Doomed { service_id: e.service_id, backend, proto: s.protocol })
-    })
+        e.valid != 0
+            && backend == peer
+            && doomed.contains(&Doomed { service_id: e.service_id, backend, proto: s.protocol })
+    };
+    match (&s.storage, udp) {
+        (Some(entries), _) => entries.iter().any(matches),
+        (None, Some(map)) if s.protocol == socklb_common::PROTO_UDP => {
+            map.get(&s.cookie(), 0).is_ok_and(|e| matches(&e))
+        }
+        _ => false,
+    }
 }
 
 /// Destroys the doomed sockets of the calling thread's network namespace.
-fn sweep_here(map: &MapData, doomed: &BTreeSet<Doomed>, report: &mut TerminateReport) {
+fn sweep_here(
+    map: &MapData,
+    udp: Option<&UdpConnected>,
+    doomed: &BTreeSet<Doomed>,
+    report: &mut TerminateReport,
+) {
     let fd = map.fd();
     for family in sockdiag::FAMILIES {
         for proto in [socklb_common::PROTO_TCP, socklb_common::PROTO_UDP] {
@@ -91,7 +111,7 @@ fn sweep_here(map: &MapData, doomed: &BTreeSet<Doomed>, report: &mut TerminateRe
                     continue;
                 }
             };
-            for s in sockets.iter().filter(|s| is_doomed(s, doomed)) {
+            for s in sockets.iter().filter(|s| is_doomed(s, doomed, udp)) {
                 match sockdiag::destroy(s) {
                     Ok(()) => report.destroyed += 1,
                     // Gone already (closed meanwhile): nothing to do.
@@ -118,13 +138,17 @@ pub fn terminate(cgroup: &Path, bpffs: &Path, doomed: &[Doomed]) -> TerminateRep
             return report;
         }
     };
+    let udp: Option<UdpConnected> = MapData::from_pin(map_pin(bpffs, map_names::UDP_CONNECTED))
+        .and_then(|m| HashMap::try_from(Map::HashMap(m)))
+        .inspect_err(|e| report.errors.push(format!("opening {}: {e}", map_names::UDP_CONNECTED)))
+        .ok();
     let namespaces = namespaces_of(cgroup);
     report.namespaces = namespaces.len();
     let results: Vec<TerminateReport> = std::thread::scope(|scope| {
         let handles: Vec<_> = namespaces
             .iter()
             .map(|ns| {
-                let (map, doomed) = (&map, &doomed);
+                let (map, doomed, udp) = (&map, &doomed, udp.as_ref());
                 scope.spawn(move || {
                     let mut r = TerminateReport::default();
                     // setns(CLONE_NEWNET) changes only this thread's namespace.
@@ -132,7 +156,7 @@ pub fn terminate(cgroup: &Path, bpffs: &Path, doomed: &[Doomed]) -> TerminateRep
                         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
                     });
                     match entered {
-                        Ok(()) => sweep_here(map, doomed, &mut r),
+                        Ok(()) => sweep_here(map, udp, doomed, &mut r),
                         // The process left meanwhile: its namespace may be gone.
                         Err(e) => r.errors.push(format!("entering {}: {e}", ns.display())),
                     }

@@ -23,6 +23,7 @@
 //! CONFIG      array[1]                                     -> Config{flags}
 //! SOCK_STATE  sk_storage, per socket                       -> SockState{rev-NAT entries}
 //! SVC_NAMES   hash      service_id u32                     -> ServiceName (agent only: what the id is)
+//! UDP_CONNECTED hash    socket cookie u64                  -> RevNat (translated connected UDP sockets)
 //! ```
 //! A "service" in the datapath is one backend set: a Kubernetes service port,
 //! for one address family and one endpoint policy. Several frontends (the
@@ -65,10 +66,22 @@ pub mod map_names {
     pub const CONFIG: &str = "SOCKLB_CONFIG";
     pub const SOCK_STATE: &str = "SOCKLB_SOCK_STATE";
     pub const SVC_NAMES: &str = "SOCKLB_SVC_NAMES";
+    pub const UDP_CONNECTED: &str = "SOCKLB_UDP_CONNECTED";
 
     /// Every map, in the order `socklb list` and `status` show them.
-    pub const ALL: [&str; 10] =
-        [FRONTENDS, SERVICES, SLOTS, BACKENDS, MEMBERS, AFFINITY, COUNTERS, CONFIG, SOCK_STATE, SVC_NAMES];
+    pub const ALL: [&str; 11] = [
+        FRONTENDS,
+        SERVICES,
+        SLOTS,
+        BACKENDS,
+        MEMBERS,
+        AFFINITY,
+        COUNTERS,
+        CONFIG,
+        SOCK_STATE,
+        SVC_NAMES,
+        UDP_CONNECTED,
+    ];
 }
 
 /// Default map capacities, sized for 100k services with 10 endpoints each.
@@ -86,6 +99,8 @@ pub mod capacity {
     pub const MEMBERS: u32 = 2_097_152;
     /// Session-affinity entries (LRU: clients that went quiet are evicted).
     pub const AFFINITY: u32 = 65_536;
+    /// Connected UDP sockets that were translated (removed when they close).
+    pub const UDP_CONNECTED: u32 = 262_144;
 }
 
 /// The largest backend set one service can have (slot indices are `u16`).

@@ -1,10 +1,12 @@
+//! The cgroup sock hooks.
+//!
 //! `post_bind4/6`: a process in the host network namespace may not bind a
 //! NodePort (on a NodePort address, or on the wildcard address), as in
 //! Cilium: it would otherwise steal the port from the service. The bind
 //! fails with EADDRINUSE. Pods have their own network namespaces and ports.
 
 use aya_ebpf::{
-    helpers::generated::{bpf_get_netns_cookie, bpf_set_retval},
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval, bpf_sk_storage_get},
     macros::cgroup_sock,
     programs::SockContext,
 };
@@ -12,7 +14,7 @@ use socklb_common::{
     Addr, FrontendKey, PROTO_TCP, PROTO_UDP, SCOPE_BIND_GUARD, SCOPE_INTERNAL, frontend_flags, v4_mapped,
 };
 
-use crate::maps::FRONTENDS;
+use crate::maps::{FRONTENDS, SOCK_STATE, UDP_CONNECTED};
 
 const ALLOW: i32 = 1;
 const EADDRINUSE: i32 = 98;
@@ -62,4 +64,22 @@ fn check(ctx: &SockContext, addr: Addr, wildcard: bool) -> i32 {
     // SAFETY: plain helper call; the bind is undone and fails with EADDRINUSE.
     unsafe { bpf_set_retval(-EADDRINUSE) };
     0
+}
+
+/// `sock_release`: forget a closing UDP socket's entry in `UDP_CONNECTED`.
+/// Sockets socklb never translated have no storage and cost a pointer test.
+#[cgroup_sock(sock_release)]
+pub fn sl_release(ctx: SockContext) -> i32 {
+    // SAFETY: reading a field of the context.
+    if unsafe { (*ctx.sock).protocol } as u8 != PROTO_UDP {
+        return ALLOW;
+    }
+    let map = core::ptr::from_ref(&SOCK_STATE).cast_mut().cast();
+    // SAFETY: in cgroup sock programs the context is the socket.
+    let state = unsafe { bpf_sk_storage_get(map, ctx.sock.cast(), core::ptr::null_mut(), 0) };
+    if !state.is_null() {
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+        let _ = UDP_CONNECTED.remove(cookie);
+    }
+    ALLOW
 }

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use socklb_common::{
     AffinityKey, AffinityValue, BackendValue, Config, FrontendKey, FrontendValue, MemberKey, MemberValue,
-    ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState, capacity,
+    RevNat, ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState, capacity,
 };
 
 // Hash maps are not preallocated: a node with 50 services should not pay
@@ -51,4 +51,12 @@ pub static SOCK_STATE: SkStorage<SockState> = SkStorage::new();
 /// and pinned with the rest.
 #[btf_map(name = "SOCKLB_SVC_NAMES")]
 pub static SVC_NAMES: HashMap<u32, ServiceName, { capacity::SERVICES as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+/// Connected UDP sockets that were translated, by socket cookie: sock_diag
+/// does not report socket storage for UDP, so the agent finds the sockets
+/// of a departed backend here. The entry is removed when the socket closes
+/// (sock_release), so no live socket is ever evicted.
+#[btf_map(name = "SOCKLB_UDP_CONNECTED")]
+pub static UDP_CONNECTED: HashMap<u64, RevNat, { capacity::UDP_CONNECTED as usize }, NO_PREALLOC> =
     HashMap::new();

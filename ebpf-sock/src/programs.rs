@@ -12,7 +12,7 @@
 //! later getpeername can never return an old VIP.
 
 use aya_ebpf::{
-    helpers::generated::{bpf_get_netns_cookie, bpf_set_retval},
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
@@ -21,7 +21,7 @@ use socklb_common::{
 };
 
 use crate::{
-    maps::{CONFIG, FRONTENDS},
+    maps::{CONFIG, FRONTENDS, UDP_CONNECTED},
     select::{Selection, count, select, still_member},
     sock_state,
 };
@@ -87,6 +87,9 @@ fn on_connect(ctx: &SockAddrContext, family: Family) -> i32 {
     let Some(frontend) = (unsafe { FRONTENDS.get(key) }).copied() else {
         if let Some(state) = sock_state::get(ctx, false) {
             sock_state::forget(state);
+            if key.proto == PROTO_UDP {
+                let _ = UDP_CONNECTED.remove(socket_cookie(ctx));
+            }
         }
         return ALLOW;
     };
@@ -102,6 +105,11 @@ fn on_connect(ctx: &SockAddrContext, family: Family) -> i32 {
             let rev = rev_nat(&key, service_id, id, &backend.addr, backend.port);
             if let Some(state) = sock_state::get(ctx, true) {
                 sock_state::record_connected(state, &rev);
+            }
+            if key.proto == PROTO_UDP {
+                // Best effort: a full map only means this socket is not
+                // destroyed if its backend leaves.
+                let _ = UDP_CONNECTED.insert(socket_cookie(ctx), rev, 0);
             }
             count(service_id, false);
             ALLOW
@@ -248,6 +256,12 @@ fn rev_nat(key: &FrontendKey, service_id: u32, backend_id: u32, addr: &Addr, por
         valid: 1,
         _pad: 0,
     }
+}
+
+#[inline(always)]
+fn socket_cookie(ctx: &SockAddrContext) -> u64 {
+    // SAFETY: helper call with this program's context.
+    unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) }
 }
 
 #[inline(always)]

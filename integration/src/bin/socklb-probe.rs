@@ -79,6 +79,9 @@ enum Cmd {
         to: SocketAddr,
         #[arg(long, default_value_t = 10_000)]
         max_ms: u64,
+        /// udp: a connected UDP socket that sends once and then waits.
+        #[arg(long, value_enum, default_value = "tcp")]
+        proto: Proto,
     },
     /// Connect many times to each target and print, per target, which
     /// backends answered, their shares and what getpeername reported.
@@ -167,9 +170,12 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Hold { cgroup, netns, to, max_ms } => {
+        Cmd::Hold { cgroup, netns, to, max_ms, proto } => {
             join(cgroup.as_ref(), netns.as_deref())?;
-            hold(to, max_ms)
+            match proto {
+                Proto::Tcp => hold(to, max_ms),
+                Proto::Udp => hold_udp(to, max_ms),
+            }
         }
         Cmd::Table { cgroup, netns, targets, count } => {
             join(cgroup.as_ref(), netns.as_deref())?;
@@ -454,4 +460,34 @@ fn dns_answer(query: &[u8], me: &SocketAddr) -> Option<Vec<u8>> {
     r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4]);
     r.extend_from_slice(&ip);
     Some(r)
+}
+
+/// A connected UDP socket: one round trip, then a blocking receive that
+/// only an error (the socket being destroyed) or the timeout ends.
+fn hold_udp(to: SocketAddr, max_ms: u64) -> Result<()> {
+    let mut a = Attempt { t_start_ns: now_ns(), ..Default::default() };
+    let sock = UdpSocket::bind(unspecified(&to))?;
+    sock.connect(to)?;
+    a.peer = sock.peer_addr().ok().map(|p| p.to_string());
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    sock.send(b"?")?;
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf)?;
+    a.backend = Some(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+    println!("{}", serde_json::to_string(&a)?);
+    std::io::stdout().flush()?;
+    sock.set_read_timeout(Some(Duration::from_millis(max_ms)))?;
+    match sock.recv(&mut buf) {
+        Ok(_) => a.error = Some("unexpected datagram".into()),
+        Err(e) => {
+            a.errno = e.raw_os_error();
+            a.error = Some(e.to_string());
+        }
+    }
+    a.t_end_ns = now_ns();
+    // A timeout is not an event: only print real breakage.
+    if !matches!(a.errno, Some(11) | Some(110)) {
+        println!("{}", serde_json::to_string(&a)?);
+    }
+    Ok(())
 }

@@ -1,0 +1,197 @@
+//! Stale sockets: when a backend is deleted from a service, the agent
+//! destroys the sockets it translated to that backend (TCP reset, connected
+//! UDP error), within two seconds; sockets to surviving backends, sockets
+//! opened directly to the backend's address, and sockets to a backend that
+//! is merely terminating are left alone.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use socklb_integration::{Sandbox, probe::Attempt, require_root, sa};
+
+fn cluster(endpoints: &[(&str, &str)]) -> String {
+    // (address, condition): "ready" or "terminating".
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|(a, c)| {
+            let cond = if *c == "ready" {
+                "{ready: true, serving: true, terminating: false}"
+            } else {
+                "{ready: false, serving: true, terminating: true}"
+            };
+            format!("  - {{addresses: [{a}], conditions: {cond}}}")
+        })
+        .collect();
+    format!(
+        r#"apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {{name: db, namespace: default}}
+  spec:
+    clusterIP: 10.96.0.10
+    ports: [{{name: sql, port: 5432, targetPort: 5432}}, {{name: dns, port: 53, protocol: UDP, targetPort: 5353}}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {{name: db-1, namespace: default, labels: {{kubernetes.io/service-name: db}}}}
+  addressType: IPv4
+  endpoints:
+{}
+  ports: [{{name: sql, port: 5432}}, {{name: dns, port: 5353, protocol: UDP}}]
+"#,
+        eps.join("\n")
+    )
+}
+
+fn write(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text).expect("write");
+    fs::rename(&tmp, path).expect("rename");
+}
+
+/// A long-lived connection held by a probe in the sandbox.
+struct Held {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<Attempt>,
+    pub backend: String,
+}
+
+fn hold(sb: &Sandbox, to: &str) -> Held {
+    hold_proto(sb, to, "tcp")
+}
+
+fn hold_proto(sb: &Sandbox, to: &str, proto: &str) -> Held {
+    let mut cmd = sb.client_cmd("hold", sa(to));
+    cmd.args(["--max-ms", "20000", "--proto", proto]);
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("hold");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(a) = serde_json::from_str::<Attempt>(&line) {
+                let _ = tx.send(a);
+            }
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(5)).expect("connected");
+    Held { child, lines: rx, backend: first.backend.expect("backend") }
+}
+
+impl Held {
+    /// The time the connection broke, if it did within `within`.
+    fn broken_within(&self, within: Duration) -> Option<Attempt> {
+        self.lines.recv_timeout(within).ok()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn deleting_a_backend_resets_its_sockets_and_spares_the_others() {
+    require_root!();
+    let sb = Sandbox::new("stale").expect("sandbox");
+    sb.add_addrs(&["10.244.0.1/32", "10.244.0.2/32"]).expect("addresses");
+    sb.serve(
+        &[],
+        &[sa("10.244.0.1:5353"), sa("10.244.0.2:5353")],
+        &[sa("10.244.0.1:5432"), sa("10.244.0.2:5432")],
+    )
+    .expect("servers");
+    let file = sb.workdir().join("cluster.yaml");
+    write(&file, &cluster(&[("10.244.0.1", "ready"), ("10.244.0.2", "ready")]));
+    let mut agent = sb.start_agent(&["--from-file", file.to_str().expect("utf8")]);
+    agent.wait_ready(Duration::from_secs(20));
+
+    // Connections through the VIP until both backends hold one each, plus a
+    // direct connection to backend 1 (not translated: never destroyed).
+    let mut held: Vec<Held> = Vec::new();
+    let start = Instant::now();
+    while !(held.iter().any(|h| h.backend == "10.244.0.1:5432")
+        && held.iter().any(|h| h.backend == "10.244.0.2:5432"))
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "could not reach both backends");
+        held.push(hold(&sb, "10.96.0.10:5432"));
+    }
+    let direct = hold(&sb, "10.244.0.1:5432");
+    // Connected UDP sockets, likewise.
+    let mut udp: Vec<Held> = Vec::new();
+    while !(udp.iter().any(|h| h.backend == "10.244.0.1:5353")
+        && udp.iter().any(|h| h.backend == "10.244.0.2:5353"))
+    {
+        assert!(start.elapsed() < Duration::from_secs(20), "could not reach both UDP backends");
+        udp.push(hold_proto(&sb, "10.96.0.10:53", "udp"));
+    }
+
+    // Backend 1 starts terminating: still in the slice, so its sockets stay.
+    write(&file, &cluster(&[("10.244.0.1", "terminating"), ("10.244.0.2", "ready")]));
+    for h in &held {
+        assert!(
+            h.broken_within(Duration::from_millis(1500)).is_none(),
+            "terminating is not deleted: {} broke",
+            h.backend
+        );
+    }
+
+    // Backend 1 is deleted: its translated sockets break within 2 s.
+    write(&file, &cluster(&[("10.244.0.2", "ready")]));
+    let deleted = Instant::now();
+    for h in held.iter().filter(|h| h.backend == "10.244.0.1:5432") {
+        let ev = h.broken_within(Duration::from_secs(3)).expect("the stale socket was not destroyed");
+        assert!(ev.errno.is_some(), "aborted, not closed: {ev:?}");
+        assert!(
+            deleted.elapsed() < Duration::from_secs(2) + Duration::from_millis(200),
+            "took {:?}",
+            deleted.elapsed()
+        );
+    }
+    for h in udp.iter().filter(|h| h.backend == "10.244.0.1:5353") {
+        let ev = h
+            .broken_within(Duration::from_secs(3))
+            .unwrap_or_else(|| panic!("the stale UDP socket was not destroyed:\n{}", agent.log_text()));
+        assert!(ev.errno.is_some(), "{ev:?}");
+    }
+    for h in held
+        .iter()
+        .filter(|h| h.backend == "10.244.0.2:5432")
+        .chain(udp.iter().filter(|h| h.backend == "10.244.0.2:5353"))
+    {
+        assert!(
+            h.broken_within(Duration::from_millis(500)).is_none(),
+            "a socket to a surviving backend broke"
+        );
+    }
+    assert!(direct.broken_within(Duration::from_millis(200)).is_none(), "a direct connection was destroyed");
+    let metrics = agent.get("/metrics").expect("metrics").1;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("socklb_stale_sockets_destroyed_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn with_the_flag_off_stale_sockets_are_left_alone() {
+    require_root!();
+    let sb = Sandbox::new("stale-off").expect("sandbox");
+    sb.add_addrs(&["10.244.0.1/32"]).expect("addresses");
+    sb.serve(&[], &[], &[sa("10.244.0.1:5432")]).expect("servers");
+    let file = sb.workdir().join("cluster.yaml");
+    write(&file, &cluster(&[("10.244.0.1", "ready")]));
+    let mut agent =
+        sb.start_agent(&["--from-file", file.to_str().expect("utf8"), "--destroy-stale-sockets=false"]);
+    agent.wait_ready(Duration::from_secs(20));
+    let h = hold(&sb, "10.96.0.10:5432");
+    write(&file, &cluster(&[]));
+    assert!(h.broken_within(Duration::from_secs(2)).is_none(), "destroyed although the flag is off");
+}
