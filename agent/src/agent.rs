@@ -72,6 +72,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         maps_adopted = report.maps_adopted.len(),
         "datapath attached"
     );
+    for (map, pinned, asked) in &report.size_mismatches {
+        tracing::warn!(map, pinned, asked, "a pinned map keeps its size; run `socklb uninstall` to resize");
+    }
     let mut maps = AyaMaps::open(&cfg.bpffs)?;
     let config = Config { flags: if cfg.hostns_only { config_flags::HOSTNS_ONLY } else { 0 }, _pad: 0 };
     if maps.read_config()? != config {

@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod datapath;
+pub mod features;
 pub mod fs_checks;
 pub mod http;
 pub mod ids;

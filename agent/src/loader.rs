@@ -163,6 +163,20 @@ impl Default for Capacities {
 }
 
 impl Capacities {
+    /// Sizes from the two operator-facing numbers.
+    pub fn sized(max_services: u32, max_backends: u32) -> Self {
+        let services = max_services.max(2);
+        let backends = max_backends.max(1);
+        Self {
+            services,
+            frontends: services.saturating_mul(2),
+            backends,
+            slots: backends.saturating_mul(2),
+            members: backends.saturating_mul(2),
+            ..Self::default()
+        }
+    }
+
     fn max_entries(&self, map: &str) -> Option<u32> {
         Some(match map {
             map_names::FRONTENDS => self.frontends,
@@ -200,6 +214,9 @@ pub struct InstallReport {
     pub links: Vec<(&'static str, LinkAction)>,
     pub maps_created: Vec<&'static str>,
     pub maps_adopted: Vec<&'static str>,
+    /// Pinned maps whose size differs from the one asked for: (map, pinned,
+    /// asked). A pinned map keeps its size until `socklb uninstall`.
+    pub size_mismatches: Vec<(&'static str, u32, u32)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -261,7 +278,10 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, LoaderError> {
     for spec in &MAP_SPECS {
         let pin = map_pin(&opts.bpffs, spec.name);
         if pin.exists() {
-            check_pinned_map(&pin, spec)?;
+            let pinned = check_pinned_map(&pin, spec)?;
+            if let Some(asked) = opts.capacities.max_entries(spec.name).filter(|n| *n != pinned) {
+                report.size_mismatches.push((spec.name, pinned, asked));
+            }
             report.maps_adopted.push(spec.name);
         } else {
             report.maps_created.push(spec.name);
@@ -367,7 +387,8 @@ fn program_tag(id: u32) -> Result<u64, ProgramError> {
     Err(ProgramError::IOError(io::Error::from_raw_os_error(2)))
 }
 
-fn check_pinned_map(pin: &Path, spec: &MapSpec) -> Result<(), LoaderError> {
+/// Checks a pinned map's layout; returns its max_entries.
+fn check_pinned_map(pin: &Path, spec: &MapSpec) -> Result<u32, LoaderError> {
     let pinned_err = |source| LoaderError::PinnedMap { path: pin.to_owned(), source };
     let map = MapData::from_pin(pin).map_err(pinned_err)?;
     let info = map.info().map_err(pinned_err)?;
@@ -387,7 +408,7 @@ fn check_pinned_map(pin: &Path, spec: &MapSpec) -> Result<(), LoaderError> {
             ),
         });
     }
-    Ok(())
+    Ok(info.max_entries())
 }
 
 fn detach_pinned_link(pin: &Path) -> Result<(), LoaderError> {

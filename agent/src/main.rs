@@ -79,6 +79,14 @@ enum Cmd {
         /// left their service, so clients reconnect instead of hanging.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
         destroy_stale_sockets: bool,
+        /// Capacity for backend sets (one per service port, family and
+        /// traffic policy); frontends get twice as much. Used when the maps
+        /// are created; pinned maps keep their size until `socklb uninstall`.
+        #[arg(long, default_value_t = socklb_common::capacity::SERVICES)]
+        max_services: u32,
+        /// Capacity for distinct backends; slots and memberships get twice as much.
+        #[arg(long, default_value_t = socklb_common::capacity::BACKENDS)]
+        max_backends: u32,
     },
     /// Show the programmed frontends, their backends and counters.
     List {
@@ -141,6 +149,8 @@ fn run(cli: Cli) -> Result<()> {
             service_proxy_name,
             hostns_only,
             destroy_stale_sockets,
+            max_services,
+            max_backends,
         } => {
             init_logs(log_format);
             let cfg = AgentConfig {
@@ -155,7 +165,7 @@ fn run(cli: Cli) -> Result<()> {
                     &netaddr::host_addresses(),
                 ),
                 resync,
-                capacities: Capacities::default(),
+                capacities: Capacities::sized(max_services, max_backends),
                 service_proxy_name,
                 hostns_only,
                 destroy_stale_sockets,

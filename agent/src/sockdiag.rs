@@ -279,6 +279,20 @@ pub fn destroy(s: &DiagSocket) -> io::Result<()> {
 
 pub const FAMILIES: [u8; 2] = [AF_INET, AF_INET6];
 
+/// Asks to destroy a TCP socket that cannot exist. Ok when the kernel
+/// supports SOCK_DESTROY (it answers "no such socket").
+pub fn destroy_probe() -> io::Result<()> {
+    let mut raw = [0u8; 48];
+    raw[0..2].copy_from_slice(&1u16.to_be_bytes());
+    raw[2..4].copy_from_slice(&1u16.to_be_bytes());
+    let probe = DiagSocket { family: AF_INET, protocol: 6, state: 0, id: SockId { raw }, storage: None };
+    match destroy(&probe) {
+        Err(e) if e.raw_os_error() == Some(2) => Ok(()),
+        Ok(()) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -152,7 +152,7 @@ pub fn terminate(cgroup: &Path, bpffs: &Path, doomed: &[Doomed]) -> TerminateRep
                 scope.spawn(move || {
                     let mut r = TerminateReport::default();
                     // setns(CLONE_NEWNET) changes only this thread's namespace.
-                    let entered = fs::File::open(ns).map_err(io::Error::from).and_then(|f| {
+                    let entered = fs::File::open(ns).and_then(|f| {
                         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
                     });
                     match entered {

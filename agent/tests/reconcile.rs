@@ -125,6 +125,54 @@ fn a_resync_repairs_drift_and_counts_it() {
     assert_eq!(r.resync().expect("resync"), 0, "nothing left to repair");
 }
 
+#[test]
+fn a_deleted_backend_is_doomed_and_a_terminating_or_unready_one_is_not() {
+    let dp = SharedFake::default();
+    let mut r = reconciler(dp.clone());
+    let (services, mut slices) = example();
+    load(&mut r, services.clone(), slices.clone());
+    r.sync();
+    let web = |slices: &mut Vec<EndpointSlice>| {
+        slices
+            .iter_mut()
+            .find(|s| s.metadata.name.as_deref() == Some("web-7xk2p"))
+            .expect("web slice")
+            .endpoints
+            .clone()
+    };
+    let original = web(&mut slices);
+
+    // Not ready (and not terminating): out of the set, but not gone.
+    let slice =
+        slices.iter_mut().find(|s| s.metadata.name.as_deref() == Some("web-7xk2p")).expect("web slice");
+    slice.endpoints[0].conditions = Some(k8s_openapi::api::discovery::v1::EndpointConditions {
+        ready: Some(false),
+        serving: Some(false),
+        terminating: Some(false),
+    });
+    load(&mut r, services.clone(), slices.clone());
+    let report = r.sync();
+    assert_eq!(report.changed.len(), 1);
+    assert!(report.doomed.is_empty(), "{:?}", report.doomed);
+
+    // Deleted from the slice: doomed, with the service id of its set.
+    let slice =
+        slices.iter_mut().find(|s| s.metadata.name.as_deref() == Some("web-7xk2p")).expect("web slice");
+    slice.endpoints.remove(0);
+    load(&mut r, services.clone(), slices.clone());
+    let report = r.sync();
+    assert_eq!(report.doomed.len(), 1, "{:?}", report.doomed);
+    assert_eq!(report.doomed[0].backend.to_string(), format!("{}:8080", original[0].addresses[0]));
+    assert!(r.sets().contains_key(&report.doomed[0].service_id));
+
+    // The whole service deleted: every backend is doomed.
+    let kept: Vec<Service> =
+        services.into_iter().filter(|s| s.metadata.name.as_deref() != Some("web")).collect();
+    r.apply_event(SourceEvent::ReplaceServices { origin: 0, services: kept });
+    let report = r.sync();
+    assert_eq!(report.doomed.len(), 2, "{:?}", report.doomed);
+}
+
 #[tokio::test]
 async fn the_loop_touches_nothing_until_every_source_part_has_synced() {
     let dp = SharedFake::default();
