@@ -138,7 +138,7 @@ impl Reconciler {
         }
         let old_ids: BTreeMap<SetId, u32> = self.sets.iter().map(|(id, set)| (set.clone(), *id)).collect();
 
-        let rendered = render(self.models.iter(), &mut self.ids);
+        let rendered = render(self.models.iter(), &mut self.ids, &self.mirror);
         let fresh: BTreeSet<Problem> = rendered.problems.into_iter().collect();
         for p in fresh.difference(&self.render_problems) {
             self.report(p);

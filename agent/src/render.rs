@@ -12,7 +12,7 @@ use socklb_common::{
 };
 
 use crate::{
-    datapath::{DesiredService, DesiredState},
+    datapath::{DesiredService, DesiredState, MapState},
     ids::IdAllocator,
     model::{ObjKey, Problem, ServiceModel, SetId, problem::ProblemKind},
 };
@@ -25,9 +25,13 @@ pub struct Rendered {
     pub problems: Vec<Problem>,
 }
 
+/// `applied` is what the maps hold now: a set that cannot be rendered in
+/// full (an id space is exhausted) keeps the version it has there, so a full
+/// map never removes or half-programs a service that was working.
 pub fn render<'a>(
     models: impl IntoIterator<Item = (&'a ObjKey, &'a ServiceModel)>,
     ids: &mut IdAllocator,
+    applied: &MapState,
 ) -> Rendered {
     let mut out = Rendered::default();
     let mut owner: BTreeMap<FrontendKey, ObjKey> = BTreeMap::new();
@@ -65,8 +69,14 @@ pub fn render<'a>(
                     ProblemKind::Capacity,
                     format!("Service {key}"),
                     format!("port {}", set.id.port),
-                    "no free backend id: the backends map is full",
+                    "no free backend id: the backends map is full; the previous version stays",
                 ));
+                if let Some((svc, backends)) = previous_version(applied, id) {
+                    out.desired.backends.extend(backends);
+                    out.desired.services.insert(id, svc);
+                    out.sets.insert(id, set.id.clone());
+                    set_ids.insert(&set.id, id);
+                }
                 continue;
             }
             out.desired.services.insert(
@@ -108,4 +118,19 @@ pub fn render<'a>(
         out.desired.services.values().flat_map(|s| s.backends.iter().copied()).collect();
     out.desired.backends.retain(|id, _| used.contains(id));
     out
+}
+
+/// A service as the maps serve it now, with its backends.
+fn previous_version(applied: &MapState, id: u32) -> Option<(DesiredService, Vec<(u32, BackendValue)>)> {
+    let svc = applied.services.get(&id)?;
+    let ids = applied.active_backends(id)?;
+    let backends =
+        ids.iter().map(|b| applied.backends.get(b).map(|v| (*b, *v))).collect::<Option<Vec<_>>>()?;
+    let desired = DesiredService {
+        name: applied.names.get(&id).copied().unwrap_or_default(),
+        flags: svc.flags,
+        affinity_timeout_secs: svc.affinity_timeout_secs,
+        backends: ids,
+    };
+    Some((desired, backends))
 }

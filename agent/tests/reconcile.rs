@@ -173,6 +173,49 @@ fn a_deleted_backend_is_doomed_and_a_terminating_or_unready_one_is_not() {
     assert_eq!(report.doomed.len(), 2, "{:?}", report.doomed);
 }
 
+#[test]
+fn a_service_that_no_longer_fits_keeps_its_previous_version_and_others_go_on() {
+    let dp = SharedFake::default();
+    // Three backend ids (1..=3) for the whole node.
+    let limits = Limits { max_services: 64, max_backends: 4 };
+    let mut r = Reconciler::new(Box::new(dp.clone()), node(), &limits, Arc::new(Metrics::new())).expect("r");
+    let yaml = |web: &[&str], other: &[&str]| {
+        let eps =
+            |v: &[&str]| v.iter().map(|a| format!("{{addresses: [{a}]}}")).collect::<Vec<_>>().join(", ");
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: ns}}\nspec: {{clusterIP: 10.96.0.1, ports: [{{port: 80}}]}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: other, namespace: ns}}\nspec: {{clusterIP: 10.96.0.2, ports: [{{port: 80}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: ns, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nendpoints: [{}]\nports: [{{name: '', port: 8080}}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: other-1, namespace: ns, labels: {{kubernetes.io/service-name: other}}}}\naddressType: IPv4\nendpoints: [{}]\nports: [{{name: '', port: 8080}}]\n",
+            eps(web),
+            eps(other)
+        )
+    };
+    let apply = |r: &mut Reconciler, text: String| {
+        let (o, _) = parse_objects(&text).expect("yaml");
+        r.apply_event(SourceEvent::Replace { origin: 0, services: o.services, slices: o.slices });
+        r.sync()
+    };
+    assert!(apply(&mut r, yaml(&["10.244.0.1", "10.244.0.2"], &["10.244.0.3"])).complete);
+    let before = dp.state().logical_view();
+
+    // web moves to two new backends: there are no ids left for them.
+    let report = apply(&mut r, yaml(&["10.244.0.4", "10.244.0.5"], &["10.244.0.3"]));
+    assert!(report.complete, "nothing half-written");
+    let after = dp.state().logical_view();
+    assert_eq!(after, before, "web keeps its previous version, other is untouched");
+    assert!(r.problems().any(|p| p.object == "Service ns/web" && p.kind.label() == "capacity"));
+
+    // Once there is room (other loses its backend), web's next change fits.
+    // (A switch holds the old and the new set at once, so it needs room for both.)
+    assert!(apply(&mut r, yaml(&["10.244.0.4", "10.244.0.5"], &[])).complete);
+    assert!(apply(&mut r, yaml(&["10.244.0.4"], &[])).complete);
+    let backends: Vec<String> =
+        dp.state().backends.values().map(|b| socklb_common::ip_from_addr(&b.addr).to_string()).collect();
+    assert_eq!(backends, ["10.244.0.4"]);
+    assert!(dp.state().is_tidy());
+}
+
 #[tokio::test]
 async fn the_loop_touches_nothing_until_every_source_part_has_synced() {
     let dp = SharedFake::default();
