@@ -1,8 +1,8 @@
 //! `--from-file`: a YAML file of Services and EndpointSlices, watched.
 //!
 //! The file is polled (cheaply: metadata first, content only when it moved),
-//! so edits, atomic renames and files on any filesystem are all picked up
-//! well within two seconds. A file that does not parse keeps the last good
+//! so edits, atomic renames (ConfigMap updates swap a symlink) and files on
+//! any filesystem are all picked up within tens of milliseconds. A file that does not parse keeps the last good
 //! state, with one error naming the file and the line.
 
 use std::{
@@ -19,8 +19,9 @@ use crate::{
     store::{Origin, SourceEvent},
 };
 
-/// How often the file's metadata is checked.
-pub const POLL: Duration = Duration::from_millis(200);
+/// How often the file's metadata is checked: a stat() every 20 ms costs
+/// next to nothing and bounds the event-to-datapath latency of an edit.
+pub const POLL: Duration = Duration::from_millis(20);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Stamp {

@@ -1,5 +1,7 @@
 //! Kubernetes objects from YAML, as `kubectl get svc,endpointslices -A -o
 //! yaml` prints them: a `kind: List`, or documents separated by `---`.
+//! JSON (`-o json`) is read too, with a parser several times faster, which
+//! matters for files of 100k services.
 //!
 //! A syntax error anywhere rejects the whole text (with its line), so that a
 //! file caught half-written never replaces a good state. An object that is
@@ -33,6 +35,9 @@ fn syntax_error(e: &serde_yaml_ng::Error) -> SyntaxError {
 
 /// Parses every document; objects of other kinds are ignored.
 pub fn parse_objects(text: &str) -> Result<(Objects, Vec<Problem>), SyntaxError> {
+    if text.trim_start().starts_with('{') {
+        return parse_json(text);
+    }
     let mut values = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(text) {
         let value = Value::deserialize(doc).map_err(|e| syntax_error(&e))?;
@@ -44,6 +49,68 @@ pub fn parse_objects(text: &str) -> Result<(Objects, Vec<Problem>), SyntaxError>
         collect(value, &mut objects, &mut problems);
     }
     Ok((objects, problems))
+}
+
+fn parse_json(text: &str) -> Result<(Objects, Vec<Problem>), SyntaxError> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| SyntaxError {
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    })?;
+    let mut objects = Objects::default();
+    let mut problems = Vec::new();
+    let items = match value {
+        serde_json::Value::Object(mut o) if o.get("items").is_some_and(|i| i.is_array()) => {
+            match o.remove("items") {
+                Some(serde_json::Value::Array(items)) => items,
+                _ => Vec::new(),
+            }
+        }
+        other => vec![other],
+    };
+    for item in items {
+        let kind = item.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
+        let api = item.get("apiVersion").and_then(|k| k.as_str()).unwrap_or_default().to_string();
+        let ns =
+            item.pointer("/metadata/namespace").and_then(|v| v.as_str()).unwrap_or("default").to_string();
+        let name = item.pointer("/metadata/name").and_then(|v| v.as_str()).unwrap_or("<unnamed>").to_string();
+        match (api.as_str(), kind.as_str()) {
+            ("v1", "Service") => {
+                if let Some(o) = decode_json(item, "Service", &ns, &name, &mut problems) {
+                    objects.services.push(o);
+                }
+            }
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                if let Some(o) = decode_json(item, "EndpointSlice", &ns, &name, &mut problems) {
+                    objects.slices.push(o);
+                }
+            }
+            _ => tracing::debug!(api, kind, "ignoring object of another kind"),
+        }
+    }
+    Ok((objects, problems))
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    kind: &str,
+    ns: &str,
+    name: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(obj) => Some(obj),
+        Err(e) => {
+            let field = e.path().to_string();
+            problems.push(Problem::new(
+                ProblemKind::Malformed,
+                format!("{kind} {ns}/{name}"),
+                field,
+                e.into_inner().to_string(),
+            ));
+            None
+        }
+    }
 }
 
 fn str_field<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
@@ -139,6 +206,18 @@ items:
         assert_eq!(objs.services.len(), 1);
         assert_eq!(objs.slices.len(), 1);
         assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    #[test]
+    fn kubectl_json_is_read_too() {
+        let text = r#"{"apiVersion":"v1","kind":"List","items":[
+            {"apiVersion":"v1","kind":"Service","metadata":{"name":"web","namespace":"default"},"spec":{"clusterIP":"10.96.0.10"}},
+            {"apiVersion":"v1","kind":"Service","metadata":{"name":"bad","namespace":"default"},"spec":{"ports":[{"port":"x"}]}}]}"#;
+        let (objs, problems) = parse_objects(text).expect("valid json");
+        assert_eq!(objs.services.len(), 1);
+        assert_eq!(problems[0].field, "spec.ports[0].port");
+        let err = parse_objects("{\n \"kind\": ").expect_err("broken json");
+        assert_eq!(err.line, 2);
     }
 
     #[test]
