@@ -97,6 +97,7 @@ pub struct Metrics {
     pub map_entries: Family<MapLabel, Gauge>,
     pub map_capacity: Family<MapLabel, Gauge>,
     pub sync_duration: Histogram,
+    pub map_write_duration: Histogram,
     pub event_to_datapath: Histogram,
     pub map_operation_errors: Family<MapLabel, Counter>,
     pub reconcile_errors: Counter,
@@ -136,6 +137,12 @@ impl Metrics {
             "socklb_sync_duration_seconds",
             "Time to rebuild, plan and apply one batch of changes",
             sync_duration.clone(),
+        );
+        let map_write_duration = Histogram::new(exponential_buckets(0.00001, 2.0, 20));
+        registry.register(
+            "socklb_map_write_seconds",
+            "Time spent writing the BPF maps in one sync",
+            map_write_duration.clone(),
         );
         let event_to_datapath = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         registry.register(
@@ -192,6 +199,7 @@ impl Metrics {
             map_entries,
             map_capacity,
             sync_duration,
+            map_write_duration,
             event_to_datapath,
             map_operation_errors,
             reconcile_errors,

@@ -209,7 +209,10 @@ impl Reconciler {
         if p.is_empty() {
             return ExecReport::default();
         }
-        plan::execute(&p, self.dp.as_mut(), &mut self.mirror)
+        let started = Instant::now();
+        let report = plan::execute(&p, self.dp.as_mut(), &mut self.mirror);
+        self.metrics.map_write_duration.observe(started.elapsed().as_secs_f64());
+        report
     }
 
     fn after_execute(&mut self, report: &ExecReport, changed: &[ObjKey]) {

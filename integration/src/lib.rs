@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod bench;
 pub mod probe;
 pub mod program;
 pub mod sandbox;

@@ -55,9 +55,14 @@ pub fn bin_path(name: &str) -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    dir.join(name)
+    // A binary next to this one (target/<profile>/), or, for a test in
+    // target/<profile>/deps/, one directory up.
+    let here = exe.parent().expect("exe dir");
+    let sibling = here.join(name);
+    if sibling.exists() {
+        return sibling;
+    }
+    here.parent().unwrap_or(here).join(name)
 }
 
 impl Sandbox {

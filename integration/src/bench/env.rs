@@ -1,0 +1,199 @@
+//! The benchmark's peers, each in its own network namespace made here and
+//! removed on drop: the floor (no load balancer), socklb (the real agent),
+//! kube-proxy's iptables layout and kube-proxy's nftables layout.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::sandbox::bin_path;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Peer {
+    Floor,
+    Socklb,
+    Iptables,
+    Nftables,
+}
+
+impl Peer {
+    pub const ALL: [Peer; 4] = [Peer::Floor, Peer::Socklb, Peer::Iptables, Peer::Nftables];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Peer::Floor => "floor",
+            Peer::Socklb => "socklb",
+            Peer::Iptables => "iptables",
+            Peer::Nftables => "nftables",
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+pub struct Env {
+    pub tag: String,
+    pub cgroup: PathBuf,
+    pub bpffs_mount: PathBuf,
+    pub bpffs: PathBuf,
+    pub workdir: PathBuf,
+    children: Vec<Child>,
+    pub agent: Option<Child>,
+}
+
+impl Env {
+    pub fn netns(&self, peer: Peer) -> String {
+        format!("{}-{}", self.tag, peer.label())
+    }
+
+    pub fn create(tag: &str) -> Result<Self> {
+        let tag = format!("socklb-bench-{}-{tag}", std::process::id());
+        let cg2 = socklb::fs_checks::cgroup2_mount()?;
+        let workdir = std::env::temp_dir().join(&tag);
+        let bpffs_mount = workdir.join("bpffs");
+        let env = Self {
+            cgroup: cg2.join(&tag),
+            bpffs: bpffs_mount.join("socklb"),
+            bpffs_mount,
+            workdir,
+            tag,
+            children: Vec::new(),
+            agent: None,
+        };
+        fs::create_dir_all(&env.bpffs_mount)?;
+        nix::mount::mount(Some("bpf"), &env.bpffs_mount, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)?;
+        fs::create_dir(&env.cgroup)?;
+        for peer in Peer::ALL {
+            let ns = env.netns(peer);
+            run(Command::new("ip").args(["netns", "add", &ns]))?;
+            run(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]))?;
+            // Every endpoint address is local: one server on 0.0.0.0 answers all.
+            for range in ["10.128.0.0/9", "10.127.0.0/16", "10.200.0.0/16"] {
+                run(Command::new("ip").args(["-n", &ns, "route", "add", "local", range, "dev", "lo"]))?;
+            }
+            if matches!(peer, Peer::Iptables | Peer::Nftables) {
+                // kube-proxy's nodes route ClusterIPs somewhere; here they are
+                // local, and the NAT rules rewrite them before delivery.
+                for range in ["10.96.0.0/12", "10.110.0.0/16"] {
+                    run(Command::new("ip").args(["-n", &ns, "route", "add", "local", range, "dev", "lo"]))?;
+                }
+            }
+        }
+        Ok(env)
+    }
+
+    /// Starts the echo servers, pinned to CPU 1, in every peer's namespace.
+    pub fn start_servers(&mut self) -> Result<()> {
+        for peer in Peer::ALL {
+            let child = Command::new(bin_path("socklb-bench"))
+                .args(["server", "--netns", &self.netns(peer), "--cpu", "1"])
+                .stdout(Stdio::null())
+                .spawn()?;
+            self.children.push(child);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(())
+    }
+
+    /// Starts the agent on a file and returns the time until `/readyz`.
+    pub fn start_agent(&mut self, socklb: &Path, file: &Path, metrics_port: u16) -> Result<Duration> {
+        let log = fs::File::create(self.workdir.join("agent.log"))?;
+        let started = Instant::now();
+        let child = Command::new(socklb)
+            .arg("agent")
+            .arg("--from-file")
+            .arg(file)
+            .arg("--cgroup")
+            .arg(&self.cgroup)
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}"), "--node-name", "bench"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()?;
+        self.agent = Some(child);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], metrics_port));
+        loop {
+            if let Some((200, _)) = crate::agent::http_get(addr, "/readyz") {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > Duration::from_secs(900) {
+                bail!("agent not ready after 15 min");
+            }
+            if let Some(a) = self.agent.as_mut()
+                && let Ok(Some(status)) = a.try_wait()
+            {
+                bail!("agent exited: {status}: {}", fs::read_to_string(self.workdir.join("agent.log"))?);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        for mut c in std::mem::take(&mut self.children) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if self.bpffs.exists() {
+            let _ = socklb::loader::uninstall(&self.cgroup, &self.bpffs);
+        }
+        let _ = nix::mount::umount2(&self.bpffs_mount, nix::mount::MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir_all(&self.workdir);
+        for _ in 0..50 {
+            if fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for peer in Peer::ALL {
+            let _ = Command::new("ip").args(["netns", "del", &self.netns(peer)]).status();
+        }
+    }
+}
+
+/// Peak resident memory of a process (VmHWM), in bytes.
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Kernel memory charged to the pinned maps (the `memlock` of each map's
+/// fdinfo), in bytes.
+pub fn map_memory(bpffs: &Path) -> u64 {
+    use std::os::fd::{AsFd, AsRawFd};
+    let mut total = 0;
+    for name in socklb_common::map_names::ALL {
+        let Ok(map) = aya::maps::MapData::from_pin(bpffs.join(name)) else { continue };
+        let fd = map.fd().as_fd().as_raw_fd();
+        if let Ok(info) = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+            && let Some(v) = info.lines().find_map(|l| l.strip_prefix("memlock:"))
+        {
+            total += v.trim().parse::<u64>().unwrap_or(0);
+        }
+    }
+    total
+}
