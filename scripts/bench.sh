@@ -29,6 +29,9 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 echo "[bench] building (release)"
 cargo build --quiet --release -p socklb -p socklb-integration --bins
 mkdir -p docs/bench
-target/release/socklb-bench run "${QUICK[@]}" --socklb target/release/socklb \
+RUN_ID="r$$"
+# The harness removes its sandboxes itself; this covers an interrupted run.
+trap 'target/release/socklb-bench cleanup --run-id "$RUN_ID"' EXIT
+target/release/socklb-bench run "${QUICK[@]}" --run-id "$RUN_ID" --socklb target/release/socklb \
   --out "$OUT" --plots docs/bench
 echo "[bench] report: $OUT"

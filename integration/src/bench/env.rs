@@ -1,6 +1,11 @@
-//! The benchmark's peers, each in its own network namespace made here and
-//! removed on drop: the floor (no load balancer), socklb (the real agent),
-//! kube-proxy's iptables layout and kube-proxy's nftables layout.
+//! The benchmark's peers, each in its own pair of network namespaces made
+//! here and removed on drop: the floor (no load balancer), socklb (the real
+//! agent), kube-proxy's iptables layout and kube-proxy's nftables layout.
+//!
+//! Per peer, the client namespace (rules, cgroup) reaches the server
+//! namespace over a veth pair, as a pod reaches a pod on another node; the
+//! server namespace answers for every endpoint address. Every peer's
+//! traffic takes the same path, so the floor is the cost of that path.
 
 use std::{
     fs,
@@ -53,12 +58,18 @@ pub struct Env {
 }
 
 impl Env {
+    /// The client side (rules, cgroup).
     pub fn netns(&self, peer: Peer) -> String {
         format!("{}-{}", self.tag, peer.label())
     }
 
-    pub fn create(tag: &str) -> Result<Self> {
-        let tag = format!("socklb-bench-{}-{tag}", std::process::id());
+    /// The server side.
+    pub fn server_netns(&self, peer: Peer) -> String {
+        format!("{}-{}-s", self.tag, peer.label())
+    }
+
+    pub fn create(run_id: &str, tag: &str) -> Result<Self> {
+        let tag = format!("socklb-bench-{run_id}-{tag}");
         let cg2 = socklb::fs_checks::cgroup2_mount()?;
         let workdir = std::env::temp_dir().join(&tag);
         let bpffs_mount = workdir.join("bpffs");
@@ -72,21 +83,39 @@ impl Env {
             agent: None,
         };
         fs::create_dir_all(&env.bpffs_mount)?;
-        nix::mount::mount(Some("bpf"), &env.bpffs_mount, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)?;
+        nix::mount::mount(
+            Some("bpf"),
+            &env.bpffs_mount,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )?;
         fs::create_dir(&env.cgroup)?;
         for peer in Peer::ALL {
-            let ns = env.netns(peer);
-            run(Command::new("ip").args(["netns", "add", &ns]))?;
-            run(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]))?;
-            // Every endpoint address is local: one server on 0.0.0.0 answers all.
+            let (ns, srv) = (env.netns(peer), env.server_netns(peer));
+            for n in [&ns, &srv] {
+                run(Command::new("ip").args(["netns", "add", n]))?;
+                run(Command::new("ip").args(["-n", n, "link", "set", "lo", "up"]))?;
+            }
+            run(Command::new("ip").args([
+                "-n", &ns, "link", "add", "c0", "type", "veth", "peer", "name", "s0", "netns", &srv,
+            ]))?;
+            run(Command::new("ip").args(["-n", &ns, "addr", "add", "10.0.0.1/30", "dev", "c0"]))?;
+            run(Command::new("ip").args(["-n", &srv, "addr", "add", "10.0.0.2/30", "dev", "s0"]))?;
+            run(Command::new("ip").args(["-n", &ns, "link", "set", "c0", "up"]))?;
+            run(Command::new("ip").args(["-n", &srv, "link", "set", "s0", "up"]))?;
+            // The server side answers for every endpoint address.
             for range in ["10.128.0.0/9", "10.127.0.0/16", "10.200.0.0/16"] {
-                run(Command::new("ip").args(["-n", &ns, "route", "add", "local", range, "dev", "lo"]))?;
+                run(Command::new("ip").args(["-n", &srv, "route", "add", "local", range, "dev", "lo"]))?;
+                run(Command::new("ip").args(["-n", &ns, "route", "add", range, "via", "10.0.0.2"]))?;
             }
             if matches!(peer, Peer::Iptables | Peer::Nftables) {
-                // kube-proxy's nodes route ClusterIPs somewhere; here they are
-                // local, and the NAT rules rewrite them before delivery.
+                // kube-proxy's nodes route ClusterIPs (to their default
+                // gateway); the NAT rules rewrite them before they leave.
+                // socklb's namespace has no such route: an untranslated
+                // connect fails with ENETUNREACH.
                 for range in ["10.96.0.0/12", "10.110.0.0/16"] {
-                    run(Command::new("ip").args(["-n", &ns, "route", "add", "local", range, "dev", "lo"]))?;
+                    run(Command::new("ip").args(["-n", &ns, "route", "add", range, "via", "10.0.0.2"]))?;
                 }
             }
         }
@@ -97,7 +126,7 @@ impl Env {
     pub fn start_servers(&mut self) -> Result<()> {
         for peer in Peer::ALL {
             let child = Command::new(bin_path("socklb-bench"))
-                .args(["server", "--netns", &self.netns(peer), "--cpu", "1"])
+                .args(["server", "--netns", &self.server_netns(peer), "--cpu", "1"])
                 .stdout(Stdio::null())
                 .spawn()?;
             self.children.push(child);
@@ -169,6 +198,7 @@ impl Drop for Env {
         }
         for peer in Peer::ALL {
             let _ = Command::new("ip").args(["netns", "del", &self.netns(peer)]).status();
+            let _ = Command::new("ip").args(["netns", "del", &self.server_netns(peer)]).status();
         }
     }
 }
@@ -196,4 +226,62 @@ pub fn map_memory(bpffs: &Path) -> u64 {
         }
     }
     total
+}
+
+/// Removes what a run left behind if it was killed (its guards never ran):
+/// processes in its namespaces and cgroups (all started by the run), the
+/// datapath, the bpffs mounts, the cgroups and the namespaces.
+pub fn cleanup(run_id: &str) {
+    let prefix = format!("socklb-bench-{run_id}-");
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string());
+    let namespaces: Vec<String> = out
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&prefix))
+        .map(str::to_string)
+        .collect();
+    let kill = |pid: i32| {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    };
+    for ns in &namespaces {
+        if let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() {
+            String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| l.trim().parse().ok()).for_each(kill);
+        }
+    }
+    // Agents of this run (they live in the host namespace, outside the
+    // cgroup): recognised by this run's private bpffs path on their command line.
+    let marker = std::env::temp_dir().join(&prefix).display().to_string();
+    if let Ok(procs) = fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let cmdline = fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(" agent ") && cmdline.contains(&marker) {
+                kill(pid);
+            }
+        }
+    }
+    let Ok(cg2) = socklb::fs_checks::cgroup2_mount() else { return };
+    if let Ok(entries) = fs::read_dir(&cg2) {
+        for e in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)) {
+            let cgroup = e.path();
+            if let Ok(procs) = fs::read_to_string(cgroup.join("cgroup.procs")) {
+                procs.lines().filter_map(|l| l.trim().parse().ok()).for_each(kill);
+            }
+            let work = std::env::temp_dir().join(e.file_name());
+            let _ = socklb::loader::uninstall(&cgroup, &work.join("bpffs/socklb"));
+            let _ = nix::mount::umount2(&work.join("bpffs"), nix::mount::MntFlags::MNT_DETACH);
+            let _ = fs::remove_dir_all(&work);
+            // Agents outside the cgroup (they run in the host namespace).
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = fs::remove_dir(&cgroup);
+        }
+    }
+    for ns in namespaces {
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    }
 }

@@ -62,7 +62,10 @@ pub fn iptables_restore(w: &Workload) -> String {
                 let _ = writeln!(rules, "-A {svc} -m comment --comment \"{name} -> {endpoint}\" -j {sep}");
             }
             let _ = writeln!(rules, "-A {sep} -m comment --comment {name} -s {ep}/32 -j KUBE-MARK-MASQ");
-            let _ = writeln!(rules, "-A {sep} -m comment --comment {name} -m {p} -p {p} -j DNAT --to-destination {endpoint}");
+            let _ = writeln!(
+                rules,
+                "-A {sep} -m comment --comment {name} -m {p} -p {p} -j DNAT --to-destination {endpoint}"
+            );
         }
     }
     let mut out = String::new();
@@ -77,7 +80,9 @@ pub fn iptables_restore(w: &Workload) -> String {
     out.push_str(&chains);
     out.push_str("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n");
     out.push_str("-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n");
-    out.push_str("-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n");
+    out.push_str(
+        "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n",
+    );
     out.push_str("-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n");
     out.push_str("-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n");
     out.push_str("-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n");
@@ -91,18 +96,29 @@ pub fn iptables_restore(w: &Workload) -> String {
 fn nft_base(name: &str) -> String {
     // kube-proxy: a hash prefix keeps chain names unique and short.
     let hash = port_proto_hash(name, "");
-    let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_/".contains(c) { c } else { '_' }).collect();
+    let safe: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_/".contains(c) { c } else { '_' }).collect();
     format!("{}-{safe}", &hash[..8])
 }
 
 fn service_chain(s: &super::workload::Service) -> String {
-    format!("service-{}", nft_base(&format!("{}/{}/{}/{}", s.namespace, s.name, s.proto.to_lowercase(), s.port_name)))
+    format!(
+        "service-{}",
+        nft_base(&format!("{}/{}/{}/{}", s.namespace, s.name, s.proto.to_lowercase(), s.port_name))
+    )
 }
 
 fn endpoint_chain(s: &super::workload::Service, ep: &std::net::Ipv4Addr) -> String {
     format!(
         "endpoint-{}",
-        nft_base(&format!("{}/{}/{}/{}__{ep}/{}", s.namespace, s.name, s.proto.to_lowercase(), s.port_name, s.target_port))
+        nft_base(&format!(
+            "{}/{}/{}/{}__{ep}/{}",
+            s.namespace,
+            s.name,
+            s.proto.to_lowercase(),
+            s.port_name,
+            s.target_port
+        ))
     )
 }
 
@@ -157,9 +173,18 @@ pub fn service_chains(s: &super::workload::Service) -> String {
         arms.push(format!("{i} : goto {ec}"));
     }
     if !arms.is_empty() {
-        let _ = writeln!(out, "add rule ip kube-proxy {svc} numgen random mod {} vmap {{ {} }}", arms.len(), arms.join(" , "));
+        let _ = writeln!(
+            out,
+            "add rule ip kube-proxy {svc} numgen random mod {} vmap {{ {} }}",
+            arms.len(),
+            arms.join(" , ")
+        );
     }
-    let _ = writeln!(out, "add element ip kube-proxy service-ips {{ {} . {p} . {} : goto {svc} }}", s.vip, s.port);
+    let _ = writeln!(
+        out,
+        "add element ip kube-proxy service-ips {{ {} . {p} . {} : goto {svc} }}",
+        s.vip, s.port
+    );
     out
 }
 
@@ -178,7 +203,8 @@ mod tests {
     fn iptables_layout_has_one_portal_rule_per_service_and_probabilities() {
         let w = Workload::new(3, 2);
         let text = iptables_restore(&w);
-        let portals = text.lines().filter(|l| l.starts_with("-A KUBE-SERVICES") && l.contains("cluster IP")).count();
+        let portals =
+            text.lines().filter(|l| l.starts_with("-A KUBE-SERVICES") && l.contains("cluster IP")).count();
         assert_eq!(portals, 3 + 1, "TCP services plus the UDP one");
         assert!(text.contains("--probability 0.5000000000 "));
         assert!(text.contains("-j DNAT --to-destination"));

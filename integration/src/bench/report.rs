@@ -68,6 +68,10 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
+fn fine_ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
 fn opt_ms(d: Option<Duration>, bound: Duration) -> String {
     d.map_or_else(|| format!("skipped (> {} s)", bound.as_secs()), ms)
 }
@@ -99,8 +103,8 @@ pub fn summary_table(r: &Results) -> String {
         let added_s = added.map_or("-".into(), |a| format!("{a:+.1}"));
         let vs = match (added, socklb, floor) {
             (Some(a), Some(sl), Some(f)) if row.peer != Peer::Socklb && row.peer != Peer::Floor => {
-                let sl_added = (sl.p50_us - f.p50_us).max(0.1);
-                format!("{:.1}×", a / sl_added)
+                let sl_added = sl.p50_us - f.p50_us;
+                if sl_added < 1.0 { "socklb ≈ floor".into() } else { format!("{:.1}×", a / sl_added) }
             }
             _ => "-".into(),
         };
@@ -136,8 +140,8 @@ pub fn control_table(r: &Results) -> String {
             c.socklb_first_map_writes.map_or("-".into(), ms),
             opt_ms(c.iptables_load, r.load_bound),
             opt_ms(c.nftables_load, r.load_bound),
-            format!("{:.3} ms", c.socklb_change_map_writes.as_secs_f64() * 1000.0),
-            format!("{:.3} ms", c.socklb_add_map_writes.as_secs_f64() * 1000.0),
+            fine_ms(c.socklb_change_map_writes),
+            fine_ms(c.socklb_add_map_writes),
             opt_ms(c.iptables_change, r.load_bound),
             opt_ms(c.nftables_change, r.load_bound),
             c.agent_peak_rss.map_or("-".into(), mib),
@@ -151,7 +155,14 @@ pub fn event_table(r: &Results) -> String {
     let mut out = String::from("| N | trials | p50 | p99 | max |\n|---:|---:|---:|---:|---:|\n");
     for (n, v) in &r.event_latency {
         let max = v.iter().max().copied().unwrap_or_default();
-        let _ = writeln!(out, "| {n} | {} | {} | {} | {} |", v.len(), ms(percentile(v, 50.0)), ms(percentile(v, 99.0)), ms(max));
+        let _ = writeln!(
+            out,
+            "| {n} | {} | {} | {} | {} |",
+            v.len(),
+            ms(percentile(v, 50.0)),
+            ms(percentile(v, 99.0)),
+            ms(max)
+        );
     }
     out
 }
@@ -159,7 +170,11 @@ pub fn event_table(r: &Results) -> String {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let version = |cmd: &str, arg: &str| {
@@ -184,7 +199,11 @@ pub fn write(r: &Results, out: &Path, plots: &Path) -> Result<()> {
     plot_programming(r, &plots.join("programming-vs-n.svg"))?;
     let rel = |p: &str| {
         let base = out.parent().unwrap_or(Path::new("."));
-        plots.join(p).strip_prefix(base).map(|x| x.display().to_string()).unwrap_or_else(|_| plots.join(p).display().to_string())
+        plots
+            .join(p)
+            .strip_prefix(base)
+            .map(|x| x.display().to_string())
+            .unwrap_or_else(|_| plots.join(p).display().to_string())
     };
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmarks\n");
@@ -232,7 +251,11 @@ pub fn write(r: &Results, out: &Path, plots: &Path) -> Result<()> {
          (a client polls every 0.2 ms).\n\n{}",
         event_table(r)
     );
-    let _ = writeln!(md, "## Reproduce\n\n```sh\nsudo scripts/bench.sh{}\n```", if r.quick { " --quick" } else { "" });
+    let _ = writeln!(
+        md,
+        "## Reproduce\n\n```sh\nsudo scripts/bench.sh{}\n```",
+        if r.quick { " --quick" } else { "" }
+    );
     std::fs::write(out, md)?;
     std::fs::write(out.with_extension("json"), serde_json::to_string_pretty(r)?)?;
     Ok(())
@@ -243,7 +266,9 @@ fn plot_latency(r: &Results, path: &Path) -> Result<()> {
     root.fill(&WHITE)?;
     let ns: Vec<usize> = r.control.iter().map(|c| c.n).collect();
     let max_n = ns.iter().copied().max().unwrap_or(1).max(10) as f64;
-    let max_y = r.datapath.iter().filter(|d| d.target == "random").map(|d| d.summary.p50_us).fold(1.0, f64::max) * 1.1;
+    let max_y =
+        r.datapath.iter().filter(|d| d.target == "random").map(|d| d.summary.p50_us).fold(1.0, f64::max)
+            * 1.1;
     let mut chart = ChartBuilder::on(&root)
         .caption("p50 connect latency vs services (random target)", ("sans-serif", 20))
         .margin(10)
@@ -264,9 +289,10 @@ fn plot_latency(r: &Results, path: &Path) -> Result<()> {
                 continue;
             }
             let style = if e == 1 { color.stroke_width(2) } else { color.stroke_width(1) };
-            chart.draw_series(LineSeries::new(pts, style))?.label(format!("{} E={e}", peer.label())).legend(
-                move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color),
-            );
+            chart
+                .draw_series(LineSeries::new(pts, style))?
+                .label(format!("{} E={e}", peer.label()))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         }
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;

@@ -82,6 +82,23 @@ enum Cmd {
         /// Longest a rule load may take before that size is skipped.
         #[arg(long, default_value_t = 300)]
         load_bound_secs: u64,
+        /// Override the service counts (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        sizes: Vec<usize>,
+        /// Override the endpoints per service (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        endpoints: Vec<usize>,
+        /// Skip the kube-proxy peers (a socklb-only run, for development).
+        #[arg(long)]
+        socklb_only: bool,
+        /// Names this run's namespaces and cgroups (for `cleanup`).
+        #[arg(long, default_value_t = std::process::id().to_string())]
+        run_id: String,
+    },
+    /// Removes what a killed run left behind.
+    Cleanup {
+        #[arg(long)]
+        run_id: String,
     },
 }
 
@@ -102,7 +119,9 @@ fn join(netns: &str, cgroup: Option<&PathBuf>, cpu: Option<usize>) -> Result<()>
 
 fn server(netns: &str, cpu: usize) -> Result<()> {
     join(netns, None, Some(cpu))?;
-    let udp = UdpSocket::bind("0.0.0.0:5353")?;
+    // Bound to the endpoint address, so replies come from it (a socket on
+    // 0.0.0.0 would answer from the veth address).
+    let udp = UdpSocket::bind(SocketAddr::from((workload::UDP_ENDPOINT, workload::UDP_TARGET)))?;
     std::thread::spawn(move || {
         let mut buf = [0u8; 64];
         loop {
@@ -119,7 +138,11 @@ fn server(netns: &str, cpu: usize) -> Result<()> {
             let _ = c.write_all(&b);
         }
         // Reset instead of FIN: no TIME_WAIT, no port reuse stalls.
-        let _ = nix::sys::socket::setsockopt(&c, nix::sys::socket::sockopt::Linger, &libc::linger { l_onoff: 1, l_linger: 0 });
+        let _ = nix::sys::socket::setsockopt(
+            &c,
+            nix::sys::socket::sockopt::Linger,
+            &libc::linger { l_onoff: 1, l_linger: 0 },
+        );
     }
     Ok(())
 }
@@ -184,8 +207,13 @@ fn main() -> Result<()> {
             }
             bail!("{to} never answered")
         }
-        Cmd::Run { quick, socklb, out, plots, load_bound_secs } => {
-            let results = run_all(quick, &socklb, Duration::from_secs(load_bound_secs))?;
+        Cmd::Cleanup { run_id } => {
+            socklb_integration::bench::env::cleanup(&run_id);
+            Ok(())
+        }
+        Cmd::Run { quick, socklb, out, plots, load_bound_secs, sizes, endpoints, socklb_only, run_id } => {
+            let bound = if socklb_only { Duration::ZERO } else { Duration::from_secs(load_bound_secs) };
+            let results = run_all(&run_id, quick, &socklb, bound, &sizes, &endpoints)?;
             fs::create_dir_all(&plots)?;
             report::write(&results, &out, &plots)?;
             println!("{}", report::summary_table(&results));
@@ -201,7 +229,17 @@ fn self_bin() -> PathBuf {
 /// Runs the client in a peer's namespace (and, for socklb, its cgroup).
 fn measure(env: &Env, peer: Peer, to: SocketAddr, count: u64, udp: bool) -> Result<Run> {
     let mut cmd = Command::new(self_bin());
-    cmd.args(["client", "--netns", &env.netns(peer), "--cpu", "0", "--to", &to.to_string(), "--count", &count.to_string()]);
+    cmd.args([
+        "client",
+        "--netns",
+        &env.netns(peer),
+        "--cpu",
+        "0",
+        "--to",
+        &to.to_string(),
+        "--count",
+        &count.to_string(),
+    ]);
     if peer == Peer::Socklb {
         cmd.arg("--cgroup").arg(&env.cgroup);
     }
@@ -217,7 +255,13 @@ fn measure(env: &Env, peer: Peer, to: SocketAddr, count: u64, udp: bool) -> Resu
 
 /// Runs a rule loader in a namespace with a time bound. `None` when it
 /// did not finish in time.
-fn timed_load(ns: &str, program: &str, args: &[&str], input: &Path, bound: Duration) -> Result<Option<Duration>> {
+fn timed_load(
+    ns: &str,
+    program: &str,
+    args: &[&str],
+    input: &Path,
+    bound: Duration,
+) -> Result<Option<Duration>> {
     let started = Instant::now();
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns, program])
@@ -248,7 +292,8 @@ fn timed_load(ns: &str, program: &str, args: &[&str], input: &Path, bound: Durat
 
 /// The sum and count of a histogram on the agent's /metrics.
 fn histogram(port: u16, name: &str) -> Option<(f64, f64)> {
-    let (_, body) = socklb_integration::agent::http_get(SocketAddr::from(([127, 0, 0, 1], port)), "/metrics")?;
+    let (_, body) =
+        socklb_integration::agent::http_get(SocketAddr::from(([127, 0, 0, 1], port)), "/metrics")?;
     let find = |suffix: &str| -> Option<f64> {
         body.lines().find(|l| l.starts_with(&format!("{name}_{suffix} ")))?.rsplit(' ').next()?.parse().ok()
     };
@@ -277,18 +322,34 @@ fn wait_sync(port: u16, before: (f64, f64)) -> Result<Duration> {
     bail!("the agent applied nothing")
 }
 
-fn run_all(quick: bool, socklb: &Path, bound: Duration) -> Result<Results> {
+fn run_all(
+    run_id: &str,
+    quick: bool,
+    socklb: &Path,
+    bound: Duration,
+    sizes_override: &[usize],
+    eps_override: &[usize],
+) -> Result<Results> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmark needs root (network namespaces, cgroups, BPF)");
     }
-    let (sizes, endpoints, count, rounds): (&[usize], &[usize], u64, usize) =
-        if quick { (&[1, 1000, 10_000], &[1], 500, 3) } else { (&[1, 1000, 10_000, 100_000], &[1, 10], 2000, 5) };
+    let (mut sizes, mut endpoints, count, rounds): (&[usize], &[usize], u64, usize) = if quick {
+        (&[1, 1000, 10_000], &[1], 500, 3)
+    } else {
+        (&[1, 1000, 10_000, 100_000], &[1, 10], 2000, 5)
+    };
+    if !sizes_override.is_empty() {
+        sizes = sizes_override;
+    }
+    if !eps_override.is_empty() {
+        endpoints = eps_override;
+    }
     let mut results = Results::new(quick, bound);
     for &e in endpoints {
         for &n in sizes {
             eprintln!("[bench] N={n} E={e}");
             let mut w = Workload::new(n, e);
-            let mut env = Env::create(&format!("{n}x{e}"))?;
+            let mut env = Env::create(run_id, &format!("{n}x{e}"))?;
             env.start_servers()?;
 
             // Control plane: program everything from nothing.
@@ -301,7 +362,8 @@ fn run_all(quick: bool, socklb: &Path, bound: Duration) -> Result<Results> {
             let map_bytes = map_memory(&env.bpffs);
             let ipt_file = env.workdir.join("iptables.txt");
             fs::write(&ipt_file, kubeproxy::iptables_restore(&w))?;
-            let ipt = timed_load(&env.netns(Peer::Iptables), "iptables-restore", &["--noflush"], &ipt_file, bound)?;
+            let ipt =
+                timed_load(&env.netns(Peer::Iptables), "iptables-restore", &["--noflush"], &ipt_file, bound)?;
             let nft_file = env.workdir.join("nft.txt");
             fs::write(&nft_file, kubeproxy::nftables(&w))?;
             let nft = timed_load(&env.netns(Peer::Nftables), "nft", &["-f", "-"], &nft_file, bound)?;
@@ -326,7 +388,13 @@ fn run_all(quick: bool, socklb: &Path, bound: Duration) -> Result<Results> {
                     }
                 }
                 for (peer, r) in runs {
-                    results.datapath.push(DatapathRow { n, e, target: label.into(), peer, summary: summarize(&r) });
+                    results.datapath.push(DatapathRow {
+                        n,
+                        e,
+                        target: label.into(),
+                        peer,
+                        summary: summarize(&r),
+                    });
                 }
             }
             // The tax on connections that are not to a service.
@@ -338,7 +406,13 @@ fn run_all(quick: bool, socklb: &Path, bound: Duration) -> Result<Results> {
                 }
             }
             for (peer, r) in runs {
-                results.datapath.push(DatapathRow { n, e, target: "non-service".into(), peer, summary: summarize(&r) });
+                results.datapath.push(DatapathRow {
+                    n,
+                    e,
+                    target: "non-service".into(),
+                    peer,
+                    summary: summarize(&r),
+                });
             }
             // UDP round trips.
             let mut runs: BTreeMap<Peer, Vec<Run>> = BTreeMap::new();
@@ -353,7 +427,13 @@ fn run_all(quick: bool, socklb: &Path, bound: Duration) -> Result<Results> {
                 }
             }
             for (peer, r) in runs {
-                results.datapath.push(DatapathRow { n, e, target: "udp".into(), peer, summary: summarize(&r) });
+                results.datapath.push(DatapathRow {
+                    n,
+                    e,
+                    target: "udp".into(),
+                    peer,
+                    summary: summarize(&r),
+                });
             }
 
             // Control plane: one service changed, added, removed.
@@ -417,7 +497,11 @@ fn run_all(quick: bool, socklb: &Path, bound: Duration) -> Result<Results> {
                     stdout.read_to_string(&mut text)?;
                     let _ = poll.wait();
                     let reached: u64 = text.trim().parse().context("poll result")?;
-                    results.event_latency.entry(n).or_default().push(Duration::from_nanos(reached.saturating_sub(written)));
+                    results
+                        .event_latency
+                        .entry(n)
+                        .or_default()
+                        .push(Duration::from_nanos(reached.saturating_sub(written)));
                 }
             }
             drop(env);
