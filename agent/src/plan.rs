@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use socklb_common::{MAX_BACKENDS_PER_SERVICE, MemberKey, ServiceValue, SlotKey};
+use socklb_common::{MAX_BACKENDS_PER_SERVICE, MemberKey, ServiceValue, SlotKey, service_flags};
 
 use crate::datapath::{Datapath, DatapathError, DesiredService, DesiredState, MapOp, MapState};
 
@@ -159,13 +159,16 @@ fn service_unit(applied: &MapState, id: u32, want: &DesiredService) -> Option<Un
         ..Default::default()
     };
 
-    let wanted_members: BTreeSet<MemberKey> =
-        backends.iter().map(|&backend_id| MemberKey { service_id: id, backend_id }).collect();
+    let wanted_members: BTreeSet<MemberKey> = if want.flags & service_flags::MEMBERSHIP != 0 {
+        backends.iter().map(|&backend_id| MemberKey { service_id: id, backend_id }).collect()
+    } else {
+        BTreeSet::new()
+    };
     let mut ops: Vec<MapOp> =
         members_of(applied, id).filter(|m| !wanted_members.contains(m)).map(MapOp::DeleteMember).collect();
     ops.extend(wanted_members.iter().filter(|m| !applied.members.contains(m)).map(|&m| MapOp::PutMember(m)));
     if applied.names.get(&id) != Some(&want.name) {
-        ops.push(MapOp::PutName { id, name: want.name });
+        ops.push(MapOp::PutName { id, name: Box::new(want.name) });
     }
     for (index, &backend_id) in backends.iter().enumerate() {
         let key = SlotKey { service_id: id, generation, index: index as u16 };

@@ -185,6 +185,9 @@ pub mod service_flags {
     pub const LOCAL_ONLY: u16 = 1 << 1;
     /// No endpoint was ready; the set holds serving, terminating ones.
     pub const TERMINATING_FALLBACK: u16 = 1 << 2;
+    /// The agent keeps `MEMBERS` entries for this set: it uses affinity or
+    /// is UDP (per-socket stickiness). Plain TCP sets need none.
+    pub const MEMBERSHIP: u16 = 1 << 3;
 }
 
 /// Backend flags (informational: selection treats all slots alike).

@@ -37,7 +37,11 @@ impl Svc {
     }
 
     pub fn udp(id: u32, vip: &str, backends: &[&str]) -> Self {
-        Self { proto: socklb_common::PROTO_UDP, ..Self::tcp(id, vip, backends) }
+        Self {
+            proto: socklb_common::PROTO_UDP,
+            flags: socklb_common::service_flags::MEMBERSHIP,
+            ..Self::tcp(id, vip, backends)
+        }
     }
 
     /// Adds more frontends (e.g. the IPv6 VIP of a dual-stack service).
@@ -47,7 +51,7 @@ impl Svc {
     }
 
     pub fn with_affinity(mut self, timeout_secs: u32) -> Self {
-        self.flags |= socklb_common::service_flags::AFFINITY;
+        self.flags |= socklb_common::service_flags::AFFINITY | socklb_common::service_flags::MEMBERSHIP;
         self.affinity_timeout_secs = timeout_secs;
         self
     }

@@ -128,7 +128,7 @@ impl Datapath for AyaMaps {
             MapOp::DeleteService { id } => deleted(self.services.remove(&id)),
             MapOp::PutFrontend { key, value } => self.frontends.insert(key, value, 0),
             MapOp::DeleteFrontend(k) => deleted(self.frontends.remove(&k)),
-            MapOp::PutName { id, name } => self.names.insert(id, name, 0),
+            MapOp::PutName { id, ref name } => self.names.insert(id, **name, 0),
             MapOp::DeleteName { id } => deleted(self.names.remove(&id)),
         };
         result.map_err(|e| DatapathError::Write {

@@ -24,18 +24,40 @@ pub struct MapState {
 /// One map write or delete.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MapOp {
-    PutBackend { id: u32, value: BackendValue },
-    DeleteBackend { id: u32 },
+    PutBackend {
+        id: u32,
+        value: BackendValue,
+    },
+    DeleteBackend {
+        id: u32,
+    },
     PutMember(MemberKey),
     DeleteMember(MemberKey),
-    PutSlot { key: SlotKey, backend_id: u32 },
+    PutSlot {
+        key: SlotKey,
+        backend_id: u32,
+    },
     DeleteSlot(SlotKey),
-    PutService { id: u32, value: ServiceValue },
-    DeleteService { id: u32 },
-    PutFrontend { key: FrontendKey, value: FrontendValue },
+    PutService {
+        id: u32,
+        value: ServiceValue,
+    },
+    DeleteService {
+        id: u32,
+    },
+    PutFrontend {
+        key: FrontendKey,
+        value: FrontendValue,
+    },
     DeleteFrontend(FrontendKey),
-    PutName { id: u32, name: ServiceName },
-    DeleteName { id: u32 },
+    /// Boxed: a name is 192 bytes and would make every operation that big.
+    PutName {
+        id: u32,
+        name: Box<ServiceName>,
+    },
+    DeleteName {
+        id: u32,
+    },
 }
 
 impl MapOp {
@@ -98,8 +120,8 @@ impl MapState {
             MapOp::DeleteFrontend(k) => {
                 self.frontends.remove(&k);
             }
-            MapOp::PutName { id, name } => {
-                self.names.insert(id, name);
+            MapOp::PutName { id, ref name } => {
+                self.names.insert(id, **name);
             }
             MapOp::DeleteName { id } => {
                 self.names.remove(&id);
@@ -132,9 +154,11 @@ impl MapState {
             .members
             .iter()
             .all(|m| self.active_backends(m.service_id).is_some_and(|ids| ids.contains(&m.backend_id)));
-        let members_complete = self.services.keys().all(|&id| {
+        let members_complete = self.services.iter().all(|(&id, svc)| {
+            let needed = svc.flags & socklb_common::service_flags::MEMBERSHIP != 0;
             self.active_backends(id).is_some_and(|ids| {
-                ids.iter().all(|&b| self.members.contains(&MemberKey { service_id: id, backend_id: b }))
+                ids.iter()
+                    .all(|&b| self.members.contains(&MemberKey { service_id: id, backend_id: b }) == needed)
             })
         });
         let backends_used = self.backends.keys().all(|id| self.slots.values().any(|b| b == id));

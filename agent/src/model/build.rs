@@ -103,7 +103,10 @@ pub fn build_service(
                     flags |= service_flags::TERMINATING_FALLBACK;
                 }
                 if svc.affinity_timeout_secs.is_some() {
-                    flags |= service_flags::AFFINITY;
+                    flags |= service_flags::AFFINITY | service_flags::MEMBERSHIP;
+                }
+                if port.proto == super::Proto::Udp {
+                    flags |= service_flags::MEMBERSHIP;
                 }
                 let mut backends = addrs;
                 backends.sort_unstable();

@@ -37,7 +37,14 @@ fn desired(services: &[(u32, &[u8])], frontends: &[(u8, u32)]) -> DesiredState {
             d.backends.insert(u32::from(b), backend(b));
         }
         let backends = bs.iter().map(|&b| u32::from(b)).collect();
-        d.services.insert(id, DesiredService { backends, ..Default::default() });
+        d.services.insert(
+            id,
+            DesiredService {
+                backends,
+                flags: socklb_common::service_flags::MEMBERSHIP,
+                ..Default::default()
+            },
+        );
     }
     for &(f, id) in frontends {
         d.frontends.insert(frontend(f), FrontendValue { service_id: id, flags: 0, _pad: 0 });
@@ -206,7 +213,7 @@ fn arb_desired() -> impl Strategy<Value = DesiredState> {
                 DesiredService {
                     name: socklb_common::ServiceName::new(&format!("ns/svc-{id}:p")),
                     backends,
-                    flags: (id % 2) as u16,
+                    flags: if id % 2 == 1 { socklb_common::service_flags::MEMBERSHIP } else { 0 },
                     ..Default::default()
                 },
             );
