@@ -119,7 +119,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         expected.insert("file", cfg.from_files.len());
         for (i, path) in cfg.from_files.iter().enumerate() {
             let origin = u16::try_from(i).context("too many --from-file")?;
-            tokio::spawn(source::file::run(path.clone(), origin, tx.clone(), metrics.clone()));
+            tokio::spawn(source::file::run(
+                path.clone(),
+                origin,
+                cfg.service_proxy_name.clone(),
+                tx.clone(),
+                metrics.clone(),
+            ));
         }
         drop(tx);
     }

@@ -16,9 +16,8 @@ use crate::{
     ids::IdAllocator,
     metrics::{KindLabel, MapLabel, Metrics},
     model::{
-        NodeContext, ObjKey, Problem, ServiceModel, SetId, build_service,
-        service::{ServiceOutcome, parse_service},
-        slices::parse_slice,
+        NodeContext, ObjKey, Problem, ServiceModel, SetId, build_service, service::ServiceOutcome,
+        slices::ParsedSlice,
     },
     plan::{self, ExecReport, OpFailure},
     render::render,
@@ -92,7 +91,9 @@ impl Reconciler {
         if let SourceEvent::NodeZone(zone) = &event {
             self.ctx.zone = zone.clone();
         }
-        self.store.apply(event);
+        for p in self.store.apply(event) {
+            self.report(&p);
+        }
     }
 
     pub fn needs_retry(&self) -> bool {
@@ -113,7 +114,7 @@ impl Reconciler {
     }
 
     pub fn problems(&self) -> impl Iterator<Item = &Problem> {
-        self.problems.values().flatten().chain(self.render_problems.iter())
+        self.store.problems().chain(self.problems.values().flatten()).chain(self.render_problems.iter())
     }
 
     /// Rebuilds what changed and brings the maps to the desired state.
@@ -297,23 +298,15 @@ impl Reconciler {
 
     /// Rebuilds one Service's model; returns whether it changed.
     fn rebuild(&mut self, key: &ObjKey) -> bool {
+        let slices: Vec<&ParsedSlice> = self.store.slices_of(key).filter_map(|s| s.parsed.as_ref()).collect();
         let mut problems = BTreeSet::new();
-        let mut slices = Vec::new();
-        for s in self.store.slices_of(key) {
-            let (parsed, ps) = parse_slice(s);
-            problems.extend(ps);
-            slices.extend(parsed);
-        }
-        let model = match self.store.service(key).map(|svc| parse_service(svc, &self.ctx)) {
-            Some((ServiceOutcome::Proxied(svc), ps)) => {
-                problems.extend(ps);
-                let refs: Vec<_> = slices.iter().collect();
-                let (model, ps) = build_service(&svc, &refs, &self.ctx);
+        let model = match self.store.service(key).map(|s| &s.outcome) {
+            Some(ServiceOutcome::Proxied(svc)) => {
+                let (model, ps) = build_service(svc, &slices, &self.ctx);
                 problems.extend(ps);
                 Some(model)
             }
-            Some((ServiceOutcome::NotProxied(why), ps)) => {
-                problems.extend(ps);
+            Some(ServiceOutcome::NotProxied(why)) => {
                 tracing::debug!(service = %key, why, "not proxied");
                 None
             }

@@ -1,54 +1,41 @@
 //! The Kubernetes objects the agent knows, and which Services changed.
 //!
-//! Sources (files, API watches) feed it [`SourceEvent`]s; the reconciler
-//! takes the dirty Services and rebuilds only their models.
+//! Sources validate each object as soon as it is decoded ([`ingest_service`],
+//! [`ingest_slice`]) and send only the validated form, so the raw objects
+//! (large, mostly fields socklb never reads) are never kept: at 100k
+//! services that is the difference between megabytes and gigabytes. The
+//! reconciler takes the dirty Services and rebuilds only their models.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-use crate::model::{ObjKey, slices::LABEL_SERVICE_NAME};
+use crate::model::{
+    ObjKey, Problem,
+    service::{ServiceOutcome, parse_service},
+    slices::{LABEL_SERVICE_NAME, ParsedSlice, parse_slice},
+};
 
 /// Which source an object came from: each `--from-file` is one origin, the
 /// API server another. A relist replaces only its own origin's objects.
 pub type Origin = u16;
 
-/// What a source reports.
-#[derive(Clone, Debug)]
-pub enum SourceEvent {
-    /// Everything one origin has (a file reload). Replaces its earlier objects.
-    Replace {
-        origin: Origin,
-        services: Vec<Service>,
-        slices: Vec<EndpointSlice>,
-    },
-    /// A relist of one kind from one origin.
-    ReplaceServices {
-        origin: Origin,
-        services: Vec<Service>,
-    },
-    ReplaceSlices {
-        origin: Origin,
-        slices: Vec<EndpointSlice>,
-    },
-    ServiceApplied {
-        origin: Origin,
-        service: Box<Service>,
-    },
-    ServiceDeleted {
-        key: ObjKey,
-    },
-    SliceApplied {
-        origin: Origin,
-        slice: Box<EndpointSlice>,
-    },
-    SliceDeleted {
-        key: ObjKey,
-    },
-    /// This node's zone label changed (or the Node appeared or went away).
-    NodeZone(Option<String>),
-    /// A part of a source has delivered its complete initial state.
-    Synced(&'static str),
+/// A Service, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestedService {
+    pub key: ObjKey,
+    pub outcome: ServiceOutcome,
+    pub problems: Vec<Problem>,
+}
+
+/// An EndpointSlice, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestedSlice {
+    pub key: ObjKey,
+    /// The Service it belongs to (its `kubernetes.io/service-name` label).
+    pub service: Option<ObjKey>,
+    pub parsed: Option<ParsedSlice>,
+    pub problems: Vec<Problem>,
 }
 
 fn obj_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjKey {
@@ -72,10 +59,94 @@ pub fn slice_service(slice: &EndpointSlice) -> Option<ObjKey> {
     Some(ObjKey::new(slice.metadata.namespace.clone().unwrap_or_else(|| "default".into()), name.clone()))
 }
 
+/// Validates a Service for this proxy (see `--service-proxy-name`).
+pub fn ingest_service(svc: &Service, service_proxy_name: Option<&str>) -> IngestedService {
+    let (outcome, problems) = parse_service(svc, service_proxy_name);
+    IngestedService { key: service_key(svc), outcome, problems }
+}
+
+pub fn ingest_slice(slice: &EndpointSlice) -> IngestedSlice {
+    let (parsed, problems) = parse_slice(slice);
+    IngestedSlice { key: slice_key(slice), service: slice_service(slice), parsed, problems }
+}
+
+/// What a source reports.
+#[derive(Clone, Debug)]
+pub enum SourceEvent {
+    /// Everything one origin has (a file reload). Replaces its earlier objects.
+    Replace {
+        origin: Origin,
+        services: Vec<IngestedService>,
+        slices: Vec<IngestedSlice>,
+    },
+    /// A relist of one kind from one origin.
+    ReplaceServices {
+        origin: Origin,
+        services: Vec<IngestedService>,
+    },
+    ReplaceSlices {
+        origin: Origin,
+        slices: Vec<IngestedSlice>,
+    },
+    ServiceApplied {
+        origin: Origin,
+        service: Box<IngestedService>,
+    },
+    ServiceDeleted {
+        key: ObjKey,
+    },
+    SliceApplied {
+        origin: Origin,
+        slice: Box<IngestedSlice>,
+    },
+    SliceDeleted {
+        key: ObjKey,
+    },
+    /// This node's zone label changed (or the Node appeared or went away).
+    NodeZone(Option<String>),
+    /// A part of a source has delivered its complete initial state.
+    Synced(&'static str),
+}
+
+impl SourceEvent {
+    /// A whole origin from raw objects (tests, small inputs).
+    pub fn replace(
+        origin: Origin,
+        services: &[Service],
+        slices: &[EndpointSlice],
+        proxy: Option<&str>,
+    ) -> Self {
+        Self::Replace {
+            origin,
+            services: services.iter().map(|s| ingest_service(s, proxy)).collect(),
+            slices: slices.iter().map(ingest_slice).collect(),
+        }
+    }
+
+    pub fn replace_services(origin: Origin, services: &[Service], proxy: Option<&str>) -> Self {
+        Self::ReplaceServices {
+            origin,
+            services: services.iter().map(|s| ingest_service(s, proxy)).collect(),
+        }
+    }
+
+    pub fn replace_slices(origin: Origin, slices: &[EndpointSlice]) -> Self {
+        Self::ReplaceSlices { origin, slices: slices.iter().map(ingest_slice).collect() }
+    }
+
+    pub fn service(origin: Origin, service: &Service, proxy: Option<&str>) -> Self {
+        Self::ServiceApplied { origin, service: Box::new(ingest_service(service, proxy)) }
+    }
+
+    pub fn slice(origin: Origin, slice: &EndpointSlice) -> Self {
+        Self::SliceApplied { origin, slice: Box::new(ingest_slice(slice)) }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Store {
-    services: BTreeMap<ObjKey, (Origin, Service)>,
-    slices: BTreeMap<ObjKey, (Origin, EndpointSlice)>,
+    services: BTreeMap<ObjKey, (Origin, IngestedService)>,
+    slices: BTreeMap<ObjKey, (Origin, IngestedSlice)>,
     slices_by_service: BTreeMap<ObjKey, BTreeSet<ObjKey>>,
     dirty: BTreeSet<ObjKey>,
     all_dirty: bool,
@@ -87,7 +158,7 @@ impl Store {
         self.zone.as_deref()
     }
 
-    pub fn service(&self, key: &ObjKey) -> Option<&Service> {
+    pub fn service(&self, key: &ObjKey) -> Option<&IngestedService> {
         self.services.get(key).map(|(_, s)| s)
     }
 
@@ -96,7 +167,7 @@ impl Store {
     }
 
     /// The slices of a Service.
-    pub fn slices_of(&self, key: &ObjKey) -> impl Iterator<Item = &EndpointSlice> {
+    pub fn slices_of(&self, key: &ObjKey) -> impl Iterator<Item = &IngestedSlice> {
         self.slices_by_service
             .get(key)
             .into_iter()
@@ -104,22 +175,29 @@ impl Store {
             .filter_map(|k| self.slices.get(k).map(|(_, s)| s))
     }
 
-    /// Every slice, for reporting those that belong to no service.
-    pub fn all_slices(&self) -> impl Iterator<Item = &EndpointSlice> {
-        self.slices.values().map(|(_, s)| s)
+    /// Every problem of every object held.
+    pub fn problems(&self) -> impl Iterator<Item = &Problem> {
+        self.services
+            .values()
+            .flat_map(|(_, s)| s.problems.iter())
+            .chain(self.slices.values().flat_map(|(_, s)| s.problems.iter()))
     }
 
-    pub fn apply(&mut self, event: SourceEvent) {
+    /// Applies an event; returns the problems not seen before (to report).
+    pub fn apply(&mut self, event: SourceEvent) -> Vec<Problem> {
+        let mut fresh = Vec::new();
         match event {
             SourceEvent::Replace { origin, services, slices } => {
-                self.replace_services(origin, services);
-                self.replace_slices(origin, slices);
+                self.replace_services(origin, services, &mut fresh);
+                self.replace_slices(origin, slices, &mut fresh);
             }
-            SourceEvent::ReplaceServices { origin, services } => self.replace_services(origin, services),
-            SourceEvent::ReplaceSlices { origin, slices } => self.replace_slices(origin, slices),
-            SourceEvent::ServiceApplied { origin, service } => self.put_service(origin, *service),
+            SourceEvent::ReplaceServices { origin, services } => {
+                self.replace_services(origin, services, &mut fresh)
+            }
+            SourceEvent::ReplaceSlices { origin, slices } => self.replace_slices(origin, slices, &mut fresh),
+            SourceEvent::ServiceApplied { origin, service } => self.put_service(origin, *service, &mut fresh),
             SourceEvent::ServiceDeleted { key } => self.delete_service(&key),
-            SourceEvent::SliceApplied { origin, slice } => self.put_slice(origin, *slice),
+            SourceEvent::SliceApplied { origin, slice } => self.put_slice(origin, *slice, &mut fresh),
             SourceEvent::SliceDeleted { key } => self.delete_slice(&key),
             SourceEvent::NodeZone(zone) => {
                 if zone != self.zone {
@@ -129,15 +207,17 @@ impl Store {
             }
             SourceEvent::Synced(_) => {}
         }
+        fresh
     }
 
-    fn put_service(&mut self, origin: Origin, svc: Service) {
-        let key = service_key(&svc);
-        if self.services.get(&key).is_some_and(|(_, old)| *old == svc) {
+    fn put_service(&mut self, origin: Origin, svc: IngestedService, fresh: &mut Vec<Problem>) {
+        let old = self.services.get(&svc.key).map(|(_, s)| s);
+        if old == Some(&svc) {
             return;
         }
-        self.dirty.insert(key.clone());
-        self.services.insert(key, (origin, svc));
+        fresh.extend(svc.problems.iter().filter(|p| old.is_none_or(|o| !o.problems.contains(p))).cloned());
+        self.dirty.insert(svc.key.clone());
+        self.services.insert(svc.key.clone(), (origin, svc));
     }
 
     fn delete_service(&mut self, key: &ObjKey) {
@@ -146,24 +226,23 @@ impl Store {
         }
     }
 
-    fn put_slice(&mut self, origin: Origin, slice: EndpointSlice) {
-        let key = slice_key(&slice);
-        if self.slices.get(&key).is_some_and(|(_, old)| *old == slice) {
+    fn put_slice(&mut self, origin: Origin, slice: IngestedSlice, fresh: &mut Vec<Problem>) {
+        let old = self.slices.get(&slice.key).map(|(_, s)| s);
+        if old == Some(&slice) {
             return;
         }
-        self.delete_slice(&key);
-        if let Some(svc) = slice_service(&slice) {
-            self.slices_by_service.entry(svc.clone()).or_default().insert(key.clone());
-            self.dirty.insert(svc);
+        fresh.extend(slice.problems.iter().filter(|p| old.is_none_or(|o| !o.problems.contains(p))).cloned());
+        self.delete_slice(&slice.key);
+        if let Some(svc) = &slice.service {
+            self.slices_by_service.entry(svc.clone()).or_default().insert(slice.key.clone());
+            self.dirty.insert(svc.clone());
         }
-        self.slices.insert(key, (origin, slice));
+        self.slices.insert(slice.key.clone(), (origin, slice));
     }
 
     fn delete_slice(&mut self, key: &ObjKey) {
-        let Some((_, old)) = self.slices.remove(key) else {
-            return;
-        };
-        if let Some(svc) = slice_service(&old) {
+        let Some((_, old)) = self.slices.remove(key) else { return };
+        if let Some(svc) = old.service {
             if let Some(set) = self.slices_by_service.get_mut(&svc) {
                 set.remove(key);
                 if set.is_empty() {
@@ -174,8 +253,8 @@ impl Store {
         }
     }
 
-    fn replace_services(&mut self, origin: Origin, services: Vec<Service>) {
-        let incoming: BTreeSet<ObjKey> = services.iter().map(service_key).collect();
+    fn replace_services(&mut self, origin: Origin, services: Vec<IngestedService>, fresh: &mut Vec<Problem>) {
+        let incoming: BTreeSet<&ObjKey> = services.iter().map(|s| &s.key).collect();
         let gone: Vec<ObjKey> = self
             .services
             .iter()
@@ -186,12 +265,12 @@ impl Store {
             self.delete_service(&k);
         }
         for s in services {
-            self.put_service(origin, s);
+            self.put_service(origin, s, fresh);
         }
     }
 
-    fn replace_slices(&mut self, origin: Origin, slices: Vec<EndpointSlice>) {
-        let incoming: BTreeSet<ObjKey> = slices.iter().map(slice_key).collect();
+    fn replace_slices(&mut self, origin: Origin, slices: Vec<IngestedSlice>, fresh: &mut Vec<Problem>) {
+        let incoming: BTreeSet<&ObjKey> = slices.iter().map(|s| &s.key).collect();
         let gone: Vec<ObjKey> = self
             .slices
             .iter()
@@ -202,7 +281,7 @@ impl Store {
             self.delete_slice(&k);
         }
         for s in slices {
-            self.put_slice(origin, s);
+            self.put_slice(origin, s, fresh);
         }
     }
 

@@ -35,7 +35,7 @@ fn check(name: &str) {
     let mut r = Reconciler::new(Box::new(dp.clone()), zone_node, &limits, Arc::new(Metrics::new()))
         .expect("reconciler");
     r.apply_event(SourceEvent::NodeZone(Some("zone-1".into())));
-    r.apply_event(SourceEvent::Replace { origin: 0, services: objects.services, slices: objects.slices });
+    r.apply_event(SourceEvent::replace(0, &objects.services, &objects.slices, None));
     let report = r.sync();
     assert!(report.complete);
     let dump = dump_maps(&dp.state());

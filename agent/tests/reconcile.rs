@@ -44,7 +44,7 @@ fn example() -> (Vec<Service>, Vec<EndpointSlice>) {
 }
 
 fn load(r: &mut Reconciler, services: Vec<Service>, slices: Vec<EndpointSlice>) {
-    r.apply_event(SourceEvent::Replace { origin: 0, services, slices });
+    r.apply_event(SourceEvent::replace(0, &services, &slices, None));
 }
 
 #[test]
@@ -97,7 +97,7 @@ fn a_relist_deletes_what_it_no_longer_contains() {
     let web_frontends = dp.state().frontends.len();
     let kept: Vec<Service> =
         services.into_iter().filter(|s| s.metadata.name.as_deref() != Some("web")).collect();
-    r.apply_event(SourceEvent::ReplaceServices { origin: 0, services: kept });
+    r.apply_event(SourceEvent::replace_services(0, &kept, None));
     r.sync();
     assert_eq!(dp.state().frontends.len(), web_frontends - 1);
     assert!(dp.state().is_tidy());
@@ -168,7 +168,7 @@ fn a_deleted_backend_is_doomed_and_a_terminating_or_unready_one_is_not() {
     // The whole service deleted: every backend is doomed.
     let kept: Vec<Service> =
         services.into_iter().filter(|s| s.metadata.name.as_deref() != Some("web")).collect();
-    r.apply_event(SourceEvent::ReplaceServices { origin: 0, services: kept });
+    r.apply_event(SourceEvent::replace_services(0, &kept, None));
     let report = r.sync();
     assert_eq!(report.doomed.len(), 2, "{:?}", report.doomed);
 }
@@ -193,7 +193,7 @@ fn a_service_that_no_longer_fits_keeps_its_previous_version_and_others_go_on() {
     };
     let apply = |r: &mut Reconciler, text: String| {
         let (o, _) = parse_objects(&text).expect("yaml");
-        r.apply_event(SourceEvent::Replace { origin: 0, services: o.services, slices: o.slices });
+        r.apply_event(SourceEvent::replace(0, &o.services, &o.slices, None));
         r.sync()
     };
     assert!(apply(&mut r, yaml(&["10.244.0.1", "10.244.0.2"], &["10.244.0.3"])).complete);
@@ -246,12 +246,12 @@ async fn the_loop_touches_nothing_until_every_source_part_has_synced() {
 
     // Services listed, slices not yet: a prune now would drop every backend.
     let (services, slices) = example();
-    tx.send(SourceEvent::ReplaceServices { origin: 9, services }).await.expect("send");
+    tx.send(SourceEvent::replace_services(9, &services, None)).await.expect("send");
     tx.send(SourceEvent::Synced("services")).await.expect("send");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(dp.state(), before, "a partial initial state must not touch the maps");
 
-    tx.send(SourceEvent::ReplaceSlices { origin: 9, slices }).await.expect("send");
+    tx.send(SourceEvent::replace_slices(9, &slices)).await.expect("send");
     tx.send(SourceEvent::Synced("endpointslices")).await.expect("send");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(dp.state().logical_view(), before.logical_view(), "same content once complete");
@@ -318,16 +318,13 @@ fn arb_event() -> impl Strategy<Value = Ev> {
 
 fn to_source(ev: &Ev) -> SourceEvent {
     match ev {
-        Ev::Service { i, ports, local, node_port } => SourceEvent::ServiceApplied {
-            origin: 0,
-            service: Box::new(service(*i, ports, *local, *node_port)),
-        },
+        Ev::Service { i, ports, local, node_port } => {
+            SourceEvent::service(0, &service(*i, ports, *local, *node_port), None)
+        }
         Ev::DeleteService(i) => {
             SourceEvent::ServiceDeleted { key: socklb::model::ObjKey::new("ns", format!("s{i}")) }
         }
-        Ev::Slice { i, n, endpoints } => {
-            SourceEvent::SliceApplied { origin: 0, slice: Box::new(slice(*i, *n, endpoints)) }
-        }
+        Ev::Slice { i, n, endpoints } => SourceEvent::slice(0, &slice(*i, *n, endpoints)),
         Ev::DeleteSlice(i, n) => {
             SourceEvent::SliceDeleted { key: socklb::model::ObjKey::new("ns", format!("s{i}-{n}")) }
         }

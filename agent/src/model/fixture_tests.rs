@@ -30,7 +30,7 @@ fn model(yaml: &str, ctx: &NodeContext) -> (BTreeMap<ObjKey, ServiceModel>, Vec<
     }
     let mut out = BTreeMap::new();
     for svc in &objects.services {
-        let (outcome, ps) = parse_service(svc, ctx);
+        let (outcome, ps) = parse_service(svc, ctx.service_proxy_name.as_deref());
         problems.extend(ps);
         if let ServiceOutcome::Proxied(svc) = outcome {
             let mine: Vec<_> = slices.iter().filter(|s| s.service == svc.key).collect();

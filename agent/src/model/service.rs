@@ -13,7 +13,7 @@ use std::{
 use k8s_openapi::api::core::v1::Service;
 
 use super::{
-    Family, NodeContext, ObjKey, Proto,
+    Family, ObjKey, Proto,
     problem::{Problem, ProblemKind},
 };
 
@@ -80,7 +80,7 @@ fn parse_ip(text: &str) -> Option<IpAddr> {
 }
 
 /// Validates a Service; every skipped part is reported as a [`Problem`].
-pub fn parse_service(svc: &Service, ctx: &NodeContext) -> (ServiceOutcome, Vec<Problem>) {
+pub fn parse_service(svc: &Service, service_proxy_name: Option<&str>) -> (ServiceOutcome, Vec<Problem>) {
     let mut problems = Vec::new();
     let meta = &svc.metadata;
     let Some(name) = meta.name.clone().filter(|n| !n.is_empty()) else {
@@ -98,11 +98,11 @@ pub fn parse_service(svc: &Service, ctx: &NodeContext) -> (ServiceOutcome, Vec<P
 
     let labels = meta.labels.as_ref();
     let proxy_label = labels.and_then(|l| l.get(LABEL_SERVICE_PROXY_NAME));
-    match (&ctx.service_proxy_name, proxy_label) {
+    match (service_proxy_name, proxy_label) {
         (None, Some(_)) => {
             return (ServiceOutcome::NotProxied("service-proxy-name label"), problems);
         }
-        (Some(ours), theirs) if theirs != Some(ours) => {
+        (Some(ours), theirs) if theirs.map(String::as_str) != Some(ours) => {
             return (ServiceOutcome::NotProxied("not labelled for this proxy"), problems);
         }
         _ => {}

@@ -13,7 +13,7 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::yaml::{Objects, parse_objects};
+use super::yaml::{Ingested, ingest_text};
 use crate::{
     metrics::Metrics,
     store::{Origin, SourceEvent},
@@ -38,28 +38,35 @@ fn stamp(path: &Path) -> std::io::Result<Stamp> {
 
 /// What reading the file gave.
 pub enum Reading {
-    Objects(Objects),
+    Objects(Ingested),
     /// Unchanged content (a touch): nothing to do.
     Unchanged,
     Failed(String),
 }
 
-/// Reads and parses once; `last` is the previous content, to skip touches.
-pub fn read_once(path: &Path, last: &mut Option<String>, metrics: &Metrics) -> Reading {
+/// Reads and validates once; `last` is a hash of the previous content, to
+/// skip touches without keeping a copy of a possibly large file.
+pub fn read_once(path: &Path, last: &mut Option<u64>, proxy: Option<&str>, metrics: &Metrics) -> Reading {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => return Reading::Failed(format!("{}: {e}", path.display())),
     };
-    if last.as_deref() == Some(text.as_str()) {
+    let hash = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut h);
+        h.finish()
+    };
+    if *last == Some(hash) {
         return Reading::Unchanged;
     }
-    match parse_objects(&text) {
+    match ingest_text(&text, proxy) {
         Ok((objects, problems)) => {
             for p in &problems {
                 tracing::warn!(file = %path.display(), object = %p.object, field = %p.field, reason = %p.reason, "skipped invalid object");
                 metrics.invalid(p.kind.label());
             }
-            *last = Some(text);
+            *last = Some(hash);
             Reading::Objects(objects)
         }
         Err(e) => Reading::Failed(format!("{}: {e}", path.display())),
@@ -67,15 +74,25 @@ pub fn read_once(path: &Path, last: &mut Option<String>, metrics: &Metrics) -> R
 }
 
 /// Watches one file and sends its whole content on every change.
-pub async fn run(path: PathBuf, origin: Origin, tx: mpsc::Sender<SourceEvent>, metrics: Arc<Metrics>) {
-    let mut last_text: Option<String> = None;
+pub async fn run(
+    path: PathBuf,
+    origin: Origin,
+    service_proxy_name: Option<String>,
+    tx: mpsc::Sender<SourceEvent>,
+    metrics: Arc<Metrics>,
+) {
+    let mut last_text: Option<u64> = None;
     let mut last_stamp: Option<Stamp> = None;
     let mut last_error: Option<String> = None;
     let mut synced = false;
     loop {
         let now = stamp(&path).ok();
         if now.is_none() || now != last_stamp {
-            match read_once(&path, &mut last_text, &metrics) {
+            // Parsing a large file takes a while: off the async workers.
+            let reading = tokio::task::block_in_place(|| {
+                read_once(&path, &mut last_text, service_proxy_name.as_deref(), &metrics)
+            });
+            match reading {
                 Reading::Objects(objects) => {
                     last_error = None;
                     let event =

@@ -28,7 +28,10 @@ use tokio::sync::mpsc;
 use crate::{
     metrics::Metrics,
     model::service::{LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME},
-    store::{Origin, SourceEvent, service_key, slice_key},
+    store::{
+        IngestedService, IngestedSlice, Origin, SourceEvent, ingest_service, ingest_slice, service_key,
+        slice_key,
+    },
 };
 
 /// The origin of API server objects (files use 0..n).
@@ -53,55 +56,61 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) {
     let selector = label_selector(service_proxy_name.as_deref());
-    let services = watch_kind::<Service>(
+    let proxy = service_proxy_name.clone();
+    let services = watch_kind::<Service, IngestedService>(
         Api::all(client.clone()),
         watcher::Config::default().labels(&selector),
         "services",
         tx.clone(),
         metrics.clone(),
+        move |obj| ingest_service(obj, proxy.as_deref()),
         |objs| SourceEvent::ReplaceServices { origin: ORIGIN, services: objs },
         |obj| SourceEvent::ServiceApplied { origin: ORIGIN, service: Box::new(obj) },
         |obj| SourceEvent::ServiceDeleted { key: service_key(&obj) },
     );
-    let slices = watch_kind::<EndpointSlice>(
+    let slices = watch_kind::<EndpointSlice, IngestedSlice>(
         Api::all(client.clone()),
         watcher::Config::default().labels(&selector),
         "endpointslices",
         tx.clone(),
         metrics.clone(),
+        ingest_slice,
         |objs| SourceEvent::ReplaceSlices { origin: ORIGIN, slices: objs },
         |obj| SourceEvent::SliceApplied { origin: ORIGIN, slice: Box::new(obj) },
         |obj| SourceEvent::SliceDeleted { key: slice_key(&obj) },
     );
-    let zone = |node: &Node| node.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).cloned();
-    let nodes = watch_kind::<Node>(
+    let nodes = watch_kind::<Node, Option<String>>(
         Api::all(client),
         watcher::Config::default().fields(&format!("metadata.name={node_name}")),
         "nodes",
         tx,
         metrics,
-        move |objs| SourceEvent::NodeZone(objs.first().and_then(zone)),
-        move |obj| SourceEvent::NodeZone(zone(&obj)),
+        |node| node.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).cloned(),
+        |zones| SourceEvent::NodeZone(zones.into_iter().next().flatten()),
+        SourceEvent::NodeZone,
         |_| SourceEvent::NodeZone(None),
     );
     tokio::join!(services, slices, nodes);
 }
 
+/// Watches one kind. Objects are validated as they arrive (`ingest`), so a
+/// relist buffers only their small validated forms.
 #[allow(clippy::too_many_arguments)]
-async fn watch_kind<K>(
+async fn watch_kind<K, I>(
     api: Api<K>,
     config: watcher::Config,
     what: &'static str,
     tx: mpsc::Sender<SourceEvent>,
     metrics: Arc<Metrics>,
-    replace: impl Fn(Vec<K>) -> SourceEvent,
-    applied: impl Fn(K) -> SourceEvent,
+    ingest: impl Fn(&K) -> I,
+    replace: impl Fn(Vec<I>) -> SourceEvent,
+    applied: impl Fn(I) -> SourceEvent,
     deleted: impl Fn(K) -> SourceEvent,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     let mut stream = watcher(api, config).default_backoff().boxed();
-    let mut buffer: Vec<K> = Vec::new();
+    let mut buffer: Vec<I> = Vec::new();
     let mut synced = false;
     loop {
         let event = match stream.try_next().await {
@@ -121,14 +130,14 @@ async fn watch_kind<K>(
                 None
             }
             watcher::Event::InitApply(obj) => {
-                buffer.push(obj);
+                buffer.push(ingest(&obj));
                 None
             }
             watcher::Event::InitDone => {
                 tracing::info!(what, objects = buffer.len(), "list complete");
                 Some(replace(std::mem::take(&mut buffer)))
             }
-            watcher::Event::Apply(obj) => Some(applied(obj)),
+            watcher::Event::Apply(obj) => Some(applied(ingest(&obj))),
             watcher::Event::Delete(obj) => Some(deleted(obj)),
         };
         if let Some(event) = out {

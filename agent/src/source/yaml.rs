@@ -12,12 +12,121 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-use crate::model::{Problem, problem::ProblemKind};
+use crate::{
+    model::{Problem, problem::ProblemKind},
+    store::{IngestedService, IngestedSlice, ingest_service, ingest_slice},
+};
 
 #[derive(Clone, Debug, Default)]
 pub struct Objects {
     pub services: Vec<Service>,
     pub slices: Vec<EndpointSlice>,
+}
+
+/// Validated objects, ready for the store.
+#[derive(Clone, Debug, Default)]
+pub struct Ingested {
+    pub services: Vec<IngestedService>,
+    pub slices: Vec<IngestedSlice>,
+}
+
+/// Parses and validates a file's text. JSON is streamed object by object
+/// (each raw object is validated and dropped before the next is decoded), so
+/// a file of 100k services never exists as a tree in memory.
+pub fn ingest_text(
+    text: &str,
+    service_proxy_name: Option<&str>,
+) -> Result<(Ingested, Vec<Problem>), SyntaxError> {
+    let mut out = Ingested::default();
+    if !text.trim_start().starts_with('{') {
+        let (objects, problems) = parse_objects(text)?;
+        out.services = objects.services.iter().map(|s| ingest_service(s, service_proxy_name)).collect();
+        out.slices = objects.slices.iter().map(ingest_slice).collect();
+        return Ok((out, problems));
+    }
+    #[derive(serde::Deserialize)]
+    struct List<'a> {
+        #[serde(borrow, default)]
+        items: Option<Vec<&'a serde_json::value::RawValue>>,
+    }
+    let json_error =
+        |e: serde_json::Error| SyntaxError { line: e.line(), column: e.column(), message: e.to_string() };
+    let whole: &serde_json::value::RawValue = serde_json::from_str(text).map_err(json_error)?;
+    let items = match serde_json::from_str::<List<'_>>(whole.get()).map_err(json_error)?.items {
+        Some(items) => items,
+        None => vec![whole],
+    };
+    let mut problems = Vec::new();
+    for raw in items {
+        #[derive(serde::Deserialize, Default)]
+        struct Meta {
+            name: Option<String>,
+            namespace: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Head {
+            #[serde(default)]
+            kind: String,
+            #[serde(default)]
+            api_version: String,
+            #[serde(default)]
+            metadata: Option<Meta>,
+        }
+        let Ok(head) = serde_json::from_str::<Head>(raw.get()) else {
+            problems.push(Problem::new(
+                ProblemKind::Malformed,
+                "object in the list",
+                "(object)",
+                "not a Kubernetes object",
+            ));
+            continue;
+        };
+        let meta = head.metadata.unwrap_or_default();
+        let (ns, name) = (
+            meta.namespace.unwrap_or_else(|| "default".into()),
+            meta.name.unwrap_or_else(|| "<unnamed>".into()),
+        );
+        match (head.api_version.as_str(), head.kind.as_str()) {
+            ("v1", "Service") => {
+                if let Some(svc) = decode_raw::<Service>(raw.get(), "Service", &ns, &name, &mut problems) {
+                    out.services.push(ingest_service(&svc, service_proxy_name));
+                }
+            }
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                if let Some(slice) =
+                    decode_raw::<EndpointSlice>(raw.get(), "EndpointSlice", &ns, &name, &mut problems)
+                {
+                    out.slices.push(ingest_slice(&slice));
+                }
+            }
+            (api, kind) => tracing::debug!(api, kind, "ignoring object of another kind"),
+        }
+    }
+    Ok((out, problems))
+}
+
+fn decode_raw<T: serde::de::DeserializeOwned>(
+    raw: &str,
+    kind: &str,
+    ns: &str,
+    name: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    let mut de = serde_json::Deserializer::from_str(raw);
+    match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Ok(obj) => Some(obj),
+        Err(e) => {
+            let field = e.path().to_string();
+            problems.push(Problem::new(
+                ProblemKind::Malformed,
+                format!("{kind} {ns}/{name}"),
+                field,
+                e.into_inner().to_string(),
+            ));
+            None
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +327,25 @@ items:
         assert_eq!(problems[0].field, "spec.ports[0].port");
         let err = parse_objects("{\n \"kind\": ").expect_err("broken json");
         assert_eq!(err.line, 2);
+    }
+
+    #[test]
+    fn json_is_ingested_object_by_object_with_the_same_problems() {
+        let text = r#"{"apiVersion":"v1","kind":"List","items":[
+            {"apiVersion":"v1","kind":"Service","metadata":{"name":"web","namespace":"default"},"spec":{"clusterIP":"10.96.0.10","ports":[{"port":80}]}},
+            {"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"name":"web-1","namespace":"default","labels":{"kubernetes.io/service-name":"web"}},"addressType":"IPv4","endpoints":[{"addresses":["10.244.0.1"]}]},
+            {"apiVersion":"v1","kind":"Service","metadata":{"name":"bad","namespace":"default"},"spec":{"ports":[{"port":"x"}]}},
+            {"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"}}]}"#;
+        let (ingested, problems) = ingest_text(text, None).expect("valid json");
+        assert_eq!(ingested.services.len(), 1);
+        assert_eq!(ingested.slices.len(), 1);
+        assert_eq!(
+            ingested.slices[0].service.as_ref().map(ToString::to_string).as_deref(),
+            Some("default/web")
+        );
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].object, "Service default/bad");
+        assert_eq!(problems[0].field, "spec.ports[0].port");
     }
 
     #[test]
