@@ -220,37 +220,51 @@ impl ExecReport {
 
 /// Applies `plan` to `dp`, keeping `mirror` equal to what the maps hold.
 pub fn execute(plan: &Plan, dp: &mut dyn Datapath, mirror: &mut MapState) -> ExecReport {
-    let mut exec = Executor { dp, mirror, report: ExecReport::default(), refs: None };
-    for unit in &plan.units {
-        match unit.kind {
+    execute_with(plan, dp, mirror, &mut None)
+}
+
+/// As [`execute`], with reference counts kept across calls (`None` builds
+/// them from the mirror on first need). They must describe `mirror`: drop
+/// them (set `None`) whenever the mirror is replaced.
+pub fn execute_with(
+    plan: &Plan,
+    dp: &mut dyn Datapath,
+    mirror: &mut MapState,
+    refs: &mut Option<Refs>,
+) -> ExecReport {
+    let mut exec = Executor { dp, mirror, report: ExecReport::default(), refs: refs.take() };
+    let units = &plan.units;
+    let mut i = 0;
+    while i < units.len() {
+        match units[i].kind {
             UnitKind::Independent => {
-                for op in &unit.ops {
-                    exec.apply_one(op);
-                }
+                let ops: Vec<&MapOp> = units[i].ops.iter().collect();
+                exec.apply_group(&ops);
+                i += 1;
             }
-            UnitKind::Transaction { service_id, commit } => {
-                let mut written: Vec<SlotKey> = Vec::new();
-                for (i, op) in unit.ops.iter().enumerate() {
-                    let ok = exec.apply_one(op);
-                    if i <= commit && !ok {
-                        exec.report.services_failed.insert(service_id);
-                        exec.roll_back(&written);
-                        break;
-                    }
-                    if let (true, MapOp::PutSlot { key, .. }) = (i < commit, op) {
-                        written.push(*key);
-                    }
-                }
+            UnitKind::Transaction { .. } => {
+                // Consecutive transactions are applied in phases, each phase
+                // batched across services: every service's preparation, then
+                // every switch, then every clean-up. A service's new set is
+                // invisible until its own switch, so interleaving services
+                // this way keeps each one transactional.
+                let end = units[i..]
+                    .iter()
+                    .position(|u| u.kind == UnitKind::Independent)
+                    .map_or(units.len(), |p| i + p);
+                exec.transactions(&units[i..end]);
+                i = end;
             }
         }
     }
+    *refs = exec.refs.take();
     exec.report
 }
 
 /// Reference counts that make the delete preconditions O(1). Built on the
 /// first delete that needs them, then kept current.
-#[derive(Default)]
-struct Refs {
+#[derive(Debug, Default)]
+pub struct Refs {
     /// Slots per backend id.
     slots_per_backend: HashMap<u32, usize>,
     /// Frontends per service id.
@@ -258,7 +272,7 @@ struct Refs {
 }
 
 impl Refs {
-    fn build(state: &MapState) -> Self {
+    pub fn build(state: &MapState) -> Self {
         let mut refs = Self::default();
         for b in state.slots.values() {
             *refs.slots_per_backend.entry(*b).or_default() += 1;
@@ -315,37 +329,169 @@ struct Executor<'a> {
 }
 
 impl Executor<'_> {
-    fn apply_one(&mut self, op: &MapOp) -> bool {
-        if let Some(reason) = self.blocked(op) {
-            self.report.failures.push(OpFailure::Blocked { op: op.clone(), reason });
-            return false;
-        }
-        match self.dp.apply(op) {
-            Ok(()) => {
-                if let Some(refs) = &mut self.refs {
-                    refs.note(op, self.mirror);
+    /// Applies operations in order, batching runs that write the same map
+    /// the same way. Returns, per operation, whether it took effect.
+    fn apply_group(&mut self, ops: &[&MapOp]) -> Vec<bool> {
+        let mut done = vec![false; ops.len()];
+        let mut i = 0;
+        while i < ops.len() {
+            // A run of the same kind, whose preconditions hold.
+            let kind = std::mem::discriminant(ops[i]);
+            let mut run: Vec<usize> = Vec::new();
+            let mut j = i;
+            while j < ops.len() && std::mem::discriminant(ops[j]) == kind {
+                match self.blocked(ops[j]) {
+                    Some(reason) => {
+                        self.report.failures.push(OpFailure::Blocked { op: ops[j].clone(), reason });
+                    }
+                    None => run.push(j),
                 }
-                self.mirror.apply(op);
-                self.report.applied += 1;
-                true
+                // Operations of one kind never satisfy each other's
+                // preconditions, so checking them all up front is exact.
+                j += 1;
             }
-            Err(error) => {
-                self.report.failures.push(OpFailure::Failed { op: op.clone(), error });
-                false
+            let mut k = 0;
+            while k < run.len() {
+                let batch: Vec<MapOp> = run[k..].iter().map(|&x| ops[x].clone()).collect();
+                let (applied, error) = self.dp.apply_batch(&batch);
+                for (n, &x) in run[k..k + applied].iter().enumerate() {
+                    if let Some(refs) = &mut self.refs {
+                        refs.note(&batch[n], self.mirror);
+                    }
+                    self.mirror.apply(&batch[n]);
+                    done[x] = true;
+                }
+                self.report.applied += applied;
+                k += applied;
+                if let Some(error) = error {
+                    self.report.failures.push(OpFailure::Failed { op: batch[applied].clone(), error });
+                    k += 1;
+                }
+            }
+            i = j;
+        }
+        done
+    }
+
+    /// Runs transaction units in phases (see `execute_with`).
+    fn transactions(&mut self, units: &[Unit]) {
+        let parts: Vec<(u32, usize)> = units
+            .iter()
+            .map(|u| match u.kind {
+                UnitKind::Transaction { service_id, commit } => (service_id, commit),
+                UnitKind::Independent => (0, 0),
+            })
+            .collect();
+        let mut failed = vec![false; units.len()];
+        let mut written: Vec<Vec<SlotKey>> = vec![Vec::new(); units.len()];
+
+        // Preparation, grouped by operation kind in each unit's own order.
+        let kinds = |op: &MapOp| match op {
+            MapOp::DeleteMember(_) => 0,
+            MapOp::PutMember(_) => 1,
+            MapOp::PutName { .. } => 2,
+            MapOp::PutSlot { .. } => 3,
+            _ => 4,
+        };
+        for kind in 0..=4 {
+            let mut ops: Vec<&MapOp> = Vec::new();
+            let mut owner: Vec<usize> = Vec::new();
+            for (u, unit) in units.iter().enumerate().filter(|(u, _)| !failed[*u]) {
+                for op in unit.ops[..parts[u].1].iter().filter(|op| kinds(op) == kind) {
+                    ops.push(op);
+                    owner.push(u);
+                }
+            }
+            if ops.is_empty() {
+                continue;
+            }
+            for (n, ok) in self.apply_group(&ops).into_iter().enumerate() {
+                let u = owner[n];
+                if !ok {
+                    failed[u] = true;
+                } else if let MapOp::PutSlot { key, .. } = ops[n] {
+                    written[u].push(*key);
+                }
             }
         }
+
+        // A failure in a batch may be another service's doing (it took the
+        // last room in a map): free what the failed services wrote, then
+        // give each of them a second, separate try.
+        if failed.iter().any(|f| *f) {
+            for u in 0..units.len() {
+                if failed[u] {
+                    let slots = std::mem::take(&mut written[u]);
+                    self.roll_back(&slots);
+                }
+            }
+            let retry: Vec<usize> = (0..units.len()).filter(|u| failed[*u]).collect();
+            for u in retry {
+                let prep: Vec<&MapOp> = units[u].ops[..parts[u].1].iter().collect();
+                let results = self.apply_group(&prep);
+                failed[u] = results.iter().any(|ok| !ok);
+                written[u] = prep
+                    .iter()
+                    .zip(&results)
+                    .filter_map(|(op, ok)| match op {
+                        MapOp::PutSlot { key, .. } if *ok => Some(*key),
+                        _ => None,
+                    })
+                    .collect();
+                if failed[u] {
+                    let slots = std::mem::take(&mut written[u]);
+                    self.roll_back(&slots);
+                }
+            }
+        }
+
+        // The switches, for the services whose preparation fully succeeded.
+        let mut switches: Vec<&MapOp> = Vec::new();
+        let mut owner: Vec<usize> = Vec::new();
+        for (u, unit) in units.iter().enumerate() {
+            if !failed[u] {
+                if let Some(op) = unit.ops.get(parts[u].1) {
+                    switches.push(op);
+                    owner.push(u);
+                }
+            }
+        }
+        for (n, ok) in self.apply_group(&switches).into_iter().enumerate() {
+            if !ok {
+                failed[owner[n]] = true;
+            }
+        }
+
+        // Failed services keep their previous version; their half-written
+        // slots go. Switched services drop their old generation.
+        let mut cleanup: Vec<&MapOp> = Vec::new();
+        let mut rollback: Vec<SlotKey> = Vec::new();
+        for (u, unit) in units.iter().enumerate() {
+            if failed[u] {
+                self.report.services_failed.insert(parts[u].0);
+                rollback.extend(written[u].iter().copied());
+            } else {
+                cleanup.extend(unit.ops.iter().skip(parts[u].1 + 1));
+            }
+        }
+        self.roll_back(&rollback);
+        self.apply_group(&cleanup);
     }
 
     /// Removes slots a failed transaction wrote for a generation it never
     /// switched to, so they do not take room from other services.
     fn roll_back(&mut self, written: &[SlotKey]) {
-        for key in written {
-            let live = self.mirror.services.get(&key.service_id);
-            if live.is_some_and(|s| s.generation == key.generation) {
-                continue; // the slot belongs to the set readers use
-            }
-            self.apply_one(&MapOp::DeleteSlot(*key));
-        }
+        let deletes: Vec<MapOp> = written
+            .iter()
+            .filter(|key| {
+                // A slot of the live generation belongs to the set readers use.
+                let live = self.mirror.services.get(&key.service_id);
+                !live.is_some_and(|s| s.generation == key.generation)
+            })
+            .map(|k| MapOp::DeleteSlot(*k))
+            .collect();
+        let refs: Vec<&MapOp> = deletes.iter().collect();
+        self.apply_group(&refs);
     }
 
     fn refs(&mut self) -> &Refs {

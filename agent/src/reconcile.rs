@@ -58,6 +58,8 @@ pub struct Reconciler {
     metrics: Arc<Metrics>,
     /// The last sync left something to retry.
     pending: bool,
+    /// Reference counts of the mirror, kept across syncs (see plan::Refs).
+    refs: Option<plan::Refs>,
 }
 
 impl Reconciler {
@@ -84,6 +86,7 @@ impl Reconciler {
             sets: BTreeMap::new(),
             metrics,
             pending: false,
+            refs: None,
         })
     }
 
@@ -193,6 +196,7 @@ impl Reconciler {
         let actual = self.dp.read_state()?;
         let drift = plan::plan(&actual, &self.desired).op_count();
         self.mirror = actual;
+        self.refs = None;
         let report = self.execute();
         self.after_execute(&report, &[]);
         if drift > 0 {
@@ -211,7 +215,7 @@ impl Reconciler {
             return ExecReport::default();
         }
         let started = Instant::now();
-        let report = plan::execute(&p, self.dp.as_mut(), &mut self.mirror);
+        let report = plan::execute_with(&p, self.dp.as_mut(), &mut self.mirror, &mut self.refs);
         self.metrics.map_write_duration.observe(started.elapsed().as_secs_f64());
         report
     }

@@ -138,3 +138,57 @@ pub fn link_detach(link: impl AsFd) -> io::Result<()> {
 fn fd_u32(fd: &impl AsFd) -> io::Result<u32> {
     u32::try_from(fd.as_fd().as_raw_fd()).map_err(|_| io::Error::other("negative fd"))
 }
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Writes `keys[i] -> values[i]` in one syscall (BPF_MAP_UPDATE_BATCH,
+/// Linux 5.6). Returns how many were written, and the error that stopped
+/// the batch, if any.
+pub fn map_update_batch<K: aya::Pod, V: aya::Pod>(
+    map: impl AsFd,
+    keys: &[K],
+    values: &[V],
+) -> (usize, io::Result<()>) {
+    let n = keys.len().min(values.len());
+    if n == 0 {
+        return (0, Ok(()));
+    }
+    let Ok(map_fd) = fd_u32(&map) else { return (0, Err(io::Error::other("negative fd"))) };
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: n as u32,
+        map_fd,
+        ..Default::default()
+    };
+    let result = bpf(BPF_MAP_UPDATE_BATCH, &mut attr).map(|_| ());
+    (attr.count as usize, result)
+}
+
+/// Deletes `keys` in one syscall (BPF_MAP_DELETE_BATCH). Returns how many
+/// were deleted, and the error that stopped the batch (ENOENT for a key
+/// that was not there).
+pub fn map_delete_batch<K: aya::Pod>(map: impl AsFd, keys: &[K]) -> (usize, io::Result<()>) {
+    if keys.is_empty() {
+        return (0, Ok(()));
+    }
+    let Ok(map_fd) = fd_u32(&map) else { return (0, Err(io::Error::other("negative fd"))) };
+    let mut attr =
+        BatchAttr { keys: keys.as_ptr() as u64, count: keys.len() as u32, map_fd, ..Default::default() };
+    let result = bpf(BPF_MAP_DELETE_BATCH, &mut attr).map(|_| ());
+    (attr.count as usize, result)
+}

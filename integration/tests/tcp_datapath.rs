@@ -242,3 +242,45 @@ fn a_path_that_is_not_cgroup_v2_is_refused_by_name() {
     assert!(text.contains(&std::env::temp_dir().display().to_string()), "{text}");
     assert!(!sb.bpffs.exists(), "nothing pinned on failure");
 }
+
+#[test]
+fn a_full_slots_map_leaves_the_previous_version_serving_on_the_real_maps() {
+    require_root!();
+    let sb = Sandbox::new("tcp-full").expect("sandbox");
+    sb.add_addrs(&[
+        "10.244.0.1/32",
+        "10.244.0.2/32",
+        "10.244.0.3/32",
+        "10.244.0.4/32",
+        "10.244.0.5/32",
+        "10.244.0.6/32",
+    ])
+    .expect("addresses");
+    let servers: Vec<SocketAddr> = (1..=6).map(|i| sa(&format!("10.244.0.{i}:8080"))).collect();
+    sb.serve(&servers, &[], &[]).expect("servers");
+    // Room for four slots: three live ones leave no room for a new set of three.
+    let mut opts = sb.install_options();
+    opts.capacities.slots = 4;
+    socklb::loader::install(&opts).expect("install");
+    let mut p = Programmer::open(&sb.bpffs).expect("maps");
+    let old = ["10.244.0.1:8080", "10.244.0.2:8080", "10.244.0.3:8080"];
+    p.set(&[Svc::tcp(1, "10.96.0.10:80", &old), Svc::tcp(2, "10.96.0.20:80", &[])]).expect("program");
+
+    let err = p
+        .set(&[
+            Svc::tcp(1, "10.96.0.10:80", &["10.244.0.4:8080", "10.244.0.5:8080", "10.244.0.6:8080"]),
+            Svc::tcp(2, "10.96.0.20:80", &["10.244.0.1:8080"]),
+        ])
+        .expect_err("the slots map is full");
+    assert!(err.to_string().contains("SOCKLB_SLOTS"), "{err}");
+    let counts = by_backend(&sb.connect(sa("10.96.0.10:80"), 60));
+    let got: BTreeSet<&str> = counts.keys().map(String::as_str).collect();
+    assert!(got.iter().all(|b| old.contains(b)), "service 1 must keep its previous set: {got:?}");
+    // Service 2 fitted (one slot): it serves its new set.
+    let two = sb.connect(sa("10.96.0.20:80"), 5);
+    assert!(two.iter().all(|a| a.ok && a.backend.as_deref() == Some("10.244.0.1:8080")), "{two:?}");
+    // The maps hold no half-written generation.
+    let state = socklb::datapath::Datapath::read_state(&p.maps).expect("read");
+    assert!(state.slots.len() <= 4);
+    assert_eq!(state.active_backends(1).map(|v| v.len()), Some(3));
+}

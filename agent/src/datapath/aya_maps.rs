@@ -3,10 +3,12 @@
 use std::{
     collections::BTreeMap,
     io,
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
 use aya::maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray};
+use socklb_common::sys;
 use socklb_common::{
     BackendValue, Config, FrontendKey, FrontendValue, MemberKey, MemberValue, ServiceCounters, ServiceName,
     ServiceValue, SlotKey, SlotValue, map_names,
@@ -115,6 +117,123 @@ fn deleted(r: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
+fn single(maps: &mut AyaMaps, op: &MapOp) -> (usize, Option<DatapathError>) {
+    match maps.apply(op) {
+        Ok(()) => (1, None),
+        Err(e) => (0, Some(e)),
+    }
+}
+
+/// Applies a batch of updates; returns how many took effect.
+fn update_batch<K: aya::Pod, V: aya::Pod>(
+    map: &MapData,
+    keys: &[K],
+    values: &[V],
+    ops: &[MapOp],
+) -> (usize, Option<DatapathError>) {
+    let (n, result) = sys::map_update_batch(map.fd().as_fd(), keys, values);
+    match result {
+        Ok(()) => (n, None),
+        Err(source) => (
+            n,
+            Some(DatapathError::Write {
+                map: ops[n.min(ops.len() - 1)].map_name(),
+                op: format!("{:?}", ops[n.min(ops.len() - 1)]),
+                source,
+            }),
+        ),
+    }
+}
+
+/// Deletes a batch; keys already gone count as deleted.
+fn delete_batch<K: aya::Pod>(map: &MapData, keys: &[K], ops: &[MapOp]) -> (usize, Option<DatapathError>) {
+    let mut done = 0;
+    while done < keys.len() {
+        let (n, result) = sys::map_delete_batch(map.fd().as_fd(), &keys[done..]);
+        done += n;
+        match result {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(2) => done += 1, // absent: deleted already
+            Err(source) => {
+                return (
+                    done,
+                    Some(DatapathError::Write {
+                        map: ops[done].map_name(),
+                        op: format!("{:?}", ops[done]),
+                        source,
+                    }),
+                );
+            }
+        }
+    }
+    (done, None)
+}
+
+impl AyaMaps {
+    /// One batch syscall for a run of operations of one kind.
+    fn batch_run(&mut self, run: &[MapOp]) -> (usize, Option<DatapathError>) {
+        macro_rules! collect {
+            ($pat:pat => $e:expr) => {
+                run.iter()
+                    .filter_map(|op| match op {
+                        $pat => Some($e),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            };
+        }
+        match &run[0] {
+            MapOp::PutBackend { .. } => {
+                let (k, v): (Vec<u32>, Vec<BackendValue>) =
+                    collect!(MapOp::PutBackend { id, value } => (*id, *value)).into_iter().unzip();
+                update_batch(self.backends.map(), &k, &v, run)
+            }
+            MapOp::DeleteBackend { .. } => {
+                delete_batch(self.backends.map(), &collect!(MapOp::DeleteBackend { id } => *id), run)
+            }
+            MapOp::PutMember(_) => {
+                let k = collect!(MapOp::PutMember(k) => *k);
+                update_batch(self.members.map(), &k, &vec![MemberValue { present: 1 }; k.len()], run)
+            }
+            MapOp::DeleteMember(_) => {
+                delete_batch(self.members.map(), &collect!(MapOp::DeleteMember(k) => *k), run)
+            }
+            MapOp::PutSlot { .. } => {
+                let (k, v): (Vec<SlotKey>, Vec<SlotValue>) =
+                    collect!(MapOp::PutSlot { key, backend_id } => (*key, SlotValue { backend_id: *backend_id })).into_iter().unzip();
+                update_batch(self.slots.map(), &k, &v, run)
+            }
+            MapOp::DeleteSlot(_) => {
+                delete_batch(self.slots.map(), &collect!(MapOp::DeleteSlot(k) => *k), run)
+            }
+            MapOp::PutService { .. } => {
+                let (k, v): (Vec<u32>, Vec<ServiceValue>) =
+                    collect!(MapOp::PutService { id, value } => (*id, *value)).into_iter().unzip();
+                update_batch(self.services.map(), &k, &v, run)
+            }
+            MapOp::DeleteService { .. } => {
+                delete_batch(self.services.map(), &collect!(MapOp::DeleteService { id } => *id), run)
+            }
+            MapOp::PutFrontend { .. } => {
+                let (k, v): (Vec<FrontendKey>, Vec<FrontendValue>) =
+                    collect!(MapOp::PutFrontend { key, value } => (*key, *value)).into_iter().unzip();
+                update_batch(self.frontends.map(), &k, &v, run)
+            }
+            MapOp::DeleteFrontend(_) => {
+                delete_batch(self.frontends.map(), &collect!(MapOp::DeleteFrontend(k) => *k), run)
+            }
+            MapOp::PutName { .. } => {
+                let (k, v): (Vec<u32>, Vec<ServiceName>) =
+                    collect!(MapOp::PutName { id, name } => (*id, **name)).into_iter().unzip();
+                update_batch(self.names.map(), &k, &v, run)
+            }
+            MapOp::DeleteName { .. } => {
+                delete_batch(self.names.map(), &collect!(MapOp::DeleteName { id } => *id), run)
+            }
+        }
+    }
+}
+
 impl Datapath for AyaMaps {
     fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError> {
         let result = match *op {
@@ -136,6 +255,26 @@ impl Datapath for AyaMaps {
             op: format!("{op:?}"),
             source: map_io(e),
         })
+    }
+
+    /// Runs of operations on the same map go to the kernel as one
+    /// BPF_MAP_UPDATE_BATCH or BPF_MAP_DELETE_BATCH.
+    fn apply_batch(&mut self, ops: &[MapOp]) -> (usize, Option<DatapathError>) {
+        let mut done = 0;
+        while done < ops.len() {
+            let kind = std::mem::discriminant(&ops[done]);
+            let end = ops[done..]
+                .iter()
+                .position(|o| std::mem::discriminant(o) != kind)
+                .map_or(ops.len(), |p| done + p);
+            let run = &ops[done..end];
+            let (n, err) = if run.len() == 1 { single(self, &run[0]) } else { self.batch_run(run) };
+            done += n;
+            if let Some(e) = err {
+                return (done, Some(e));
+            }
+        }
+        (done, None)
     }
 
     fn read_state(&self) -> Result<MapState, DatapathError> {

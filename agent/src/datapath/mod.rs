@@ -60,6 +60,18 @@ pub trait Datapath {
     /// Applies one write or delete. Deleting an absent entry succeeds.
     fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError>;
 
+    /// Applies operations in order until one fails. Returns how many took
+    /// effect, and the error of the first that did not. Implementations may
+    /// batch runs of operations on the same map (one syscall for many).
+    fn apply_batch(&mut self, ops: &[MapOp]) -> (usize, Option<DatapathError>) {
+        for (i, op) in ops.iter().enumerate() {
+            if let Err(e) = self.apply(op) {
+                return (i, Some(e));
+            }
+        }
+        (ops.len(), None)
+    }
+
     /// Reads every map the agent writes.
     fn read_state(&self) -> Result<MapState, DatapathError>;
 

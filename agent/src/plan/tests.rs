@@ -272,9 +272,12 @@ proptest! {
         let mut dp = FakeDatapath::default();
         let mut mirror = MapState::default();
         converge(&mut dp, &mut mirror, &from);
-        let p = plan(&mirror, &to);
+        // Replay what the executor actually wrote, in its (batched, phased)
+        // order, and look at the maps after every single write.
         let mut state = dp.state.clone();
-        for op in p.ops() {
+        dp.log.clear();
+        execute(&plan(&mirror, &to), &mut dp, &mut mirror);
+        for op in &dp.log {
             state.apply(op);
             for (key, set) in reader_view(&state) {
                 let f = state.frontends[&key];
