@@ -486,7 +486,7 @@ impl Executor<'_> {
             .filter(|key| {
                 // A slot of the live generation belongs to the set readers use.
                 let live = self.mirror.services.get(&key.service_id);
-                !live.is_some_and(|s| s.generation == key.generation)
+                live.is_none_or(|s| s.generation != key.generation)
             })
             .map(|k| MapOp::DeleteSlot(*k))
             .collect();
