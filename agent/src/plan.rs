@@ -352,19 +352,19 @@ impl Executor<'_> {
             }
             let mut k = 0;
             while k < run.len() {
-                let batch: Vec<MapOp> = run[k..].iter().map(|&x| ops[x].clone()).collect();
+                let batch: Vec<&MapOp> = run[k..].iter().map(|&x| ops[x]).collect();
                 let (applied, error) = self.dp.apply_batch(&batch);
                 for (n, &x) in run[k..k + applied].iter().enumerate() {
                     if let Some(refs) = &mut self.refs {
-                        refs.note(&batch[n], self.mirror);
+                        refs.note(batch[n], self.mirror);
                     }
-                    self.mirror.apply(&batch[n]);
+                    self.mirror.apply(batch[n]);
                     done[x] = true;
                 }
                 self.report.applied += applied;
                 k += applied;
                 if let Some(error) = error {
-                    self.report.failures.push(OpFailure::Failed { op: batch[applied].clone(), error });
+                    self.report.failures.push(OpFailure::Failed { op: (*batch[applied]).clone(), error });
                     k += 1;
                 }
             }

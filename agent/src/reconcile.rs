@@ -73,6 +73,8 @@ impl Reconciler {
     ) -> Result<Self, DatapathError> {
         let mirror = dp.read_state()?;
         let ids = IdAllocator::from_maps(&mirror, limits.max_services, limits.max_backends);
+        // Built now, from what the maps hold, so that no sync pays for it.
+        let refs = Some(plan::Refs::build(&mirror));
         Ok(Self {
             dp,
             mirror,
@@ -86,7 +88,7 @@ impl Reconciler {
             sets: BTreeMap::new(),
             metrics,
             pending: false,
-            refs: None,
+            refs,
         })
     }
 
@@ -142,6 +144,7 @@ impl Reconciler {
         }
         let old_ids: BTreeMap<SetId, u32> = self.sets.iter().map(|(id, set)| (set.clone(), *id)).collect();
 
+        let rebuilt = started.elapsed();
         let rendered = render(self.models.iter(), &mut self.ids, &self.mirror);
         let fresh: BTreeSet<Problem> = rendered.problems.into_iter().collect();
         for p in fresh.difference(&self.render_problems) {
@@ -151,10 +154,22 @@ impl Reconciler {
         self.desired = rendered.desired;
         self.sets = rendered.sets;
 
+        let rendered_at = started.elapsed();
         let report = self.execute();
         self.after_execute(&report, &changed);
         let doomed = self.doomed(&before, &old_ids, &report.services_failed);
-        self.metrics.sync_duration.observe(started.elapsed().as_secs_f64());
+        let total = started.elapsed();
+        self.metrics.sync_duration.observe(total.as_secs_f64());
+        if total.as_millis() >= 100 {
+            tracing::info!(
+                services_changed = changed.len(),
+                ops = report.applied,
+                rebuild_ms = rebuilt.as_millis() as u64,
+                render_ms = (rendered_at - rebuilt).as_millis() as u64,
+                plan_and_write_ms = (total - rendered_at).as_millis() as u64,
+                "slow sync"
+            );
+        }
         SyncReport {
             ops_applied: report.applied,
             failures: report.failures.len(),
@@ -179,7 +194,8 @@ impl Reconciler {
                 continue; // the old set still serves
             }
             let now = self.models.get(&set.id.service).and_then(|m| m.sets.iter().find(|s| s.id == set.id));
-            let still_there = |b: &std::net::SocketAddr| now.is_some_and(|n| n.known.contains(b));
+            let still_there =
+                |b: &std::net::SocketAddr| now.is_some_and(|n| n.known.binary_search(b).is_ok());
             let was: BTreeSet<_> = set.backends.iter().chain(set.known.iter()).collect();
             out.extend(was.into_iter().filter(|b| !still_there(b)).map(|b| Doomed {
                 service_id: id,
@@ -196,7 +212,7 @@ impl Reconciler {
         let actual = self.dp.read_state()?;
         let drift = plan::plan(&actual, &self.desired).op_count();
         self.mirror = actual;
-        self.refs = None;
+        self.refs = Some(plan::Refs::build(&self.mirror));
         let report = self.execute();
         self.after_execute(&report, &[]);
         if drift > 0 {

@@ -129,7 +129,7 @@ fn update_batch<K: aya::Pod, V: aya::Pod>(
     map: &MapData,
     keys: &[K],
     values: &[V],
-    ops: &[MapOp],
+    ops: &[&MapOp],
 ) -> (usize, Option<DatapathError>) {
     let (n, result) = sys::map_update_batch(map.fd().as_fd(), keys, values);
     match result {
@@ -146,7 +146,7 @@ fn update_batch<K: aya::Pod, V: aya::Pod>(
 }
 
 /// Deletes a batch; keys already gone count as deleted.
-fn delete_batch<K: aya::Pod>(map: &MapData, keys: &[K], ops: &[MapOp]) -> (usize, Option<DatapathError>) {
+fn delete_batch<K: aya::Pod>(map: &MapData, keys: &[K], ops: &[&MapOp]) -> (usize, Option<DatapathError>) {
     let mut done = 0;
     while done < keys.len() {
         let (n, result) = sys::map_delete_batch(map.fd().as_fd(), &keys[done..]);
@@ -171,7 +171,7 @@ fn delete_batch<K: aya::Pod>(map: &MapData, keys: &[K], ops: &[MapOp]) -> (usize
 
 impl AyaMaps {
     /// One batch syscall for a run of operations of one kind.
-    fn batch_run(&mut self, run: &[MapOp]) -> (usize, Option<DatapathError>) {
+    fn batch_run(&mut self, run: &[&MapOp]) -> (usize, Option<DatapathError>) {
         macro_rules! collect {
             ($pat:pat => $e:expr) => {
                 run.iter()
@@ -182,7 +182,7 @@ impl AyaMaps {
                     .collect::<Vec<_>>()
             };
         }
-        match &run[0] {
+        match run[0] {
             MapOp::PutBackend { .. } => {
                 let (k, v): (Vec<u32>, Vec<BackendValue>) =
                     collect!(MapOp::PutBackend { id, value } => (*id, *value)).into_iter().unzip();
@@ -259,16 +259,16 @@ impl Datapath for AyaMaps {
 
     /// Runs of operations on the same map go to the kernel as one
     /// BPF_MAP_UPDATE_BATCH or BPF_MAP_DELETE_BATCH.
-    fn apply_batch(&mut self, ops: &[MapOp]) -> (usize, Option<DatapathError>) {
+    fn apply_batch(&mut self, ops: &[&MapOp]) -> (usize, Option<DatapathError>) {
         let mut done = 0;
         while done < ops.len() {
-            let kind = std::mem::discriminant(&ops[done]);
+            let kind = std::mem::discriminant(ops[done]);
             let end = ops[done..]
                 .iter()
-                .position(|o| std::mem::discriminant(o) != kind)
+                .position(|o| std::mem::discriminant(*o) != kind)
                 .map_or(ops.len(), |p| done + p);
             let run = &ops[done..end];
-            let (n, err) = if run.len() == 1 { single(self, &run[0]) } else { self.batch_run(run) };
+            let (n, err) = if run.len() == 1 { single(self, run[0]) } else { self.batch_run(run) };
             done += n;
             if let Some(e) = err {
                 return (done, Some(e));

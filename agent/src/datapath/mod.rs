@@ -63,7 +63,7 @@ pub trait Datapath {
     /// Applies operations in order until one fails. Returns how many took
     /// effect, and the error of the first that did not. Implementations may
     /// batch runs of operations on the same map (one syscall for many).
-    fn apply_batch(&mut self, ops: &[MapOp]) -> (usize, Option<DatapathError>) {
+    fn apply_batch(&mut self, ops: &[&MapOp]) -> (usize, Option<DatapathError>) {
         for (i, op) in ops.iter().enumerate() {
             if let Err(e) = self.apply(op) {
                 return (i, Some(e));

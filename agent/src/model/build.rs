@@ -134,6 +134,7 @@ pub fn build_service(
                     port_name: port.name.clone(),
                     backends,
                     local,
+                    // merged_endpoints comes sorted by address, deduplicated.
                     known: endpoints.iter().map(|e| e.addr).collect(),
                     flags,
                     affinity_timeout_secs: svc.affinity_timeout_secs.unwrap_or(0),

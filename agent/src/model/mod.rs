@@ -143,7 +143,8 @@ pub struct BackendSet {
     /// Every endpoint the EndpointSlices list for this port and family,
     /// ready or not. A backend leaves the service (and its sockets are
     /// destroyed) only when it is no longer here.
-    pub known: BTreeSet<SocketAddr>,
+    /// Sorted, without duplicates (a Vec: it is as large as the slices).
+    pub known: Vec<SocketAddr>,
     /// `socklb_common::service_flags`.
     pub flags: u16,
     pub affinity_timeout_secs: u32,
