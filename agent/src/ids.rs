@@ -55,7 +55,9 @@ impl Space {
 #[derive(Clone, Debug)]
 pub struct IdAllocator {
     services: HashMap<String, u32>,
+    service_names: HashMap<u32, String>,
     backends: HashMap<BackendKey, u32>,
+    backend_keys: HashMap<u32, BackendKey>,
     service_space: Space,
     backend_space: Space,
 }
@@ -66,7 +68,9 @@ impl IdAllocator {
     pub fn new(max_services: u32, max_backends: u32) -> Self {
         Self {
             services: HashMap::new(),
+            service_names: HashMap::new(),
             backends: HashMap::new(),
+            backend_keys: HashMap::new(),
             service_space: Space::new(max_services),
             backend_space: Space::new(max_backends),
         }
@@ -77,6 +81,7 @@ impl IdAllocator {
         let mut ids = Self::new(max_services, max_backends);
         for (&id, name) in &state.names {
             ids.services.insert(name.as_str().to_string(), id);
+            ids.service_names.insert(id, name.as_str().to_string());
             ids.service_space.mark(id);
         }
         // Services without a name (an interrupted run) keep their id taken
@@ -86,6 +91,7 @@ impl IdAllocator {
         }
         for (&id, b) in &state.backends {
             ids.backends.insert((b.addr, b.port, b.proto), id);
+            ids.backend_keys.insert(id, (b.addr, b.port, b.proto));
             ids.backend_space.mark(id);
         }
         ids
@@ -97,6 +103,7 @@ impl IdAllocator {
         }
         let id = self.service_space.take()?;
         self.services.insert(name.to_string(), id);
+        self.service_names.insert(id, name.to_string());
         Some(id)
     }
 
@@ -106,14 +113,38 @@ impl IdAllocator {
         }
         let id = self.backend_space.take()?;
         self.backends.insert(key, id);
+        self.backend_keys.insert(id, key);
         Some(id)
+    }
+
+    /// The id a set name has, if any (without allocating).
+    pub fn known_service(&self, name: &str) -> Option<u32> {
+        self.services.get(name).copied()
+    }
+
+    /// Frees one service id (it is in neither the maps nor the desired state).
+    pub fn release_service(&mut self, id: u32) {
+        if let Some(name) = self.service_names.remove(&id) {
+            self.services.remove(&name);
+        }
+        self.service_space.used.remove(&id);
+    }
+
+    /// Frees one backend id.
+    pub fn release_backend(&mut self, id: u32) {
+        if let Some(key) = self.backend_keys.remove(&id) {
+            self.backends.remove(&key);
+        }
+        self.backend_space.used.remove(&id);
     }
 
     /// Forgets ids that are neither in the maps nor wanted.
     pub fn release_unused(&mut self, in_use_services: &BTreeSet<u32>, in_use_backends: &BTreeSet<u32>) {
         self.services.retain(|_, id| in_use_services.contains(id));
+        self.service_names.retain(|id, _| in_use_services.contains(id));
         self.service_space.used.retain(|id| in_use_services.contains(id));
         self.backends.retain(|_, id| in_use_backends.contains(id));
+        self.backend_keys.retain(|id, _| in_use_backends.contains(id));
         self.backend_space.used.retain(|id| in_use_backends.contains(id));
     }
 }

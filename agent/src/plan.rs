@@ -18,7 +18,10 @@ use std::collections::{BTreeSet, HashMap};
 
 use socklb_common::{MAX_BACKENDS_PER_SERVICE, MemberKey, ServiceValue, SlotKey, service_flags};
 
-use crate::datapath::{Datapath, DatapathError, DesiredService, DesiredState, MapOp, MapState};
+use crate::{
+    datapath::{Datapath, DatapathError, DesiredService, DesiredState, MapOp, MapState},
+    render::Touched,
+};
 
 /// How a unit reacts to a failed operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +132,70 @@ pub fn plan(applied: &MapState, desired: &DesiredState) -> Plan {
         .collect();
     plan.push(UnitKind::Independent, deletes);
 
+    plan
+}
+
+/// The operations for what one render step touched, in the same safe order
+/// as [`plan`] (which looks at everything). Used for every sync after the
+/// first one that completed: a change to one service costs a handful of
+/// map lookups, whatever the number of services.
+pub fn plan_touched(applied: &MapState, desired: &DesiredState, touched: &Touched) -> Plan {
+    let mut plan = Plan::default();
+    let puts = touched
+        .backends
+        .iter()
+        .filter_map(|id| {
+            desired.backends.get(id).filter(|v| applied.backends.get(id) != Some(v)).map(|v| (*id, *v))
+        })
+        .map(|(id, value)| MapOp::PutBackend { id, value })
+        .collect();
+    plan.push(UnitKind::Independent, puts);
+    for id in &touched.services {
+        if let Some(want) = desired.services.get(id)
+            && let Some(unit) = service_unit(applied, *id, want)
+        {
+            plan.units.push(unit);
+        }
+    }
+    let puts = touched
+        .frontends
+        .iter()
+        .filter_map(|k| {
+            desired.frontends.get(k).filter(|v| applied.frontends.get(k) != Some(v)).map(|v| (*k, *v))
+        })
+        .map(|(key, value)| MapOp::PutFrontend { key, value })
+        .collect();
+    plan.push(UnitKind::Independent, puts);
+    let deletes = touched
+        .frontends
+        .iter()
+        .filter(|k| !desired.frontends.contains_key(k) && applied.frontends.contains_key(k))
+        .map(|k| MapOp::DeleteFrontend(*k))
+        .collect();
+    plan.push(UnitKind::Independent, deletes);
+    for &id in touched.services.iter().filter(|id| !desired.services.contains_key(id)) {
+        let mut ops = Vec::new();
+        if applied.services.contains_key(&id) {
+            ops.push(MapOp::DeleteService { id });
+        }
+        ops.extend(slots_of(applied, id).map(MapOp::DeleteSlot));
+        ops.extend(members_of(applied, id).map(MapOp::DeleteMember));
+        if applied.names.contains_key(&id) {
+            ops.push(MapOp::DeleteName { id });
+        }
+        if applied.services.contains_key(&id) {
+            plan.push(UnitKind::Transaction { service_id: id, commit: 0 }, ops);
+        } else {
+            plan.push(UnitKind::Independent, ops);
+        }
+    }
+    let deletes = touched
+        .backends
+        .iter()
+        .filter(|id| !desired.backends.contains_key(id) && applied.backends.contains_key(id))
+        .map(|&id| MapOp::DeleteBackend { id })
+        .collect();
+    plan.push(UnitKind::Independent, deletes);
     plan
 }
 

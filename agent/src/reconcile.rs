@@ -16,11 +16,11 @@ use crate::{
     ids::IdAllocator,
     metrics::{KindLabel, MapLabel, Metrics},
     model::{
-        NodeContext, ObjKey, Problem, ServiceModel, SetId, build_service, service::ServiceOutcome,
-        slices::ParsedSlice,
+        BackendSet, NodeContext, ObjKey, Problem, ServiceModel, SetId, build_service,
+        service::ServiceOutcome, slices::ParsedSlice,
     },
     plan::{self, ExecReport, OpFailure},
-    render::render,
+    render::{Renderer, Touched},
     stale::Doomed,
     store::{SourceEvent, Store},
 };
@@ -52,10 +52,12 @@ pub struct Reconciler {
     ctx: NodeContext,
     models: BTreeMap<ObjKey, ServiceModel>,
     problems: BTreeMap<ObjKey, BTreeSet<Problem>>,
-    render_problems: BTreeSet<Problem>,
-    desired: DesiredState,
-    sets: BTreeMap<u32, SetId>,
+    renderer: Renderer,
     metrics: Arc<Metrics>,
+    /// Plan from everything, not just what the last change touched: at the
+    /// first sync (the maps may hold what a previous agent left) and after a
+    /// sync that did not complete.
+    full_plan: bool,
     /// The last sync left something to retry.
     pending: bool,
     /// Reference counts of the mirror, kept across syncs (see plan::Refs).
@@ -83,10 +85,9 @@ impl Reconciler {
             ctx,
             models: BTreeMap::new(),
             problems: BTreeMap::new(),
-            render_problems: BTreeSet::new(),
-            desired: DesiredState::default(),
-            sets: BTreeMap::new(),
+            renderer: Renderer::default(),
             metrics,
+            full_plan: true,
             pending: false,
             refs,
         })
@@ -110,16 +111,16 @@ impl Reconciler {
     }
 
     pub fn desired(&self) -> &DesiredState {
-        &self.desired
+        &self.renderer.desired
     }
 
     /// Which set each service id stands for.
     pub fn sets(&self) -> &BTreeMap<u32, SetId> {
-        &self.sets
+        &self.renderer.sets
     }
 
     pub fn problems(&self) -> impl Iterator<Item = &Problem> {
-        self.store.problems().chain(self.problems.values().flatten()).chain(self.render_problems.iter())
+        self.store.problems().chain(self.problems.values().flatten()).chain(self.renderer.problems())
     }
 
     /// Rebuilds what changed and brings the maps to the desired state.
@@ -134,30 +135,35 @@ impl Reconciler {
             }
         };
         let mut changed = Vec::new();
-        let mut before: Vec<ServiceModel> = Vec::new();
+        let mut before: Vec<(u32, BackendSet)> = Vec::new();
         for key in keys {
             let old = self.models.get(&key).cloned();
             if self.rebuild(&key) {
-                before.extend(old);
+                // The ids the old sets had, for the stale-socket check.
+                for set in old.into_iter().flat_map(|m| m.sets) {
+                    if let Some(id) = self.ids.known_service(&set.id.to_string()) {
+                        before.push((id, set));
+                    }
+                }
                 changed.push(key);
             }
         }
-        let old_ids: BTreeMap<SetId, u32> = self.sets.iter().map(|(id, set)| (set.clone(), *id)).collect();
 
         let rebuilt = started.elapsed();
-        let rendered = render(self.models.iter(), &mut self.ids, &self.mirror);
-        let fresh: BTreeSet<Problem> = rendered.problems.into_iter().collect();
-        for p in fresh.difference(&self.render_problems) {
-            self.report(p);
+        let mut touched = Touched::default();
+        for key in &changed {
+            let fresh =
+                self.renderer.update(key, self.models.get(key), &mut self.ids, &self.mirror, &mut touched);
+            for p in fresh {
+                self.report(&p);
+            }
         }
-        self.render_problems = fresh;
-        self.desired = rendered.desired;
-        self.sets = rendered.sets;
 
         let rendered_at = started.elapsed();
-        let report = self.execute();
-        self.after_execute(&report, &changed);
-        let doomed = self.doomed(&before, &old_ids, &report.services_failed);
+        let full = self.full_plan;
+        let report = self.execute(&touched);
+        self.after_execute(&report, &changed, &touched, full);
+        let doomed = self.doomed(&before, &report.services_failed);
         let total = started.elapsed();
         self.metrics.sync_duration.observe(total.as_secs_f64());
         if total.as_millis() >= 100 {
@@ -181,15 +187,10 @@ impl Reconciler {
 
     /// Backends of the changed services that the EndpointSlices no longer
     /// list at all, per service id, where the new version was applied.
-    fn doomed(
-        &self,
-        before: &[ServiceModel],
-        old_ids: &BTreeMap<SetId, u32>,
-        failed: &BTreeSet<u32>,
-    ) -> Vec<Doomed> {
+    fn doomed(&self, before: &[(u32, BackendSet)], failed: &BTreeSet<u32>) -> Vec<Doomed> {
         let mut out = Vec::new();
-        for set in before.iter().flat_map(|m| m.sets.iter()) {
-            let Some(&id) = old_ids.get(&set.id) else { continue };
+        for (id, set) in before {
+            let id = *id;
             if failed.contains(&id) {
                 continue; // the old set still serves
             }
@@ -210,11 +211,13 @@ impl Reconciler {
     /// repairs it. Returns the number of operations the repair took.
     pub fn resync(&mut self) -> Result<usize, DatapathError> {
         let actual = self.dp.read_state()?;
-        let drift = plan::plan(&actual, &self.desired).op_count();
+        let drift = plan::plan(&actual, &self.renderer.desired).op_count();
         self.mirror = actual;
         self.refs = Some(plan::Refs::build(&self.mirror));
-        let report = self.execute();
-        self.after_execute(&report, &[]);
+        self.full_plan = true;
+        let touched = Touched::default();
+        let report = self.execute(&touched);
+        self.after_execute(&report, &[], &touched, true);
         if drift > 0 {
             self.metrics.drift_repaired.inc_by(drift as u64);
             tracing::warn!(
@@ -225,8 +228,13 @@ impl Reconciler {
         Ok(drift)
     }
 
-    fn execute(&mut self) -> ExecReport {
-        let p = plan::plan(&self.mirror, &self.desired);
+    fn execute(&mut self, touched: &Touched) -> ExecReport {
+        let full = std::mem::take(&mut self.full_plan);
+        let p = if full {
+            plan::plan(&self.mirror, &self.renderer.desired)
+        } else {
+            plan::plan_touched(&self.mirror, &self.renderer.desired, touched)
+        };
         if p.is_empty() {
             return ExecReport::default();
         }
@@ -236,8 +244,11 @@ impl Reconciler {
         report
     }
 
-    fn after_execute(&mut self, report: &ExecReport, changed: &[ObjKey]) {
+    fn after_execute(&mut self, report: &ExecReport, changed: &[ObjKey], touched: &Touched, full: bool) {
         self.pending = !report.is_complete();
+        if self.pending {
+            self.full_plan = true;
+        }
         for f in &report.failures {
             if let OpFailure::Failed { op, error } = f {
                 self.metrics
@@ -251,7 +262,8 @@ impl Reconciler {
             self.metrics.reconcile_errors.inc();
             let full = report.map_full();
             for id in &report.services_failed {
-                let name = self.sets.get(id).map(ToString::to_string).unwrap_or_else(|| format!("id {id}"));
+                let name =
+                    self.renderer.sets.get(id).map(ToString::to_string).unwrap_or_else(|| format!("id {id}"));
                 if full {
                     tracing::error!(set = %name, "map full: the service keeps its previous version");
                     self.metrics.invalid("capacity");
@@ -263,8 +275,12 @@ impl Reconciler {
         if report.applied > 0 {
             self.metrics.syncs.inc();
         }
-        let failed: BTreeSet<&ObjKey> =
-            report.services_failed.iter().filter_map(|id| self.sets.get(id)).map(|s| &s.service).collect();
+        let failed: BTreeSet<&ObjKey> = report
+            .services_failed
+            .iter()
+            .filter_map(|id| self.renderer.sets.get(id))
+            .map(|s| &s.service)
+            .collect();
         for key in changed {
             match self.models.get(key) {
                 Some(m) if !failed.contains(key) => {
@@ -281,25 +297,47 @@ impl Reconciler {
             }
         }
         // Ids that are in neither the maps nor the desired state are free.
-        let svc_ids: BTreeSet<u32> =
-            self.mirror.services.keys().chain(self.desired.services.keys()).copied().collect();
-        let be_ids: BTreeSet<u32> =
-            self.mirror.backends.keys().chain(self.desired.backends.keys()).copied().collect();
-        self.ids.release_unused(&svc_ids, &be_ids);
-        self.update_gauges();
+        let desired = &self.renderer.desired;
+        let (mirror, ids) = (&self.mirror, &mut self.ids);
+        if full {
+            let svc_ids: BTreeSet<u32> =
+                mirror.services.keys().chain(desired.services.keys()).copied().collect();
+            let be_ids: BTreeSet<u32> =
+                mirror.backends.keys().chain(desired.backends.keys()).copied().collect();
+            ids.release_unused(&svc_ids, &be_ids);
+        } else {
+            let gone = |id: &&u32| !mirror.services.contains_key(id) && !desired.services.contains_key(id);
+            for id in touched.services.iter().filter(gone) {
+                ids.release_service(*id);
+            }
+            let gone = |id: &&u32| !mirror.backends.contains_key(id) && !desired.backends.contains_key(id);
+            for id in touched.backends.iter().filter(gone) {
+                ids.release_backend(*id);
+            }
+        }
+        if report.applied > 0 {
+            self.update_gauges();
+        }
     }
 
     fn update_gauges(&self) {
+        use socklb_common::frontend_flags as f;
         self.metrics.services.set(self.models.len() as i64);
         self.metrics.backends.set(self.mirror.backends.len() as i64);
-        let mut kinds: BTreeMap<String, i64> = BTreeMap::new();
-        for m in self.models.values() {
-            for f in m.frontends.iter().filter(|f| f.scope == socklb_common::SCOPE_INTERNAL) {
-                *kinds.entry(f.kind.to_string()).or_default() += 1;
+        let mut kinds = [0i64; 4];
+        for (k, v) in &self.mirror.frontends {
+            if k.scope != socklb_common::SCOPE_INTERNAL {
+                continue;
             }
+            let i = match v.flags {
+                x if x & f::NODE_PORT != 0 => 1,
+                x if x & f::EXTERNAL_IP != 0 => 2,
+                x if x & f::LOAD_BALANCER != 0 => 3,
+                _ => 0,
+            };
+            kinds[i] += 1;
         }
-        for kind in ["ClusterIP", "NodePort", "ExternalIP", "LoadBalancer"] {
-            let n = kinds.get(kind).copied().unwrap_or(0);
+        for (kind, n) in ["ClusterIP", "NodePort", "ExternalIP", "LoadBalancer"].into_iter().zip(kinds) {
             self.metrics.frontends.get_or_create(&KindLabel { kind: kind.into() }).set(n);
         }
         use socklb_common::map_names as m;

@@ -1,15 +1,17 @@
-//! The models of all Services to the datapath's desired state: ids for sets
-//! and backends, map keys for frontends.
+//! The models of the Services to the datapath's desired state: ids for sets
+//! and backends, map keys for frontends. Incremental: a change to one
+//! Service re-renders that Service only, and says which ids and keys it
+//! touched, so the plan looks at those alone.
 //!
-//! A frontend claimed by two Services goes to the first in namespace/name
-//! order; the other is reported. A set that cannot get an id (the id space
-//! is full) is left out with its frontends, and reported.
+//! * A frontend claimed by two Services goes to the first in namespace/name
+//!   order; the other is reported (and gets it if the first lets go).
+//! * A set that cannot get ids (an id space is exhausted) keeps the version
+//!   the maps hold, so a full map never removes or half-programs a service
+//!   that was working; a new set that cannot get an id is left out.
 
-use std::collections::{BTreeMap, btree_map::Entry};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use socklb_common::{
-    BackendValue, FrontendKey, FrontendValue, SCOPE_BIND_GUARD, ServiceName, addr_from_ip, backend_flags,
-};
+use socklb_common::{BackendValue, FrontendKey, FrontendValue, SCOPE_BIND_GUARD, ServiceName, addr_from_ip};
 
 use crate::{
     datapath::{DesiredService, DesiredState, MapState},
@@ -17,30 +19,78 @@ use crate::{
     model::{ObjKey, Problem, ServiceModel, SetId, problem::ProblemKind},
 };
 
+/// What a render step changed: the plan only needs to look at these.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    pub services: BTreeSet<u32>,
+    pub backends: BTreeSet<u32>,
+    pub frontends: BTreeSet<FrontendKey>,
+}
+
+impl Touched {
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.backends.is_empty() && self.frontends.is_empty()
+    }
+}
+
+/// What one Service put into the desired state.
+#[derive(Clone, Debug, Default)]
+struct Contribution {
+    sets: Vec<u32>,
+    frontends: Vec<FrontendKey>,
+    problems: Vec<Problem>,
+}
+
 #[derive(Debug, Default)]
-pub struct Rendered {
+pub struct Renderer {
     pub desired: DesiredState,
     /// Which set each service id stands for.
     pub sets: BTreeMap<u32, SetId>,
-    pub problems: Vec<Problem>,
+    contributions: BTreeMap<ObjKey, Contribution>,
+    /// Every Service that wants a frontend, with the value it would write.
+    claims: BTreeMap<FrontendKey, BTreeMap<ObjKey, FrontendValue>>,
+    /// How many desired sets use each backend.
+    backend_refs: HashMap<u32, u32>,
 }
 
-/// `applied` is what the maps hold now: a set that cannot be rendered in
-/// full (an id space is exhausted) keeps the version it has there, so a full
-/// map never removes or half-programs a service that was working.
-pub fn render<'a>(
-    models: impl IntoIterator<Item = (&'a ObjKey, &'a ServiceModel)>,
-    ids: &mut IdAllocator,
-    applied: &MapState,
-) -> Rendered {
-    let mut out = Rendered::default();
-    let mut owner: BTreeMap<FrontendKey, ObjKey> = BTreeMap::new();
-    for (key, model) in models {
+impl Renderer {
+    /// The problems of the last render of every Service.
+    pub fn problems(&self) -> impl Iterator<Item = &Problem> {
+        self.contributions.values().flat_map(|c| c.problems.iter())
+    }
+
+    /// Replaces what `key` contributes with `model` (or removes it). Returns
+    /// the problems that are new for this Service.
+    pub fn update(
+        &mut self,
+        key: &ObjKey,
+        model: Option<&ServiceModel>,
+        ids: &mut IdAllocator,
+        applied: &MapState,
+        touched: &mut Touched,
+    ) -> Vec<Problem> {
+        let old = self.contributions.remove(key).unwrap_or_default();
+        for id in &old.sets {
+            self.remove_set(*id, touched);
+        }
+        for fk in &old.frontends {
+            if let Some(c) = self.claims.get_mut(fk) {
+                c.remove(key);
+                if c.is_empty() {
+                    self.claims.remove(fk);
+                }
+            }
+            self.settle(fk, touched);
+        }
+        let Some(model) = model else {
+            return Vec::new();
+        };
+        let mut new = Contribution::default();
         let mut set_ids: BTreeMap<&SetId, u32> = BTreeMap::new();
         for set in &model.sets {
             let name = set.id.to_string();
             let Some(id) = ids.service(&name) else {
-                out.problems.push(Problem::new(
+                new.problems.push(Problem::new(
                     ProblemKind::Capacity,
                     format!("Service {key}"),
                     format!("port {}", set.id.port),
@@ -49,75 +99,122 @@ pub fn render<'a>(
                 continue;
             };
             let mut backends = Vec::with_capacity(set.backends.len());
+            let mut values = Vec::with_capacity(set.backends.len());
             let mut full = false;
             for addr in &set.backends {
                 let value = BackendValue {
                     addr: addr_from_ip(addr.ip()),
                     port: addr.port().to_be(),
                     proto: set.id.proto.number(),
-                    flags: if set.local.contains(addr) { backend_flags::LOCAL } else { 0 },
+                    // Per address, not per set: nothing set-specific (such as
+                    // "local to this node") may go here, or two sets sharing
+                    // an address would fight over it.
+                    flags: 0,
                 };
                 let Some(bid) = ids.backend((value.addr, value.port, value.proto)) else {
                     full = true;
                     break;
                 };
-                out.desired.backends.insert(bid, value);
                 backends.push(bid);
+                values.push((bid, value));
             }
-            if full {
-                out.problems.push(Problem::new(
+            let desired = if full {
+                new.problems.push(Problem::new(
                     ProblemKind::Capacity,
                     format!("Service {key}"),
                     format!("port {}", set.id.port),
                     "no free backend id: the backends map is full; the previous version stays",
                 ));
-                if let Some((svc, backends)) = previous_version(applied, id) {
-                    out.desired.backends.extend(backends);
-                    out.desired.services.insert(id, svc);
-                    out.sets.insert(id, set.id.clone());
-                    set_ids.insert(&set.id, id);
+                match previous_version(applied, id) {
+                    Some((svc, values)) => Some((svc, values)),
+                    None => None,
                 }
-                continue;
-            }
-            out.desired.services.insert(
-                id,
-                DesiredService {
+            } else {
+                let svc = DesiredService {
                     name: ServiceName::new(&name),
                     flags: set.flags,
                     affinity_timeout_secs: set.affinity_timeout_secs,
                     backends,
-                },
-            );
-            out.sets.insert(id, set.id.clone());
-            set_ids.insert(&set.id, id);
+                };
+                Some((svc, values))
+            };
+            if let Some((svc, values)) = desired {
+                self.add_set(id, svc, values, touched);
+                self.sets.insert(id, set.id.clone());
+                set_ids.insert(&set.id, id);
+                new.sets.push(id);
+            }
         }
         for fe in &model.frontends {
-            let Some(&service_id) = set_ids.get(&fe.set) else {
-                continue;
-            };
+            let Some(&service_id) = set_ids.get(&fe.set) else { continue };
             let addr = if fe.scope == SCOPE_BIND_GUARD { [0; 4] } else { addr_from_ip(fe.addr.ip()) };
             let fk =
                 FrontendKey { addr, port: fe.addr.port().to_be(), proto: fe.proto.number(), scope: fe.scope };
-            match owner.entry(fk) {
-                Entry::Occupied(first) => out.problems.push(Problem::new(
+            let value = FrontendValue { service_id, flags: fe.kind.flag(), _pad: 0 };
+            self.claims.entry(fk).or_default().insert(key.clone(), value);
+            self.settle(&fk, touched);
+            if let Some(owner) = self.claims.get(&fk).and_then(|c| c.keys().next())
+                && owner != key
+            {
+                new.problems.push(Problem::new(
                     ProblemKind::FrontendConflict,
                     format!("Service {key}"),
                     format!("{} {}/{}", fe.kind, fe.addr, fe.proto),
-                    format!("already used by Service {}", first.get()),
-                )),
-                Entry::Vacant(slot) => {
-                    slot.insert(key.clone());
-                    let value = FrontendValue { service_id, flags: fe.kind.flag(), _pad: 0 };
-                    out.desired.frontends.insert(fk, value);
+                    format!("already used by Service {owner}"),
+                ));
+            }
+            new.frontends.push(fk);
+        }
+        let fresh = new.problems.iter().filter(|p| !old.problems.contains(p)).cloned().collect();
+        self.contributions.insert(key.clone(), new);
+        fresh
+    }
+
+    /// Makes the desired frontend `fk` the claim of its first claimant.
+    fn settle(&mut self, fk: &FrontendKey, touched: &mut Touched) {
+        let want = self.claims.get(fk).and_then(|c| c.values().next().copied());
+        if self.desired.frontends.get(fk).copied() != want {
+            match want {
+                Some(v) => self.desired.frontends.insert(*fk, v),
+                None => self.desired.frontends.remove(fk),
+            };
+            touched.frontends.insert(*fk);
+        }
+    }
+
+    fn add_set(
+        &mut self,
+        id: u32,
+        svc: DesiredService,
+        values: Vec<(u32, BackendValue)>,
+        touched: &mut Touched,
+    ) {
+        for (bid, value) in values {
+            let n = self.backend_refs.entry(bid).or_default();
+            *n += 1;
+            if self.desired.backends.insert(bid, value) != Some(value) {
+                touched.backends.insert(bid);
+            }
+        }
+        self.desired.services.insert(id, svc);
+        touched.services.insert(id);
+    }
+
+    fn remove_set(&mut self, id: u32, touched: &mut Touched) {
+        let Some(svc) = self.desired.services.remove(&id) else { return };
+        self.sets.remove(&id);
+        touched.services.insert(id);
+        for bid in svc.backends {
+            if let Some(n) = self.backend_refs.get_mut(&bid) {
+                *n -= 1;
+                if *n == 0 {
+                    self.backend_refs.remove(&bid);
+                    self.desired.backends.remove(&bid);
+                    touched.backends.insert(bid);
                 }
             }
         }
     }
-    // Backends of sets that were dropped after their ids were taken.
-    let used: std::collections::BTreeSet<u32> =
-        out.desired.services.values().flat_map(|s| s.backends.iter().copied()).collect();
-    out.desired.backends.retain(|id, _| used.contains(id));
-    out
 }
 
 /// A service as the maps serve it now, with its backends.

@@ -348,6 +348,24 @@ impl Datapath for Faulty {
     }
 }
 
+/// The desired state without ids: per frontend, the set's name, flags and
+/// backends.
+fn canonical(
+    d: &socklb::datapath::DesiredState,
+) -> std::collections::BTreeMap<
+    socklb_common::FrontendKey,
+    (String, u16, u16, Vec<socklb_common::BackendValue>),
+> {
+    d.frontends
+        .iter()
+        .map(|(k, f)| {
+            let svc = &d.services[&f.service_id];
+            let backends = svc.backends.iter().map(|b| d.backends[b]).collect();
+            (*k, (svc.name.as_str().to_string(), svc.flags, f.flags, backends))
+        })
+        .collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -357,9 +375,11 @@ proptest! {
     ) {
         let dp = SharedFake::default();
         let mut r = reconciler(dp.clone());
+        let mut history: Vec<Ev> = Vec::new();
         for batch in &batches {
             for ev in batch {
                 r.apply_event(to_source(ev));
+                history.push(ev.clone());
             }
             let report = r.sync();
             prop_assert!(report.complete);
@@ -367,6 +387,14 @@ proptest! {
             prop_assert_eq!(&state.logical_view(), r.desired());
             prop_assert!(state.is_tidy());
             prop_assert!(plan::plan(&state, r.desired()).is_empty());
+            // Incremental rendering gives what rendering everything from
+            // scratch gives (ids aside).
+            let mut fresh = reconciler(SharedFake::default());
+            for ev in &history {
+                fresh.apply_event(to_source(ev));
+            }
+            fresh.sync();
+            prop_assert_eq!(canonical(r.desired()), canonical(fresh.desired()));
         }
     }
 

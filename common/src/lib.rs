@@ -190,12 +190,6 @@ pub mod service_flags {
     pub const MEMBERSHIP: u16 = 1 << 3;
 }
 
-/// Backend flags (informational: selection treats all slots alike).
-pub mod backend_flags {
-    /// The endpoint runs on this node.
-    pub const LOCAL: u8 = 1 << 0;
-}
-
 /// Datapath-wide settings.
 pub mod config_flags {
     /// Translate only sockets in the host network namespace.

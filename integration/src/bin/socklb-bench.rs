@@ -504,6 +504,11 @@ fn run_all(
                         .push(Duration::from_nanos(reached.saturating_sub(written)));
                 }
             }
+            // Keep the agent's log next to the report.
+            let _ = fs::copy(
+                env.workdir.join("agent.log"),
+                std::env::temp_dir().join(format!("socklb-bench-agent-{n}x{e}.log")),
+            );
             drop(env);
         }
     }
