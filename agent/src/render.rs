@@ -125,10 +125,7 @@ impl Renderer {
                     format!("port {}", set.id.port),
                     "no free backend id: the backends map is full; the previous version stays",
                 ));
-                match previous_version(applied, id) {
-                    Some((svc, values)) => Some((svc, values)),
-                    None => None,
-                }
+                previous_version(applied, id)
             } else {
                 let svc = DesiredService {
                     name: ServiceName::new(&name),
