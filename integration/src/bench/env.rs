@@ -137,12 +137,22 @@ impl Env {
 
     /// Starts the agent on a file and returns the time until `/readyz`.
     pub fn start_agent(&mut self, socklb: &Path, file: &Path, metrics_port: u16) -> Result<Duration> {
+        let file = file.to_str().context("path is not UTF-8")?;
+        self.start_agent_with(socklb, &["--from-file", file], metrics_port)
+    }
+
+    /// Starts the agent with a source (`--from-file F` or `--kubeconfig K`).
+    pub fn start_agent_with(
+        &mut self,
+        socklb: &Path,
+        source: &[&str],
+        metrics_port: u16,
+    ) -> Result<Duration> {
         let log = fs::File::create(self.workdir.join("agent.log"))?;
         let started = Instant::now();
         let child = Command::new(socklb)
             .arg("agent")
-            .arg("--from-file")
-            .arg(file)
+            .args(source)
             .arg("--cgroup")
             .arg(&self.cgroup)
             .arg("--bpffs")

@@ -95,6 +95,11 @@ impl Workload {
         self.services.push(s);
     }
 
+    /// One service (and its slice) as a JSON list.
+    pub fn single_json(s: &Service) -> String {
+        Workload { n: 0, e: s.endpoints.len(), services: vec![s.clone()] }.cluster_json()
+    }
+
     /// The workload as `kubectl get svc,endpointslices -A -o json` prints it
     /// (JSON: socklb reads it much faster than YAML at 100k services).
     pub fn cluster_json(&self) -> String {

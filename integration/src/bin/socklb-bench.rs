@@ -322,6 +322,61 @@ fn wait_sync(port: u16, before: (f64, f64)) -> Result<Duration> {
     bail!("the agent applied nothing")
 }
 
+/// One trial: start a client polling the new service's VIP, make the
+/// change, and return the time from the change to the first answer.
+fn event_trial(
+    env: &Env,
+    extra: &workload::Service,
+    change: impl FnOnce() -> Result<()>,
+) -> Result<Duration> {
+    let vip = SocketAddr::from((extra.vip, workload::TCP_PORT));
+    let mut poll = Command::new(self_bin())
+        .args(["poll", "--netns", &env.netns(Peer::Socklb), "--to", &vip.to_string()])
+        .arg("--cgroup")
+        .arg(&env.cgroup)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut stdout = poll.stdout.take().context("poll stdout")?;
+    let mut ready_line = [0u8; 6];
+    stdout.read_exact(&mut ready_line)?;
+    let changed = socklb_integration::probe::now_ns();
+    change()?;
+    let mut text = String::new();
+    stdout.read_to_string(&mut text)?;
+    let _ = poll.wait();
+    let reached: u64 = text.trim().parse().context("poll result")?;
+    Ok(Duration::from_nanos(reached.saturating_sub(changed)))
+}
+
+/// Event-to-datapath through the test API server and the kube-rs watch path.
+fn api_event_latency(run_id: &str, socklb: &Path, w: &Workload, trials: usize) -> Result<Vec<Duration>> {
+    use socklb_integration::apiserver::FakeApiServer;
+    let mut env = Env::create(run_id, &format!("api{}", w.n))?;
+    env.start_servers()?;
+    let api = FakeApiServer::start();
+    let list: serde_json::Value = serde_json::from_str(&w.cluster_json())?;
+    for item in list["items"].as_array().into_iter().flatten() {
+        api.apply(item.clone());
+    }
+    let kubeconfig = env.workdir.join("kubeconfig");
+    fs::write(&kubeconfig, api.kubeconfig())?;
+    let port = socklb_integration::agent::free_port();
+    env.start_agent_with(socklb, &["--kubeconfig", kubeconfig.to_str().context("utf8")?], port)?;
+    let mut out = Vec::new();
+    for k in 1..=trials {
+        let extra = w.extra(k);
+        let items: serde_json::Value = serde_json::from_str(&Workload::single_json(&extra))?;
+        let latency = event_trial(&env, &extra, || {
+            for item in items["items"].as_array().into_iter().flatten() {
+                api.apply(item.clone());
+            }
+            Ok(())
+        })?;
+        out.push(latency);
+    }
+    Ok(out)
+}
+
 fn run_all(
     run_id: &str,
     quick: bool,
@@ -480,28 +535,11 @@ fn run_all(
                 let trials = if quick { 10 } else { 30 };
                 for k in 1..=trials {
                     let extra = w.extra(k);
-                    let vip = SocketAddr::from((extra.vip, workload::TCP_PORT));
-                    let mut poll = Command::new(self_bin())
-                        .args(["poll", "--netns", &env.netns(Peer::Socklb), "--to", &vip.to_string()])
-                        .arg("--cgroup")
-                        .arg(&env.cgroup)
-                        .stdout(Stdio::piped())
-                        .spawn()?;
-                    let mut stdout = poll.stdout.take().context("poll stdout")?;
-                    let mut ready_line = [0u8; 6];
-                    stdout.read_exact(&mut ready_line)?;
-                    w.push(extra);
-                    let written = socklb_integration::probe::now_ns();
-                    write_file(&file, &w)?;
-                    let mut text = String::new();
-                    stdout.read_to_string(&mut text)?;
-                    let _ = poll.wait();
-                    let reached: u64 = text.trim().parse().context("poll result")?;
-                    results
-                        .event_latency
-                        .entry(n)
-                        .or_default()
-                        .push(Duration::from_nanos(reached.saturating_sub(written)));
+                    let latency = event_trial(&env, &extra, || {
+                        w.push(extra.clone());
+                        write_file(&file, &w)
+                    })?;
+                    results.event_latency.entry(n).or_default().push(latency);
                 }
             }
             // Keep the agent's log next to the report.
@@ -510,6 +548,13 @@ fn run_all(
                 std::env::temp_dir().join(format!("socklb-bench-agent-{n}x{e}.log")),
             );
             drop(env);
+
+            // The same through the API server: one watch event per change.
+            if n <= 10_000 && e == endpoints[0] {
+                let trials = if quick { 10 } else { 30 };
+                let latencies = api_event_latency(run_id, socklb, &Workload::new(n, e), trials)?;
+                results.api_event_latency.insert(n, latencies);
+            }
         }
     }
     Ok(results)
