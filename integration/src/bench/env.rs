@@ -158,7 +158,7 @@ impl Env {
             .arg("--bpffs")
             .arg(&self.bpffs)
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}"), "--node-name", "bench"])
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()?;

@@ -80,7 +80,7 @@ enum Cmd {
         #[arg(long)]
         plots: PathBuf,
         /// Longest a rule load may take before that size is skipped.
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 180)]
         load_bound_secs: u64,
         /// Override the service counts (comma-separated).
         #[arg(long, value_delimiter = ',')]
