@@ -247,3 +247,291 @@ pub fn dump_maps(state: &MapState) -> String {
     }
     lines.join("\n") + "\n"
 }
+
+/// One scope's entry for a destination, for `socklb explain`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ExplainEntry {
+    pub scope: String,
+    pub kind: String,
+    pub service: String,
+    pub service_id: u32,
+    pub generation: u16,
+    pub flags: Vec<String>,
+    pub backends: Vec<String>,
+    /// What a connect from this node gets.
+    pub outcome: String,
+}
+
+/// What a destination maps to on this node.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Explanation {
+    pub destination: String,
+    pub protocol: String,
+    pub is_service: bool,
+    pub entries: Vec<ExplainEntry>,
+}
+
+/// Explains `dest` from the map contents.
+pub fn explain(state: &MapState, dest: SocketAddr, proto_number: u8) -> Explanation {
+    let addr = socklb_common::addr_from_ip(dest.ip());
+    let mut entries = Vec::new();
+    let scopes = [
+        (socklb_common::SCOPE_INTERNAL, addr),
+        (SCOPE_EXTERNAL, addr),
+        (socklb_common::SCOPE_BIND_GUARD, [0; 4]),
+    ];
+    for (scope, addr) in scopes {
+        let key = socklb_common::FrontendKey { addr, port: dest.port().to_be(), proto: proto_number, scope };
+        let Some(f) = state.frontends.get(&key) else { continue };
+        let svc = state.services.get(&f.service_id);
+        let backends: Vec<String> = state
+            .active_backends(f.service_id)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|id| state.backends.get(id))
+            .map(|b| SocketAddr::new(ip_from_addr(&b.addr), u16::from_be(b.port)).to_string())
+            .collect();
+        let mut flags = Vec::new();
+        if let Some(s) = svc {
+            if s.flags & service_flags::AFFINITY != 0 {
+                flags.push(format!("affinity={}s", s.affinity_timeout_secs));
+            }
+            if s.flags & service_flags::LOCAL_ONLY != 0 {
+                flags.push("local-only".into());
+            }
+            if s.flags & service_flags::TERMINATING_FALLBACK != 0 {
+                flags.push("terminating-fallback".into());
+            }
+        }
+        let outcome = match scope {
+            socklb_common::SCOPE_BIND_GUARD => {
+                "a host-namespace bind to this port fails with EADDRINUSE".to_string()
+            }
+            SCOPE_EXTERNAL => "not used by sockets on this node (traffic from outside the node)".to_string(),
+            _ if backends.is_empty() => "connect() fails with ECONNREFUSED (no usable endpoint)".to_string(),
+            _ => format!("connect() goes to one of {} backend(s), chosen at random", backends.len()),
+        };
+        entries.push(ExplainEntry {
+            scope: scope_name(scope).into(),
+            kind: kind(f.flags).into(),
+            service: state.names.get(&f.service_id).map(|n| n.as_str().to_string()).unwrap_or_default(),
+            service_id: f.service_id,
+            generation: svc.map(|s| s.generation).unwrap_or_default(),
+            flags,
+            backends,
+            outcome,
+        });
+    }
+    let is_service = entries.iter().any(|e| e.scope == "internal");
+    Explanation { destination: dest.to_string(), protocol: proto(proto_number), is_service, entries }
+}
+
+pub fn render_explanation(e: &Explanation) -> String {
+    let mut out = String::new();
+    if !e.is_service {
+        out.push_str(&format!(
+            "{}/{} is not a service on this node: connects to it are not translated\n",
+            e.destination, e.protocol
+        ));
+    }
+    for x in &e.entries {
+        out.push_str(&format!(
+            "{}/{} [{} scope] {} of {} (service id {}, generation {})\n",
+            e.destination, e.protocol, x.scope, x.kind, x.service, x.service_id, x.generation
+        ));
+        if !x.flags.is_empty() {
+            out.push_str(&format!("  flags: {}\n", x.flags.join(", ")));
+        }
+        if !x.backends.is_empty() {
+            out.push_str(&format!("  backends: {}\n", x.backends.join(", ")));
+        }
+        out.push_str(&format!("  {}\n", x.outcome));
+    }
+    out
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HookStatus {
+    pub hook: &'static str,
+    pub attached: bool,
+    pub program_id: Option<u32>,
+    /// Whether the link is attached to the cgroup given.
+    pub on_this_cgroup: Option<bool>,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MapStatus {
+    pub map: &'static str,
+    pub pinned: bool,
+    pub entries: Option<usize>,
+    pub capacity: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub kernel: String,
+    pub cgroup: String,
+    pub bpffs: String,
+    pub hooks: Vec<HookStatus>,
+    pub maps: Vec<MapStatus>,
+    pub features: Vec<crate::features::Feature>,
+}
+
+/// What is attached and pinned, and what the kernel offers.
+pub fn status(cgroup: &Path, bpffs: &Path) -> Status {
+    use std::os::{fd::AsFd, unix::fs::MetadataExt};
+    let cgroup_id = std::fs::metadata(cgroup).ok().map(|m| m.ino());
+    let links = crate::loader::links_dir(bpffs);
+    let hooks = crate::loader::HOOKS
+        .iter()
+        .map(|h| {
+            let pin = links.join(h.name);
+            let info =
+                socklb_common::sys::obj_get(&pin).and_then(|fd| socklb_common::sys::link_info(fd.as_fd()));
+            match info {
+                Ok(i) => HookStatus {
+                    hook: h.name,
+                    attached: true,
+                    program_id: Some(i.prog_id),
+                    on_this_cgroup: cgroup_id.map(|c| c == i.cgroup_id),
+                    detail: format!("link {} (cgroup id {})", i.id, i.cgroup_id),
+                },
+                Err(e) => HookStatus {
+                    hook: h.name,
+                    attached: false,
+                    program_id: None,
+                    on_this_cgroup: None,
+                    detail: format!("{}: {e}", pin.display()),
+                },
+            }
+        })
+        .collect();
+    let state = AyaMaps::open(bpffs).and_then(|m| m.read_state()).ok();
+    let maps = crate::loader::MAP_SPECS
+        .iter()
+        .map(|spec| {
+            let pin = crate::loader::map_pin(bpffs, spec.name);
+            let data = aya::maps::MapData::from_pin(&pin).ok();
+            let capacity = data.as_ref().and_then(|d| d.info().ok()).map(|i| i.max_entries());
+            let entries = state.as_ref().and_then(|st| match spec.name {
+                socklb_common::map_names::FRONTENDS => Some(st.frontends.len()),
+                socklb_common::map_names::SERVICES => Some(st.services.len()),
+                socklb_common::map_names::SLOTS => Some(st.slots.len()),
+                socklb_common::map_names::BACKENDS => Some(st.backends.len()),
+                socklb_common::map_names::MEMBERS => Some(st.members.len()),
+                socklb_common::map_names::SVC_NAMES => Some(st.names.len()),
+                _ => None,
+            });
+            MapStatus { map: spec.name, pinned: data.is_some(), entries, capacity }
+        })
+        .collect();
+    Status {
+        kernel: crate::features::kernel_release(),
+        cgroup: cgroup.display().to_string(),
+        bpffs: bpffs.display().to_string(),
+        hooks,
+        maps,
+        features: crate::features::detect(),
+    }
+}
+
+pub fn render_status(s: &Status) -> String {
+    let mut out = format!(
+        "kernel {}\ncgroup {}\nbpffs  {}\n\nHOOK           ATTACHED  PROGRAM  DETAIL\n",
+        s.kernel, s.cgroup, s.bpffs
+    );
+    for h in &s.hooks {
+        let attached = match (h.attached, h.on_this_cgroup) {
+            (true, Some(false)) => "elsewhere",
+            (true, _) => "yes",
+            (false, _) => "no",
+        };
+        let prog = h.program_id.map_or("-".into(), |p| p.to_string());
+        out.push_str(&format!("{:<14} {:<9} {:<8} {}\n", h.hook, attached, prog, h.detail));
+    }
+    out.push_str("\nMAP                   ENTRIES   CAPACITY  FILL\n");
+    for m in &s.maps {
+        let entries = m.entries.map_or("-".into(), |e| e.to_string());
+        let cap =
+            m.capacity.map_or(if m.pinned { "-".into() } else { "not pinned".into() }, |c| c.to_string());
+        let fill = match (m.entries, m.capacity) {
+            (Some(e), Some(c)) if c > 0 => format!("{:.1}%", 100.0 * e as f64 / f64::from(c)),
+            _ => "-".into(),
+        };
+        out.push_str(&format!("{:<21} {:<9} {:<9} {}\n", m.map, entries, cap, fill));
+    }
+    out.push_str("\nFEATURE                                   AVAILABLE  DETAIL\n");
+    for f in &s.features {
+        out.push_str(&format!(
+            "{:<41} {:<10} {}\n",
+            f.name,
+            if f.available { "yes" } else { "NO" },
+            f.detail
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use socklb_common::{
+        BackendValue, FrontendKey, FrontendValue, ServiceName, ServiceValue, SlotKey, addr_from_ip,
+    };
+
+    use super::*;
+
+    fn state() -> MapState {
+        let mut s = MapState::default();
+        let vip = FrontendKey {
+            addr: addr_from_ip("10.96.0.10".parse().expect("ip")),
+            port: 80u16.to_be(),
+            proto: 6,
+            scope: 1,
+        };
+        s.frontends.insert(
+            vip,
+            FrontendValue { service_id: 1, flags: socklb_common::frontend_flags::CLUSTER_IP, _pad: 0 },
+        );
+        let empty = FrontendKey { addr: addr_from_ip("10.96.0.11".parse().expect("ip")), ..vip };
+        s.frontends.insert(
+            empty,
+            FrontendValue { service_id: 2, flags: socklb_common::frontend_flags::CLUSTER_IP, _pad: 0 },
+        );
+        s.services.insert(1, ServiceValue { count: 1, generation: 4, ..Default::default() });
+        s.services.insert(2, ServiceValue::default());
+        s.names.insert(1, ServiceName::new("default/web:80/TCP ipv4 cluster"));
+        s.slots.insert(SlotKey { service_id: 1, generation: 4, index: 0 }, 7);
+        s.backends.insert(
+            7,
+            BackendValue {
+                addr: addr_from_ip("10.244.0.1".parse().expect("ip")),
+                port: 8080u16.to_be(),
+                proto: 6,
+                flags: 0,
+            },
+        );
+        s
+    }
+
+    #[test]
+    fn explain_names_the_service_and_its_backends() {
+        let e = explain(&state(), "10.96.0.10:80".parse().expect("addr"), 6);
+        assert!(e.is_service);
+        assert_eq!(e.entries.len(), 1);
+        assert_eq!(e.entries[0].service, "default/web:80/TCP ipv4 cluster");
+        assert_eq!(e.entries[0].backends, ["10.244.0.1:8080"]);
+        assert_eq!(e.entries[0].generation, 4);
+        let text = render_explanation(&e);
+        assert!(text.contains("ClusterIP of default/web"), "{text}");
+    }
+
+    #[test]
+    fn explain_says_when_a_service_refuses_and_when_it_is_not_a_service() {
+        let e = explain(&state(), "10.96.0.11:80".parse().expect("addr"), 6);
+        assert!(e.entries[0].outcome.contains("ECONNREFUSED"));
+        let e = explain(&state(), "10.96.0.10:80".parse().expect("addr"), 17);
+        assert!(!e.is_service, "UDP is another frontend");
+        assert!(render_explanation(&e).contains("is not a service"));
+    }
+}

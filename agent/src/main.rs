@@ -29,6 +29,12 @@ enum LogFormat {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum ProtoArg {
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum Output {
     Table,
     Json,
@@ -58,9 +64,9 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:9966")]
         metrics_addr: SocketAddr,
         /// Where NodePorts answer: CIDRs select host addresses, single
-        /// addresses are used as given; default: every host address.
+        /// addresses are used as given; empty or absent: every host address.
         #[arg(long, value_delimiter = ',')]
-        nodeport_addresses: Vec<Cidr>,
+        nodeport_addresses: Vec<String>,
         /// How often the maps are read back and repaired if they drifted.
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         resync: Duration,
@@ -90,6 +96,27 @@ enum Cmd {
     },
     /// Show the programmed frontends, their backends and counters.
     List {
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Show which frontend, scope and backends a destination maps to.
+    Explain {
+        /// ADDR:PORT (IPv6 as [ADDR]:PORT).
+        destination: SocketAddr,
+        #[arg(long, value_enum, default_value = "tcp")]
+        proto: ProtoArg,
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Show the attached programs, the pinned maps and their fill, and the
+    /// kernel features found.
+    Status {
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
         #[arg(long, default_value = DEFAULT_BPFFS)]
         bpffs: PathBuf,
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
@@ -134,6 +161,22 @@ fn node_name(flag: Option<String>) -> Result<String> {
     Ok(host.to_string_lossy().into_owned())
 }
 
+fn open_pinned(bpffs: &std::path::Path) -> Result<AyaMaps> {
+    AyaMaps::open(bpffs)
+        .with_context(|| format!("no socklb datapath pinned at {} (is the agent running?)", bpffs.display()))
+}
+
+/// `--nodeport-addresses`: empty entries (an empty ConfigMap value) mean
+/// "the default".
+fn parse_cidrs(items: &[String]) -> Result<Vec<Cidr>> {
+    items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<Cidr>().with_context(|| format!("--nodeport-addresses {s:?}")))
+        .collect()
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Agent {
@@ -161,7 +204,7 @@ fn run(cli: Cli) -> Result<()> {
                 bpffs,
                 metrics_addr,
                 nodeport_addresses: netaddr::nodeport_addresses(
-                    &nodeport_addresses,
+                    &parse_cidrs(&nodeport_addresses)?,
                     &netaddr::host_addresses(),
                 ),
                 resync,
@@ -178,15 +221,35 @@ fn run(cli: Cli) -> Result<()> {
             runtime.block_on(agent::run(cfg))
         }
         Cmd::List { bpffs, output } => {
-            let maps = AyaMaps::open(&bpffs).with_context(|| {
-                format!("no socklb datapath pinned at {} (is the agent running?)", bpffs.display())
-            })?;
+            let maps = open_pinned(&bpffs)?;
             let state = maps.read_state()?;
             let counters = maps.read_counters()?;
             let rows = inspect::frontend_rows(&state, &counters);
             match output {
                 Output::Table => print!("{}", inspect::render_table(&rows)),
                 Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+            }
+            Ok(())
+        }
+        Cmd::Explain { destination, proto, bpffs, output } => {
+            let maps = open_pinned(&bpffs)?;
+            let number = match proto {
+                ProtoArg::Tcp => socklb_common::PROTO_TCP,
+                ProtoArg::Udp => socklb_common::PROTO_UDP,
+            };
+            let e = inspect::explain(&maps.read_state()?, destination, number);
+            match output {
+                Output::Table => print!("{}", inspect::render_explanation(&e)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&e)?),
+            }
+            Ok(())
+        }
+        Cmd::Status { cgroup, bpffs, output } => {
+            let cgroup = cgroup_or_root(cgroup)?;
+            let status = inspect::status(&cgroup, &bpffs);
+            match output {
+                Output::Table => print!("{}", inspect::render_status(&status)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
             }
             Ok(())
         }
