@@ -1,0 +1,126 @@
+//! Operating the agent: a map that is too small, the inspection commands,
+//! and least privilege (pin permissions, the only listener).
+
+use std::{fs, os::unix::fs::PermissionsExt, process::Command, time::Duration};
+
+use socklb_integration::{Sandbox, require_root, sa, sandbox::bin_path};
+
+const ENETUNREACH: i32 = 101;
+
+fn services(n: usize) -> String {
+    let mut out = String::from("apiVersion: v1\nkind: List\nitems:\n");
+    for i in 1..=n {
+        out.push_str(&format!(
+            "- apiVersion: v1\n  kind: Service\n  metadata: {{name: s{i}, namespace: ops}}\n  spec: {{clusterIP: 10.96.0.{i}, ports: [{{port: 80, targetPort: 8080}}]}}\n\
+             - apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata: {{name: s{i}-1, namespace: ops, labels: {{kubernetes.io/service-name: s{i}}}}}\n  addressType: IPv4\n  endpoints: [{{addresses: [10.244.0.1]}}]\n  ports: [{{name: '', port: 8080}}]\n"
+        ));
+    }
+    out
+}
+
+fn socklb(args: &[&str]) -> String {
+    let out = Command::new(bin_path("socklb")).args(args).output().expect("socklb");
+    assert!(out.status.success(), "socklb {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn services_beyond_capacity_are_reported_and_the_rest_work() {
+    require_root!();
+    let sb = Sandbox::new("ops-cap").expect("sandbox");
+    sb.add_addrs(&["10.244.0.1/32"]).expect("addresses");
+    sb.serve(&[sa("10.244.0.1:8080")], &[], &[]).expect("server");
+    let file = sb.workdir().join("cluster.yaml");
+    fs::write(&file, services(5)).expect("write");
+    // Ids 1..3: three of the five services fit.
+    let mut agent = sb.start_agent(&["--from-file", file.to_str().expect("utf8"), "--max-services", "4"]);
+    agent.wait_ready(Duration::from_secs(20));
+
+    let bpffs = sb.bpffs.to_str().expect("utf8");
+    let rows: serde_json::Value =
+        serde_json::from_str(&socklb(&["list", "--bpffs", bpffs, "-o", "json"])).expect("json");
+    assert_eq!(rows.as_array().map(Vec::len), Some(3), "{rows:#}");
+    let mut reached = 0;
+    for i in 1..=5 {
+        let vip = format!("10.96.0.{i}:80");
+        let a = &sb.connect(sa(&vip), 1)[0];
+        if a.ok {
+            reached += 1;
+        } else {
+            assert_eq!(a.errno, Some(ENETUNREACH), "{vip}: not programmed at all, never half: {a:?}");
+            let text = socklb(&["explain", &vip, "--bpffs", bpffs]);
+            assert!(text.contains("is not a service"), "{text}");
+        }
+    }
+    assert_eq!(reached, 3);
+    let metrics = agent.get("/metrics").expect("metrics").1;
+    assert!(metrics.contains("socklb_invalid_objects_total{reason=\"capacity\"} 2"), "{metrics}");
+    let log = agent.log_text();
+    assert!(log.contains("no free service id"), "{log}");
+
+    let status = socklb(&["status", "--cgroup", sb.cgroup.to_str().expect("utf8"), "--bpffs", bpffs]);
+    assert!(status.contains("connect4       yes"), "{status}");
+    assert!(status.contains("SOCKLB_SERVICES       3         4"), "{status}");
+}
+
+/// The agent's listening TCP sockets, from the inodes of its descriptors.
+fn listeners(pid: u32) -> Vec<String> {
+    let inodes: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .flatten()
+        .filter_map(|e| fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            l.to_string_lossy().strip_prefix("socket:[").map(|s| s.trim_end_matches(']').to_string())
+        })
+        .collect();
+    let mut out = Vec::new();
+    for table in ["tcp", "tcp6", "udp", "udp6"] {
+        let text = fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address, st (0A = LISTEN for TCP; any bound UDP counts), inode
+            let (local, state, inode) = (f[1], f[3], f[9]);
+            let listening = if table.starts_with("tcp") { state == "0A" } else { true };
+            if listening && inodes.iter().any(|i| i == inode) {
+                out.push(format!("{table} {local}"));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn pins_are_private_and_the_only_listener_is_the_metrics_address_on_loopback() {
+    require_root!();
+    let sb = Sandbox::new("ops-priv").expect("sandbox");
+    let file = sb.workdir().join("cluster.yaml");
+    fs::write(&file, services(1)).expect("write");
+    let mut agent = sb.start_agent(&["--from-file", file.to_str().expect("utf8")]);
+    agent.wait_ready(Duration::from_secs(20));
+
+    let mode = |p: &std::path::Path| fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&sb.bpffs), 0o700, "the pin directory");
+    for entry in fs::read_dir(&sb.bpffs).expect("pins").flatten() {
+        let m = mode(&entry.path());
+        if entry.path().is_dir() {
+            assert_eq!(m, 0o700, "{}", entry.path().display());
+        } else {
+            assert_eq!(m & 0o077, 0, "{} is readable by others ({m:o})", entry.path().display());
+        }
+    }
+
+    let found = listeners(agent.child.id());
+    let port = agent.metrics.port();
+    assert_eq!(found, vec![format!("tcp 0100007F:{port:04X}")], "only the metrics address, on 127.0.0.1");
+}
+
+#[test]
+fn the_agent_source_has_no_unsafe_code() {
+    // `#![forbid(unsafe_code)]` in lib.rs and main.rs makes any `unsafe`
+    // block a compile error; check the attribute stays.
+    for file in ["lib.rs", "main.rs"] {
+        let text =
+            fs::read_to_string(format!("{}/../agent/src/{file}", env!("CARGO_MANIFEST_DIR"))).expect("read");
+        assert!(text.contains("#![forbid(unsafe_code)]"), "agent/src/{file} lost #![forbid(unsafe_code)]");
+    }
+}
