@@ -291,7 +291,14 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, LoaderError> {
             loader.map_max_entries(spec.name, n);
         }
     }
-    let mut ebpf = loader.load(OBJECT).map_err(|e| LoaderError::Object(Box::new(e)))?;
+    // SOCKLB_BPF_OBJECT loads another build of the programs (the upgrade
+    // tests use it); normally the object embedded at build time is used.
+    let replacement = match std::env::var_os("SOCKLB_BPF_OBJECT") {
+        Some(path) => Some(fs::read(&path).map_err(io_err(Path::new(&path)))?),
+        None => None,
+    };
+    let object: &[u8] = replacement.as_deref().unwrap_or(OBJECT);
+    let mut ebpf = loader.load(object).map_err(|e| LoaderError::Object(Box::new(e)))?;
 
     // Load every program before touching any hook, so that a kernel missing
     // one hook leaves the node exactly as it was.

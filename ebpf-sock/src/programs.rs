@@ -80,6 +80,12 @@ pub fn sl_recvmsg6(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn on_connect(ctx: &SockAddrContext, family: Family) -> i32 {
+    #[cfg(feature = "upgrade-test")]
+    if let Some(config) = CONFIG.get_ptr(0) {
+        // SAFETY: a pointer from a successful lookup; the read is only there
+        // to make this build's instructions differ.
+        let _ = unsafe { core::ptr::read_volatile(config) };
+    }
     let Some(key) = frontend_key(ctx, family) else {
         return ALLOW;
     };

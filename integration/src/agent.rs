@@ -40,6 +40,11 @@ impl Sandbox {
     /// (a source, node addresses...). It runs in the host network namespace
     /// like the DaemonSet does; it only programs maps.
     pub fn start_agent(&self, args: &[&str]) -> AgentProc {
+        self.start_agent_env(args, &[])
+    }
+
+    /// As [`Sandbox::start_agent`], with extra environment variables.
+    pub fn start_agent_env(&self, args: &[&str], envs: &[(&str, &str)]) -> AgentProc {
         let bin = bin_path("socklb");
         assert!(bin.exists(), "{} is missing: build it with `cargo build -p socklb`", bin.display());
         let metrics: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -57,6 +62,7 @@ impl Sandbox {
             .args(["--node-name", "node-a"])
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .spawn()

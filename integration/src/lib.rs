@@ -17,6 +17,10 @@ pub mod program;
 pub mod sandbox;
 
 pub use program::{Programmer, Svc};
+
+/// The programs built with the `upgrade-test` feature: a "new build" whose
+/// instructions differ from the agent's embedded ones.
+pub const UPGRADE_OBJECT: &str = concat!(env!("OUT_DIR"), "/socklb-sock");
 pub use sandbox::Sandbox;
 
 /// Whether kernel tests can run. Without root they are skipped with a

@@ -19,6 +19,9 @@ pub struct Attempt {
     pub local: Option<String>,
     pub errno: Option<i32>,
     pub error: Option<String>,
+    /// The destination (when a client cycles through several).
+    #[serde(default)]
+    pub to: Option<String>,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds.

@@ -55,8 +55,9 @@ enum Cmd {
         cgroup: Option<PathBuf>,
         #[arg(long)]
         netns: Option<String>,
-        #[arg(long)]
-        to: SocketAddr,
+        /// Repeatable: the attempts cycle through the destinations.
+        #[arg(long, required = true)]
+        to: Vec<SocketAddr>,
         #[arg(long, value_enum, default_value = "tcp")]
         proto: Proto,
         /// Stop after this many attempts.
@@ -146,7 +147,7 @@ fn main() -> Result<()> {
             let out = std::io::stdout();
             let mut out = out.lock();
             let udp_socket = if proto == Proto::Udp && one_socket {
-                Some(UdpSocket::bind(unspecified(&to))?)
+                Some(UdpSocket::bind(unspecified(&to[0]))?)
             } else {
                 None
             };
@@ -159,11 +160,15 @@ fn main() -> Result<()> {
                 if done {
                     break;
                 }
-                let attempt = match (proto, &udp_socket) {
-                    (Proto::Tcp, _) => tcp_attempt(to),
-                    (Proto::Udp, Some(sock)) => udp_send_attempt(sock, to),
-                    (Proto::Udp, None) => udp_connected_attempt(to),
+                let target = to[(n as usize) % to.len()];
+                let mut attempt = match (proto, &udp_socket) {
+                    (Proto::Tcp, _) => tcp_attempt(target),
+                    (Proto::Udp, Some(sock)) => udp_send_attempt(sock, target),
+                    (Proto::Udp, None) => udp_connected_attempt(target),
                 };
+                if to.len() > 1 {
+                    attempt.to = Some(target.to_string());
+                }
                 serde_json::to_writer(&mut out, &attempt)?;
                 out.write_all(b"\n")?;
                 n += 1;
