@@ -38,6 +38,8 @@ pub struct AgentConfig {
     pub metrics_addr: SocketAddr,
     pub nodeport_addresses: Vec<IpAddr>,
     pub resync: Duration,
+    /// The longest wait between API attempts after an error.
+    pub api_retry_max: Duration,
     pub capacities: Capacities,
     pub service_proxy_name: Option<String>,
     /// Translate only sockets in the host network namespace.
@@ -108,13 +110,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         for part in ["services", "endpointslices", "nodes"] {
             expected.insert(part, 1);
         }
-        tokio::spawn(source::kube::run(
-            client,
-            cfg.node_name.clone(),
-            cfg.service_proxy_name.clone(),
-            tx,
-            metrics.clone(),
-        ));
+        let watch = source::kube::WatchConfig {
+            node_name: cfg.node_name.clone(),
+            service_proxy_name: cfg.service_proxy_name.clone(),
+            retry_max: cfg.api_retry_max,
+        };
+        tokio::spawn(source::kube::run(client, watch, tx, metrics.clone()));
     } else {
         expected.insert("file", cfg.from_files.len());
         for (i, path) in cfg.from_files.iter().enumerate() {

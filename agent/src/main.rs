@@ -70,6 +70,10 @@ enum Cmd {
         /// How often the maps are read back and repaired if they drifted.
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         resync: Duration,
+        /// The longest wait between attempts to reach the API server after
+        /// an error (exponential backoff with jitter, from 0.5 s).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        api_retry_max: Duration,
         /// Log format (the level comes from RUST_LOG, default info).
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
@@ -134,7 +138,10 @@ enum Cmd {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: `kubectl logs` and files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -188,6 +195,7 @@ fn run(cli: Cli) -> Result<()> {
             metrics_addr,
             nodeport_addresses,
             resync,
+            api_retry_max,
             log_format,
             service_proxy_name,
             hostns_only,
@@ -208,6 +216,7 @@ fn run(cli: Cli) -> Result<()> {
                     &netaddr::host_addresses(),
                 ),
                 resync,
+                api_retry_max,
                 capacities: Capacities::sized(max_services, max_backends),
                 service_proxy_name,
                 hostns_only,

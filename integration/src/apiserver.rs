@@ -69,6 +69,8 @@ struct WatchEvent {
 pub struct Faults {
     /// Answer this many list requests with HTTP 500.
     pub fail_lists: u32,
+    /// Answer this many watch requests with HTTP 500.
+    pub fail_watches: u32,
     /// Cut every watch after this long (kube-rs must re-watch).
     pub watch_lifetime: Option<Duration>,
     /// Delay every response by this much (a slow server).
@@ -84,6 +86,8 @@ struct ApiState {
     compacted: u64,
     faults: Faults,
     requests: u64,
+    /// Watch requests served (each re-watch counts).
+    watches: u64,
 }
 
 #[derive(Clone)]
@@ -125,6 +129,7 @@ impl FakeApiServer {
                 compacted: 0,
                 faults: Faults::default(),
                 requests: 0,
+                watches: 0,
             })),
             events,
         };
@@ -194,6 +199,11 @@ impl FakeApiServer {
         self.shared.state.lock().expect("lock").requests
     }
 
+    /// Watch requests so far: every re-watch after a cut counts.
+    pub fn watches(&self) -> u64 {
+        self.shared.state.lock().expect("lock").watches
+    }
+
     /// Creates or replaces an object (JSON, with kind and metadata).
     pub fn apply(&self, mut obj: Value) {
         let key = key_of(&obj).expect("object with a kind and a name");
@@ -228,6 +238,7 @@ impl FakeApiServer {
 
     /// Forgets the event history, as etcd compaction does: every watch that
     /// resumes from an older resourceVersion gets 410 Gone and must relist.
+    /// (See also [`FakeApiServer::drop_watches`].)
     pub fn compact(&self) {
         let mut st = self.shared.state.lock().expect("lock");
         st.rv += 1;
@@ -237,6 +248,15 @@ impl FakeApiServer {
         // Open watches are told too.
         let gone = WatchEvent { rv: 0, kind: Kind::Service, kind_of_event: "GONE", object: Value::Null };
         let _ = self.shared.events.send(gone);
+    }
+}
+
+impl FakeApiServer {
+    /// Ends every open watch stream cleanly, as an API server does when a
+    /// watch times out; clients re-watch from their resourceVersion.
+    pub fn drop_watches(&self) {
+        let cut = WatchEvent { rv: 0, kind: Kind::Service, kind_of_event: "CUT", object: Value::Null };
+        let _ = self.shared.events.send(cut);
     }
 }
 
@@ -310,13 +330,20 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
 }
 
 async fn handle(s: Shared, q: ListParams, kind: Kind) -> Response {
+    let is_watch = q.watch.as_deref().is_some_and(|w| w == "true" || w == "1");
     let (delay, fail, lifetime) = {
         let mut st = s.state.lock().expect("lock");
         st.requests += 1;
-        let fail = q.watch.is_none() && st.faults.fail_lists > 0;
-        if fail {
-            st.faults.fail_lists -= 1;
-        }
+        let fail = if is_watch {
+            st.watches += 1;
+            let fail = st.faults.fail_watches > 0;
+            st.faults.fail_watches = st.faults.fail_watches.saturating_sub(1);
+            fail
+        } else {
+            let fail = st.faults.fail_lists > 0;
+            st.faults.fail_lists = st.faults.fail_lists.saturating_sub(1);
+            fail
+        };
         (st.faults.delay, fail, st.faults.watch_lifetime)
     };
     if let Some(d) = delay {
@@ -332,7 +359,6 @@ async fn handle(s: Shared, q: ListParams, kind: Kind) -> Response {
         let field = q.field_selector.clone();
         move |o: &Value| selector_matches(label.as_deref(), o) && fields_match(field.as_deref(), o)
     };
-    let is_watch = q.watch.as_deref().is_some_and(|w| w == "true" || w == "1");
     if !is_watch {
         let st = s.state.lock().expect("lock");
         let items: Vec<Value> = st
@@ -380,6 +406,7 @@ async fn handle(s: Shared, q: ListParams, kind: Kind) -> Response {
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
+                    Ok(e) if e.kind_of_event == "CUT" => return,
                     Ok(e) if e.kind_of_event == "GONE" => {
                         let gone = json!({"type": "ERROR", "object": status(410, "Expired", "too old resource version")});
                         let _ = tx.send(line(gone)).await;

@@ -33,6 +33,12 @@ use super::{
 };
 
 /// Endpoints of one service port in one family, merged over slices.
+/// Slices with endpoints exist, yet none carries this port.
+fn port_unresolved(port: &ServicePortSpec, slices: &[&ParsedSlice]) -> bool {
+    slices.iter().any(|s| !s.endpoints.is_empty())
+        && !slices.iter().any(|s| s.ports.iter().any(|p| p.name == port.name && p.proto == port.proto))
+}
+
 fn merged_endpoints(port: &ServicePortSpec, slices: &[&ParsedSlice], node: &str) -> Vec<Endpoint> {
     let mut sorted: Vec<&&ParsedSlice> = slices.iter().collect();
     sorted.sort_by(|a, b| a.key.cmp(&b.key));
@@ -83,6 +89,18 @@ pub fn build_service(
 
         for port in &svc.ports {
             let endpoints = merged_endpoints(port, &family_slices, &ctx.node_name);
+            if endpoints.is_empty() && port_unresolved(port, &family_slices) {
+                problems.push(Problem::new(
+                    ProblemKind::UnresolvedPort,
+                    format!("Service {}", svc.key),
+                    format!("spec.ports[{}]", port.index),
+                    format!(
+                        "no {family} EndpointSlice of the service has a {} port named {:?} (a named \
+                         targetPort no pod exposes?); the port has no endpoints",
+                        port.proto, port.name
+                    ),
+                ));
+            }
             let external = svc.externally_accessible(port);
             let uses_cluster = !svc.internal_local || external;
             let uses_local = svc.internal_local || (svc.external_local && external);

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use super::{
     build_service,
+    problem::ProblemKind,
     service::{ServiceOutcome, parse_service},
     slices::parse_slice,
     *,
@@ -564,4 +565,88 @@ spec: {clusterIP: 10.96.8.1, ipFamilies: [IPv6], ports: [{port: 80}]}
     let (m, problems) = model(yaml, &ctx());
     assert!(problems.iter().any(|p| p.field == "spec.ipFamilies[0]"), "{problems:?}");
     assert_eq!(frontends(&m[&ObjKey::new("ns", "mm")]).len(), 1);
+}
+
+#[test]
+fn a_service_without_ports_is_skipped_with_a_problem() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: portless, namespace: ns}
+spec: {clusterIP: 10.96.9.1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: ns}
+spec: {clusterIP: 10.96.9.2, ports: []}
+"#;
+    let (m, problems) = model(yaml, &ctx());
+    assert!(m.is_empty());
+    for name in ["portless", "empty"] {
+        assert!(
+            problems.iter().any(|p| p.object == format!("Service ns/{name}")
+                && p.field == "spec.ports"
+                && p.kind == ProblemKind::MissingField),
+            "{name}: {problems:?}"
+        );
+    }
+}
+
+// The EndpointSlice controller leaves a port out of a slice when its pods do
+// not expose the named targetPort. That port has no endpoints (kube-proxy
+// rejects it); the problem says why, and the service's other ports work.
+#[test]
+fn a_named_target_port_no_slice_defines_is_reported_and_the_other_ports_work() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: app, namespace: ns}
+spec:
+  clusterIP: 10.96.9.3
+  ports:
+  - {name: http, port: 80, targetPort: web}
+  - {name: metrics, port: 9100, targetPort: 9100}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: app-1, namespace: ns, labels: {kubernetes.io/service-name: app}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.0.1]}]
+ports: [{name: metrics, port: 9100}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: no-slices-yet, namespace: ns}
+spec: {clusterIP: 10.96.9.4, ports: [{name: http, port: 80, targetPort: web}]}
+"#;
+    let (m, problems) = model(yaml, &ctx());
+    let unresolved: Vec<&Problem> =
+        problems.iter().filter(|p| p.kind == ProblemKind::UnresolvedPort).collect();
+    assert_eq!(unresolved.len(), 1, "only where slices have endpoints: {problems:?}");
+    assert_eq!(
+        (unresolved[0].object.as_str(), unresolved[0].field.as_str()),
+        ("Service ns/app", "spec.ports[0]")
+    );
+    assert!(unresolved[0].reason.contains("\"http\""), "{}", unresolved[0].reason);
+    let app = &m[&ObjKey::new("ns", "app")];
+    assert_eq!(backends(app, "ns/app:80/TCP ipv4 cluster"), Vec::<String>::new(), "refuses, as kube-proxy");
+    assert_eq!(backends(app, "ns/app:9100/TCP ipv4 cluster"), ["10.244.0.1:9100"]);
+}
+
+// The API caps a slice at 1000 endpoints, but the agent must not depend on
+// it: a slice of 10k is used whole, quickly, and without a problem.
+#[test]
+fn ten_thousand_endpoints_in_one_slice_are_all_used() {
+    let endpoints: Vec<String> = (0..10_000u32)
+        .map(|i| format!("- {{addresses: [10.{}.{}.{}]}}", 100 + i / 65536, (i / 256) % 256, i % 256))
+        .collect();
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: big, namespace: ns}}\nspec: {{clusterIP: 10.96.9.5, ports: [{{port: 80}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: big-1, namespace: ns, labels: {{kubernetes.io/service-name: big}}}}\n\
+         addressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n{}\n",
+        endpoints.join("\n")
+    );
+    let (m, problems) = model(&yaml, &ctx());
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(backends(&m[&ObjKey::new("ns", "big")], "ns/big:80/TCP ipv4 cluster").len(), 10_000);
 }

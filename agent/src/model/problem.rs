@@ -15,6 +15,10 @@ pub enum ProblemKind {
     MissingField,
     /// A value outside what the API allows (e.g. an affinity timeout).
     InvalidValue,
+    /// A service port that no EndpointSlice of the service carries although
+    /// the slices have endpoints (typically a named targetPort no pod
+    /// exposes): the port has no backends.
+    UnresolvedPort,
     /// Two services claim the same frontend; the later one loses it.
     FrontendConflict,
     /// More endpoints than one backend set can hold.
@@ -34,6 +38,7 @@ impl ProblemKind {
             Self::FamilyMismatch => "family_mismatch",
             Self::MissingField => "missing_field",
             Self::InvalidValue => "invalid_value",
+            Self::UnresolvedPort => "unresolved_port",
             Self::FrontendConflict => "frontend_conflict",
             Self::TooManyEndpoints => "too_many_endpoints",
             Self::Capacity => "capacity",

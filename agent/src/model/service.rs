@@ -26,6 +26,8 @@ pub const MAX_AFFINITY_TIMEOUT_SECS: u32 = 86_400;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePortSpec {
+    /// Its index in `spec.ports`, for problems that name the field.
+    pub index: usize,
     pub name: String,
     pub port: u16,
     pub proto: Proto,
@@ -224,7 +226,7 @@ pub fn parse_service(svc: &Service, service_proxy_name: Option<&str>) -> (Servic
                 ProblemKind::DuplicatePort,
                 &obj,
                 field("port"),
-                format!("{port}/{proto} repeats spec.ports[{first}]"),
+                format!("{port}/{proto} repeats spec.ports[{}]", ports[first].index),
             ));
             continue;
         }
@@ -238,7 +240,15 @@ pub fn parse_service(svc: &Service, service_proxy_name: Option<&str>) -> (Servic
             ));
             continue;
         }
-        ports.push(ServicePortSpec { name, port, proto, node_port });
+        ports.push(ServicePortSpec { index: i, name, port, proto, node_port });
+    }
+    if spec.ports.as_ref().is_none_or(Vec::is_empty) {
+        problems.push(Problem::new(
+            ProblemKind::MissingField,
+            &obj,
+            "spec.ports",
+            "a proxied Service needs at least one port",
+        ));
     }
     if ports.is_empty() {
         return (ServiceOutcome::NotProxied("no usable port"), problems);

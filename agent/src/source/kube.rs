@@ -8,10 +8,10 @@
 //!   complete list then replaces what the agent had, so a relist deletes what
 //!   it no longer contains, and a partial list never prunes (Cilium #27215).
 //! * Expired watches (410 Gone), API errors and an unreachable server are
-//!   retried with kube-rs's default backoff; meanwhile nothing is sent and
-//!   the datapath keeps its state.
+//!   retried with [`WatchBackoff`] (at most `--api-retry-max` apart);
+//!   meanwhile nothing is sent and the datapath keeps its state.
 
-use std::{fmt::Debug, sync::Arc};
+use std::{fmt::Debug, sync::Arc, time::Duration};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::{
@@ -25,6 +25,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
+use super::backoff::WatchBackoff;
 use crate::{
     metrics::Metrics,
     model::service::{LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME},
@@ -47,20 +48,25 @@ pub fn label_selector(service_proxy_name: Option<&str>) -> String {
     }
 }
 
+/// What the watchers need besides the client and the channel.
+#[derive(Clone, Debug)]
+pub struct WatchConfig {
+    pub node_name: String,
+    pub service_proxy_name: Option<String>,
+    /// The longest wait between two attempts after an error.
+    pub retry_max: Duration,
+}
+
 /// Runs the three watchers until the receiver goes away.
-pub async fn run(
-    client: Client,
-    node_name: String,
-    service_proxy_name: Option<String>,
-    tx: mpsc::Sender<SourceEvent>,
-    metrics: Arc<Metrics>,
-) {
+pub async fn run(client: Client, cfg: WatchConfig, tx: mpsc::Sender<SourceEvent>, metrics: Arc<Metrics>) {
+    let WatchConfig { node_name, service_proxy_name, retry_max } = cfg;
     let selector = label_selector(service_proxy_name.as_deref());
     let proxy = service_proxy_name.clone();
     let services = watch_kind::<Service, IngestedService>(
         Api::all(client.clone()),
         watcher::Config::default().labels(&selector),
         "services",
+        retry_max,
         tx.clone(),
         metrics.clone(),
         move |obj| ingest_service(obj, proxy.as_deref()),
@@ -72,6 +78,7 @@ pub async fn run(
         Api::all(client.clone()),
         watcher::Config::default().labels(&selector),
         "endpointslices",
+        retry_max,
         tx.clone(),
         metrics.clone(),
         ingest_slice,
@@ -83,6 +90,7 @@ pub async fn run(
         Api::all(client),
         watcher::Config::default().fields(&format!("metadata.name={node_name}")),
         "nodes",
+        retry_max,
         tx,
         metrics,
         |node| node.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).cloned(),
@@ -100,6 +108,7 @@ async fn watch_kind<K, I>(
     api: Api<K>,
     config: watcher::Config,
     what: &'static str,
+    retry_max: Duration,
     tx: mpsc::Sender<SourceEvent>,
     metrics: Arc<Metrics>,
     ingest: impl Fn(&K) -> I,
@@ -109,7 +118,7 @@ async fn watch_kind<K, I>(
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    let mut stream = watcher(api, config).default_backoff().boxed();
+    let mut stream = watcher(api, config).backoff(WatchBackoff::for_watchers(retry_max)).boxed();
     let mut buffer: Vec<I> = Vec::new();
     let mut synced = false;
     loop {
