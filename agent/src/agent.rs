@@ -3,6 +3,7 @@
 //! stops; only `socklb uninstall` removes it.
 
 use std::{
+    collections::BTreeSet,
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
@@ -146,6 +147,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     Ok(())
 }
 
+/// Takes (doomed, revived) backends after each sync.
+pub type DoomedHandler = Arc<dyn Fn(&[Doomed], &[Doomed]) + Send + Sync>;
+
 /// What the event loop waits for and how often it resyncs.
 #[derive(Clone)]
 pub struct LoopConfig {
@@ -153,8 +157,9 @@ pub struct LoopConfig {
     /// first sync (one per file; one per API watcher).
     pub expected: HashMap<&'static str, usize>,
     pub resync: Duration,
-    /// Called with the backends that left their services (stale sockets).
-    pub on_doomed: Option<Arc<dyn Fn(Vec<Doomed>) + Send + Sync>>,
+    /// Called after a sync with the backends that left their services
+    /// (their sockets are stale) and those that joined one.
+    pub on_doomed: Option<DoomedHandler>,
 }
 
 /// The agent's event loop: batches source events, syncs once every source
@@ -204,8 +209,10 @@ pub async fn drive(
                     }
                 }
                 let report = reconciler.sync();
-                if let (Some(f), false) = (&cfg.on_doomed, report.doomed.is_empty()) {
-                    f(report.doomed.clone());
+                if let (Some(f), false) =
+                    (&cfg.on_doomed, report.doomed.is_empty() && report.revived.is_empty())
+                {
+                    f(&report.doomed, &report.revived);
                 }
                 if let Some(t) = oldest.take() {
                     metrics.event_to_datapath.observe(t.elapsed().as_secs_f64());
@@ -234,24 +241,61 @@ pub async fn drive(
     }
 }
 
-/// Destroys stale sockets off the event loop.
-fn stale_socket_handler(cfg: &AgentConfig, metrics: Arc<Metrics>) -> Arc<dyn Fn(Vec<Doomed>) + Send + Sync> {
+/// Destroys stale sockets off the event loop, one sweep at a time.
+///
+/// A sweep walks every socket of every network namespace in the cgroup, so
+/// it can take longer than the gap between two syncs. Backends doomed
+/// meanwhile are queued and coalesced (a set: its size is bounded by the
+/// backends that exist), and a backend that rejoins its service before its
+/// sweep is taken off the queue. Memory and threads stay bounded however
+/// fast endpoints churn.
+fn stale_socket_handler(cfg: &AgentConfig, metrics: Arc<Metrics>) -> DoomedHandler {
+    let queue: Arc<std::sync::Mutex<BTreeSet<Doomed>>> = Arc::default();
+    let wake = Arc::new(tokio::sync::Notify::new());
     let (cgroup, bpffs) = (cfg.cgroup.clone(), cfg.bpffs.clone());
-    Arc::new(move |doomed: Vec<Doomed>| {
-        let (cgroup, bpffs, metrics) = (cgroup.clone(), bpffs.clone(), metrics.clone());
-        tokio::task::spawn_blocking(move || {
-            let report = stale::terminate(&cgroup, &bpffs, &doomed);
-            metrics.stale_sockets_destroyed.inc_by(report.destroyed as u64);
-            for e in &report.errors {
-                tracing::warn!(error = %e, "stale-socket termination");
+    {
+        let (queue, wake) = (queue.clone(), wake.clone());
+        tokio::spawn(async move {
+            loop {
+                wake.notified().await;
+                let batch: Vec<Doomed> = match queue.lock() {
+                    Ok(mut q) => std::mem::take(&mut *q).into_iter().collect(),
+                    Err(_) => return,
+                };
+                if batch.is_empty() {
+                    continue;
+                }
+                let (cgroup, bpffs, metrics) = (cgroup.clone(), bpffs.clone(), metrics.clone());
+                let swept = tokio::task::spawn_blocking(move || {
+                    let report = stale::terminate(&cgroup, &bpffs, &batch);
+                    metrics.stale_sockets_destroyed.inc_by(report.destroyed as u64);
+                    for e in &report.errors {
+                        tracing::warn!(error = %e, "stale-socket termination");
+                    }
+                    if report.destroyed > 0 {
+                        tracing::info!(
+                            backends = batch.len(),
+                            namespaces = report.namespaces,
+                            destroyed = report.destroyed,
+                            "destroyed sockets of backends that left their services"
+                        );
+                    }
+                })
+                .await;
+                if let Err(e) = swept {
+                    tracing::warn!(error = %e, "stale-socket sweep failed");
+                }
             }
-            tracing::info!(
-                backends = doomed.len(),
-                namespaces = report.namespaces,
-                destroyed = report.destroyed,
-                "destroyed sockets of backends that left their services"
-            );
         });
+    }
+    Arc::new(move |doomed: &[Doomed], revived: &[Doomed]| {
+        if let Ok(mut q) = queue.lock() {
+            q.extend(doomed.iter().copied());
+            for r in revived {
+                q.remove(r);
+            }
+        }
+        wake.notify_one();
     })
 }
 

@@ -42,6 +42,9 @@ pub struct SyncReport {
     pub changed: Vec<ObjKey>,
     /// Backends that left a service in this sync (their sockets are stale).
     pub doomed: Vec<Doomed>,
+    /// Backends that joined (or rejoined) a changed service in this sync: a
+    /// queued termination for them must be dropped.
+    pub revived: Vec<Doomed>,
 }
 
 pub struct Reconciler {
@@ -163,7 +166,7 @@ impl Reconciler {
         let full = self.full_plan;
         let report = self.execute(&touched);
         self.after_execute(&report, &changed, &touched, full);
-        let doomed = self.doomed(&before, &report.services_failed);
+        let (doomed, revived) = self.doomed(&before, &report.services_failed);
         let total = started.elapsed();
         self.metrics.sync_duration.observe(total.as_secs_f64());
         if total.as_millis() >= 100 {
@@ -182,29 +185,30 @@ impl Reconciler {
             complete: report.is_complete(),
             changed,
             doomed,
+            revived,
         }
     }
 
     /// Backends of the changed services that the EndpointSlices no longer
-    /// list at all, per service id, where the new version was applied.
-    fn doomed(&self, before: &[(u32, BackendSet)], failed: &BTreeSet<u32>) -> Vec<Doomed> {
-        let mut out = Vec::new();
+    /// list at all, per service id, where the new version was applied; and
+    /// those the new version lists that the old one did not.
+    fn doomed(&self, before: &[(u32, BackendSet)], failed: &BTreeSet<u32>) -> (Vec<Doomed>, Vec<Doomed>) {
+        let (mut doomed, mut revived) = (Vec::new(), Vec::new());
         for (id, set) in before {
             let id = *id;
             if failed.contains(&id) {
                 continue; // the old set still serves
             }
             let now = self.models.get(&set.id.service).and_then(|m| m.sets.iter().find(|s| s.id == set.id));
-            let still_there =
-                |b: &std::net::SocketAddr| now.is_some_and(|n| n.known.binary_search(b).is_ok());
-            let was: BTreeSet<_> = set.backends.iter().chain(set.known.iter()).collect();
-            out.extend(was.into_iter().filter(|b| !still_there(b)).map(|b| Doomed {
-                service_id: id,
-                backend: *b,
-                proto: set.id.proto.number(),
-            }));
+            let proto = set.id.proto.number();
+            let was: BTreeSet<&std::net::SocketAddr> = set.backends.iter().chain(set.known.iter()).collect();
+            let is: BTreeSet<&std::net::SocketAddr> =
+                now.map(|n| n.backends.iter().chain(n.known.iter()).collect()).unwrap_or_default();
+            let entry = |b: &&std::net::SocketAddr| Doomed { service_id: id, backend: **b, proto };
+            doomed.extend(was.difference(&is).map(entry));
+            revived.extend(is.difference(&was).map(entry));
         }
-        out
+        (doomed, revived)
     }
 
     /// Reads the maps back, counts what differs from the desired state and

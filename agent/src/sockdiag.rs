@@ -214,22 +214,42 @@ fn send(fd: &OwnedFd, msg: &[u8]) -> io::Result<()> {
         .map_err(io::Error::from)
 }
 
-/// Dumps the sockets of one family and protocol (in every state but
-/// LISTEN), with the storage of the map behind `map_fd`.
-pub fn dump(family: u8, protocol: u8, map_fd: impl AsFd) -> io::Result<Vec<DiagSocket>> {
+/// TCP states a translated client socket can be in and still matter:
+/// not LISTEN (never translated), not TIME_WAIT or CLOSE (nothing left to
+/// reset). A busy node holds far more TIME_WAIT sockets than live ones.
+const TCP_LIVE_STATES: u32 = (1 << 1) // ESTABLISHED
+    | (1 << 2) // SYN_SENT
+    | (1 << 3) // SYN_RECV
+    | (1 << 4) // FIN_WAIT1
+    | (1 << 5) // FIN_WAIT2
+    | (1 << 8) // CLOSE_WAIT
+    | (1 << 9) // LAST_ACK
+    | (1 << 11); // CLOSING
+/// UDP: only connected sockets keep a translation (state ESTABLISHED).
+const UDP_CONNECTED_STATE: u32 = 1 << 1;
+
+/// Walks the live sockets of one family and protocol (see
+/// [`TCP_LIVE_STATES`]), with the storage of the map behind `map_fd`,
+/// handing each to `visit` as it is parsed: memory stays flat however many
+/// sockets the namespace holds.
+pub fn dump(
+    family: u8,
+    protocol: u8,
+    map_fd: impl AsFd,
+    mut visit: impl FnMut(DiagSocket),
+) -> io::Result<()> {
     let fd = open()?;
-    let all_but_listen = !(1u32 << 10);
+    let states = if protocol == 17 { UDP_CONNECTED_STATE } else { TCP_LIVE_STATES };
     let msg = request(
         SOCK_DIAG_BY_FAMILY,
         NLM_F_REQUEST | NLM_F_DUMP,
         family,
         protocol,
-        all_but_listen,
+        states,
         &SockId { raw: [0; 48] },
         &storage_request(map_fd.as_fd().as_raw_fd()),
     );
     send(&fd, &msg)?;
-    let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(io::Error::from)?;
@@ -242,7 +262,7 @@ pub fn dump(family: u8, protocol: u8, map_fd: impl AsFd) -> io::Result<Vec<DiagS
             }
             let payload = &rest[NLMSG_HDR..len];
             match ty {
-                NLMSG_DONE => return Ok(out),
+                NLMSG_DONE => return Ok(()),
                 NLMSG_ERROR => {
                     let code = u32_at(payload, 0).map_or(0, |c| c as i32);
                     return Err(io::Error::from_raw_os_error(-code));
@@ -250,7 +270,7 @@ pub fn dump(family: u8, protocol: u8, map_fd: impl AsFd) -> io::Result<Vec<DiagS
                 SOCK_DIAG_BY_FAMILY => {
                     if let Some(mut s) = parse_diag(payload) {
                         s.protocol = protocol;
-                        out.push(s);
+                        visit(s);
                     }
                 }
                 _ => {}

@@ -104,14 +104,19 @@ fn sweep_here(
     let fd = map.fd();
     for family in sockdiag::FAMILIES {
         for proto in [socklb_common::PROTO_TCP, socklb_common::PROTO_UDP] {
-            let sockets = match sockdiag::dump(family, proto, fd) {
-                Ok(s) => s,
-                Err(e) => {
-                    report.errors.push(format!("sock_diag dump (family {family}, protocol {proto}): {e}"));
-                    continue;
+            // Sockets are destroyed after the dump: destroying during it
+            // would disturb the kernel's walk.
+            let mut stale = Vec::new();
+            let dumped = sockdiag::dump(family, proto, fd, |s| {
+                if is_doomed(&s, doomed, udp) {
+                    stale.push(s);
                 }
-            };
-            for s in sockets.iter().filter(|s| is_doomed(s, doomed, udp)) {
+            });
+            if let Err(e) = dumped {
+                report.errors.push(format!("sock_diag dump (family {family}, protocol {proto}): {e}"));
+                continue;
+            }
+            for s in &stale {
                 match sockdiag::destroy(s) {
                     Ok(()) => report.destroyed += 1,
                     // Gone already (closed meanwhile): nothing to do.

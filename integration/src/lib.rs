@@ -15,6 +15,7 @@ pub mod bench;
 pub mod probe;
 pub mod program;
 pub mod sandbox;
+pub mod soak;
 
 pub use program::{Programmer, Svc};
 

@@ -15,11 +15,14 @@ use socklb_integration::{
     Sandbox, UPGRADE_OBJECT,
     apiserver::{FakeApiServer, objects},
     probe::now_ns,
-    require_root, sa,
+    require_root, sa, soak,
 };
 
-/// Seconds of load in the restart test (the issue asks for 20).
-const LOAD_SECS: u64 = 20;
+/// Seconds of load in the restart test (the issue asks for 20; soak.sh
+/// asks for more).
+fn load_secs() -> u64 {
+    soak::soak_duration().map_or(20, |d| d.as_secs().max(20))
+}
 
 fn cluster() -> String {
     let mut out = String::from("apiVersion: v1\nkind: List\nitems:\n");
@@ -65,25 +68,34 @@ fn sigkill_restarts_and_an_upgrade_under_load_fail_no_connect_and_keep_the_maps(
     agent.wait_ready(Duration::from_secs(20));
     let before = maps(&sb);
     let programs_before = program_ids(&sb);
+    let load_secs = load_secs();
+    // Six restarts in 20 s; under soak, one every ~3.5 s throughout.
+    let restarts = if soak::soak_duration().is_some() { (load_secs * 10 / 35).max(6) as usize } else { 6 };
+    let mut rss_kib = vec![agent.rss_kib().unwrap_or(0)];
+    let mut ready_ms = Vec::new();
 
     // One client per VIP, each connecting as fast as it can.
     let clients: Vec<_> = (1..=3)
         .map(|s| {
             let mut cmd = sb.client_cmd("connect", sa(&format!("10.96.0.{s}:80")));
-            cmd.args(["--duration-ms", &(LOAD_SECS * 1000).to_string()]);
+            cmd.args(["--duration-ms", &(load_secs * 1000).to_string()]);
             sb.spawn_client(cmd)
         })
         .collect();
     let started = Instant::now();
-    for round in 0..6 {
-        thread::sleep(Duration::from_millis(2000));
+    let gap = Duration::from_millis(load_secs * 1000 * 8 / 10 / restarts as u64).min(Duration::from_secs(2));
+    for round in 0..restarts {
+        thread::sleep(gap);
         agent.kill();
         thread::sleep(Duration::from_millis(300));
-        // The sixth start is a new build of the programs.
-        let upgrade = round == 5;
+        // The last start is a new build of the programs.
+        let upgrade = round == restarts - 1;
         let envs: &[(&str, &str)] = if upgrade { &[("SOCKLB_BPF_OBJECT", UPGRADE_OBJECT)] } else { &[] };
+        let t = Instant::now();
         agent = sb.start_agent_env(&args, envs);
         agent.wait_ready(Duration::from_secs(20));
+        ready_ms.push(t.elapsed().as_millis() as u64);
+        rss_kib.push(agent.rss_kib().unwrap_or(0));
         assert_eq!(maps(&sb), before, "restart {round}: the maps changed although the desired state did not");
         let log = agent.log_text();
         if upgrade {
@@ -106,7 +118,7 @@ fn sigkill_restarts_and_an_upgrade_under_load_fail_no_connect_and_keep_the_maps(
             assert_eq!(program_ids(&sb), programs_before, "restart {round} kept the programs");
         }
     }
-    assert!(started.elapsed() < Duration::from_secs(LOAD_SECS), "the restarts did not all happen under load");
+    assert!(started.elapsed() < Duration::from_secs(load_secs), "the restarts did not all happen under load");
     let mut total = 0;
     for c in clients {
         let attempts = sb.collect(c);
@@ -120,7 +132,13 @@ fn sigkill_restarts_and_an_upgrade_under_load_fail_no_connect_and_keep_the_maps(
         );
         total += attempts.len();
     }
-    let rate = total as f64 / LOAD_SECS as f64;
+    let rate = total as f64 / load_secs as f64;
+    soak::report(
+        "restarts",
+        serde_json::json!({"seconds": load_secs, "connects": total, "failed": 0, "connects_per_sec": rate.round(),
+            "restarts": restarts, "upgrades": 1, "maps_unchanged_after": restarts,
+            "restart_to_ready_ms": ready_ms, "agent_rss_kib_after_each_start": rss_kib}),
+    );
     assert!(rate >= 500.0, "{rate:.0} connects/s: not the load the test asks for");
 }
 
@@ -145,10 +163,10 @@ type History = Vec<(u64, BTreeSet<String>)>;
 fn ten_thousand_changes_under_load_never_reach_a_wrong_backend() {
     require_root!();
     const SERVICES: usize = 40;
-    const CHANGES: usize = 10_000;
     // A service changes every SERVICES changes; at 400 changes/s that is
     // every 100 ms per service, far above the agent's event latency.
     const RATE_PER_SEC: u64 = 400;
+    let changes = soak::soak_duration().map_or(10_000, |d| (d.as_secs() * RATE_PER_SEC) as usize);
     let sb = Sandbox::new("rel-churn").expect("sandbox");
     let pool: Vec<String> = (1..=8).map(|i| format!("10.244.0.{i}")).collect();
     let never: Vec<String> = (9..=10).map(|i| format!("10.244.0.{i}")).collect();
@@ -186,7 +204,7 @@ fn ten_thousand_changes_under_load_never_reach_a_wrong_backend() {
     let mut agent = sb.start_agent(&["--kubeconfig", kubeconfig.to_str().expect("utf8")]);
     agent.wait_ready(Duration::from_secs(30));
 
-    let duration_ms = CHANGES as u64 * 1000 / RATE_PER_SEC + 2000;
+    let duration_ms = changes as u64 * 1000 / RATE_PER_SEC + 2000;
     let client = {
         let vips: Vec<SocketAddr> = (0..SERVICES).map(|s| sa(&format!("10.96.1.{}:80", s + 1))).collect();
         let mut cmd = sb.client_cmd("connect", vips[0]);
@@ -198,14 +216,38 @@ fn ten_thousand_changes_under_load_never_reach_a_wrong_backend() {
     };
     thread::sleep(Duration::from_millis(500));
     let start = Instant::now();
-    for k in 0..CHANGES {
+    let mut rss_kib = Vec::new();
+    let (mut endpoint_changes, mut service_changes) = (0, 0);
+    for k in 0..changes {
         let s = k % SERVICES;
-        let set = random_set(&mut rng, s);
-        let refs: Vec<&str> = set.iter().map(String::as_str).collect();
-        // Recorded just before the API server has it: a connect that starts
-        // after this may see the new set, or still the previous one.
-        history[s].push((now_ns(), set.iter().map(|a| format!("{a}:8080")).collect()));
-        api.apply(objects::slice("churn", &format!("s{s}-1"), &format!("s{s}"), &refs, 8080));
+        if k.is_multiple_of(RATE_PER_SEC as usize) {
+            rss_kib.push(agent.rss_kib().unwrap_or(0));
+        }
+        // Every tenth change is to the Service itself: client-IP affinity
+        // and a second port come and go, which rewrites the service entry
+        // of port 80 without changing its backends.
+        if (k / SERVICES) % 10 == 9 {
+            let mut svc = objects::service("churn", &format!("s{s}"), &format!("10.96.1.{}", s + 1), 80);
+            if (k / SERVICES / 10).is_multiple_of(2) {
+                svc["spec"]["sessionAffinity"] = serde_json::json!("ClientIP");
+                if let Some(ports) = svc["spec"]["ports"].as_array_mut() {
+                    ports.push(
+                        serde_json::json!({"name": "alt", "port": 81, "protocol": "TCP", "targetPort": 8080}),
+                    );
+                }
+            }
+            api.apply(svc);
+            service_changes += 1;
+        } else {
+            let set = random_set(&mut rng, s);
+            let refs: Vec<&str> = set.iter().map(String::as_str).collect();
+            // Recorded just before the API server has it: a connect that
+            // starts after this may see the new set, or still the previous
+            // one for as long as the agent takes to apply it.
+            history[s].push((now_ns(), set.iter().map(|a| format!("{a}:8080")).collect()));
+            api.apply(objects::slice("churn", &format!("s{s}-1"), &format!("s{s}"), &refs, 8080));
+            endpoint_changes += 1;
+        }
         let due = Duration::from_micros(k as u64 * 1_000_000 / RATE_PER_SEC);
         if let Some(wait) = due.checked_sub(start.elapsed()) {
             thread::sleep(wait);
@@ -256,13 +298,21 @@ fn ten_thousand_changes_under_load_never_reach_a_wrong_backend() {
             .get(((stale.len() as f64 * q) as usize).min(stale.len().saturating_sub(1)))
             .map_or(0.0, |v| *v as f64 / 1e6)
     };
-    eprintln!(
-        "{checked} connects checked; {} reached a backend just removed: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms \
-         after the API server had the change",
-        stale.len(),
-        ms(0.5),
-        ms(0.99),
-        ms(1.0)
+    // Churn must not grow the agent: its memory is bounded by the objects
+    // it holds, not by how often they change (a queue of stale-socket
+    // sweeps once grew it by ~1 KiB a change).
+    let (first, last) = (rss_kib.get(1).copied().unwrap_or(0), rss_kib.last().copied().unwrap_or(0));
+    assert!(
+        last <= first + 8 * 1024,
+        "agent RSS grew from {first} KiB to {last} KiB under churn: {rss_kib:?}"
+    );
+    soak::report(
+        "churn",
+        serde_json::json!({"changes": changes, "endpoint_changes": endpoint_changes, "service_changes": service_changes,
+            "connects": attempts.len(), "connects_checked": checked, "failed_for_services_with_backends": failed_stable,
+            "to_never_backend": 0, "reached_just_removed": stale.len(),
+            "removal_to_datapath_ms": {"p50": ms(0.5), "p99": ms(0.99), "max": ms(1.0)},
+            "agent_rss_kib_each_second": rss_kib}),
     );
     assert!(!agent.log_text().contains("panicked"));
 }
