@@ -214,17 +214,13 @@ fn send(fd: &OwnedFd, msg: &[u8]) -> io::Result<()> {
         .map_err(io::Error::from)
 }
 
-/// TCP states a translated client socket can be in and still matter:
-/// not LISTEN (never translated), not TIME_WAIT or CLOSE (nothing left to
-/// reset). A busy node holds far more TIME_WAIT sockets than live ones.
+/// TCP states worth aborting: a connect in progress and an open
+/// connection. Not LISTEN (never translated), not TIME_WAIT or CLOSE
+/// (nothing left), and not the closing states: in CLOSE_WAIT the backend has
+/// already answered and closed, and aborting would only throw away a reply
+/// the application has not read yet.
 const TCP_LIVE_STATES: u32 = (1 << 1) // ESTABLISHED
-    | (1 << 2) // SYN_SENT
-    | (1 << 3) // SYN_RECV
-    | (1 << 4) // FIN_WAIT1
-    | (1 << 5) // FIN_WAIT2
-    | (1 << 8) // CLOSE_WAIT
-    | (1 << 9) // LAST_ACK
-    | (1 << 11); // CLOSING
+    | (1 << 2); // SYN_SENT
 /// UDP: only connected sockets keep a translation (state ESTABLISHED).
 const UDP_CONNECTED_STATE: u32 = 1 << 1;
 
