@@ -114,6 +114,24 @@ fn cluster_ip_node_port_and_external_ip_reach_the_endpoints_and_file_edits_move_
         "no error naming the file and line:\n{log}"
     );
     assert!(agent.is_running());
+
+    // A slow in-place rewrite (truncate, pause, write) leaves the file empty
+    // for a while; no service is lost meanwhile.
+    {
+        use std::io::Write;
+        let mut f = fs::File::create(&file).expect("truncate");
+        let during = sb.connect(sa("10.96.0.10:80"), 20);
+        thread::sleep(Duration::from_millis(300));
+        let during_late = sb.connect(sa("10.96.0.10:80"), 20);
+        f.write_all(cluster(&["10.244.0.3", "10.244.0.4"]).as_bytes()).expect("write");
+        for a in during.iter().chain(&during_late) {
+            assert!(a.ok, "a connect while the file was empty failed: {a:?}");
+        }
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(backends_of(&sb, "10.96.0.10:80", 20), second);
+    let log = agent.log_text();
+    assert!(log.contains("the file is empty"), "the pause is visible in the log:\n{log}");
 }
 
 #[test]
