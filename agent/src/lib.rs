@@ -11,6 +11,7 @@ pub mod agent;
 pub mod datapath;
 pub mod features;
 pub mod fs_checks;
+pub mod fuzzing;
 pub mod http;
 pub mod ids;
 pub mod inspect;

@@ -1,0 +1,57 @@
+//! The whole pipeline on untrusted text, for the cargo-fuzz target in
+//! `fuzz/` and for the suite's replay of its seeds (`agent/tests/fuzz_replay.rs`):
+//! ingest (YAML or JSON), model, render, plan, and execute into a fake
+//! datapath. Nothing here may panic; errors and problems are the expected
+//! outcome for most inputs.
+
+use std::sync::Arc;
+
+use crate::{
+    datapath::fake::SharedFake,
+    metrics::Metrics,
+    model::NodeContext,
+    reconcile::{Limits, Reconciler},
+    source::yaml::ingest_text,
+    store::SourceEvent,
+};
+
+/// What one input led to, so that callers can check more than "no panic".
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// The text was valid YAML or JSON.
+    pub parsed: bool,
+    pub services: usize,
+    pub slices: usize,
+    /// Objects skipped with a reason.
+    pub problems: usize,
+    /// Map operations the sync applied.
+    pub ops_applied: usize,
+}
+
+/// Runs `data` through the pipeline with small map capacities.
+pub fn run_objects(data: &[u8]) -> Outcome {
+    let mut outcome = Outcome::default();
+    let Ok(text) = std::str::from_utf8(data) else { return outcome };
+    let Ok((ingested, problems)) = ingest_text(text, None) else { return outcome };
+    outcome.parsed = true;
+    outcome.services = ingested.services.len();
+    outcome.slices = ingested.slices.len();
+    outcome.problems = problems.len();
+    let node = NodeContext {
+        node_name: "node-a".into(),
+        zone: Some("zone-1".into()),
+        nodeport_addresses: vec![
+            std::net::Ipv4Addr::new(192, 168, 0, 10).into(),
+            std::net::Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x10).into(),
+        ],
+        service_proxy_name: None,
+    };
+    let limits = Limits { max_services: 256, max_backends: 1024 };
+    let Ok(mut r) = Reconciler::new(Box::new(SharedFake::default()), node, &limits, Arc::new(Metrics::new()))
+    else {
+        return outcome;
+    };
+    r.apply_event(SourceEvent::Replace { origin: 0, services: ingested.services, slices: ingested.slices });
+    outcome.ops_applied = r.sync().ops_applied;
+    outcome
+}
