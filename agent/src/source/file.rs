@@ -277,90 +277,96 @@ mod tests {
         assert!(!is_blank("{}"));
     }
 
-    fn watch(dir: &Path) -> FileWatch {
-        FileWatch { path: dir.join("cluster.yaml"), ..Default::default() }
-    }
-
     const ONE_SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: default}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n";
 
-    /// Polls until the file yields something other than `Nothing`, with a
-    /// clock that moves by one poll interval per call.
-    fn settle(w: &mut FileWatch, t: &mut Instant, metrics: &Metrics) -> Reading {
-        for _ in 0..200 {
-            *t += POLL;
-            match w.poll(*t, metrics) {
-                Reading::Nothing => continue,
-                other => return other,
-            }
+    /// A watched file in a temporary directory, with a clock that moves by
+    /// one poll interval per poll.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        metrics: Metrics,
+        w: FileWatch,
+        t: Instant,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let w = FileWatch { path: dir.path().join("cluster.yaml"), ..Default::default() };
+            Self { _dir: dir, metrics: Metrics::new(), w, t: Instant::now() }
         }
-        Reading::Nothing
+
+        /// A fixture whose file held one service, already read.
+        fn loaded() -> Self {
+            let mut f = Self::new();
+            f.write(ONE_SERVICE);
+            assert!(matches!(f.settle(), Reading::Objects(o) if o.services.len() == 1));
+            f
+        }
+
+        fn write(&self, text: &str) {
+            std::fs::write(&self.w.path, text).expect("write");
+        }
+
+        fn poll(&mut self) -> Reading {
+            self.t += POLL;
+            self.w.poll(self.t, &self.metrics)
+        }
+
+        /// Polls until the file yields something other than `Nothing`.
+        fn settle(&mut self) -> Reading {
+            for _ in 0..200 {
+                match self.poll() {
+                    Reading::Nothing => continue,
+                    other => return other,
+                }
+            }
+            Reading::Nothing
+        }
     }
 
     #[test]
     fn a_file_truncated_in_place_keeps_its_services_until_it_stays_empty() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let metrics = Metrics::new();
-        let mut w = watch(dir.path());
-        let mut t = Instant::now();
-        std::fs::write(&w.path, ONE_SERVICE).expect("write");
-        assert!(matches!(settle(&mut w, &mut t, &metrics), Reading::Objects(o) if o.services.len() == 1));
-
+        let mut f = Fixture::loaded();
         // Truncated: not applied at once, and not before EMPTY_SETTLE.
-        std::fs::write(&w.path, "").expect("truncate");
-        let first = t;
+        f.write("");
+        let first = f.t;
         let mut pending = 0;
         let outcome = loop {
-            t += POLL;
-            match w.poll(t, &metrics) {
+            match f.poll() {
                 Reading::EmptyPending => pending += 1,
                 Reading::Nothing => {}
                 other => break other,
             }
         };
         assert!(pending > 0, "an empty file is held back");
-        assert!(t - first >= EMPTY_SETTLE, "released after {:?}", t - first);
+        assert!(f.t - first >= EMPTY_SETTLE, "released after {:?}", f.t - first);
         assert!(matches!(outcome, Reading::Objects(o) if o.services.is_empty()), "then it is applied");
     }
 
     #[test]
     fn a_file_refilled_before_the_settle_time_never_applies_the_empty_state() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let metrics = Metrics::new();
-        let mut w = watch(dir.path());
-        let mut t = Instant::now();
-        std::fs::write(&w.path, ONE_SERVICE).expect("write");
-        assert!(matches!(settle(&mut w, &mut t, &metrics), Reading::Objects(_)));
-        std::fs::write(&w.path, "").expect("truncate");
+        let mut f = Fixture::loaded();
+        f.write("");
         for _ in 0..5 {
-            t += POLL;
-            assert!(matches!(w.poll(t, &metrics), Reading::Nothing | Reading::EmptyPending));
+            assert!(matches!(f.poll(), Reading::Nothing | Reading::EmptyPending));
         }
-        let broken = "apiVersion: v1\nkind: List\nitems: [\n  {unclosed\n";
-        std::fs::write(&w.path, broken).expect("write");
-        assert!(matches!(settle(&mut w, &mut t, &metrics), Reading::Failed(m) if m.contains("line")));
+        f.write("apiVersion: v1\nkind: List\nitems: [\n  {unclosed\n");
+        assert!(matches!(f.settle(), Reading::Failed(m) if m.contains("line")));
     }
 
     #[test]
     fn an_explicit_empty_list_applies_without_delay() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let metrics = Metrics::new();
-        let mut w = watch(dir.path());
-        let mut t = Instant::now();
-        std::fs::write(&w.path, ONE_SERVICE).expect("write");
-        assert!(matches!(settle(&mut w, &mut t, &metrics), Reading::Objects(_)));
-        std::fs::write(&w.path, "apiVersion: v1\nkind: List\nitems: []\n").expect("write");
-        let before = t;
-        assert!(matches!(settle(&mut w, &mut t, &metrics), Reading::Objects(o) if o.services.is_empty()));
-        assert!(t - before <= 3 * POLL, "took {:?}", t - before);
+        let mut f = Fixture::loaded();
+        f.write("apiVersion: v1\nkind: List\nitems: []\n");
+        let before = f.t;
+        assert!(matches!(f.settle(), Reading::Objects(o) if o.services.is_empty()));
+        assert!(f.t - before <= 3 * POLL, "took {:?}", f.t - before);
     }
 
     #[test]
     fn an_empty_file_at_start_is_an_empty_state() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let metrics = Metrics::new();
-        let mut w = watch(dir.path());
-        let mut t = Instant::now();
-        std::fs::write(&w.path, "").expect("write");
-        assert!(matches!(settle(&mut w, &mut t, &metrics), Reading::Objects(o) if o.services.is_empty()));
+        let mut f = Fixture::new();
+        f.write("");
+        assert!(matches!(f.settle(), Reading::Objects(o) if o.services.is_empty()));
     }
 }
