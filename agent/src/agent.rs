@@ -12,10 +12,11 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use socklb_common::{Config, config_flags};
+use socklb_common::{Config, FrontendKey, config_flags};
 use tokio::{signal::unix::SignalKind, sync::mpsc};
 
 use crate::{
+    api_access,
     datapath::aya_maps::AyaMaps,
     http,
     inspect::PinnedCounters,
@@ -41,6 +42,10 @@ pub struct AgentConfig {
     pub resync: Duration,
     /// The longest wait between API attempts after an error.
     pub api_retry_max: Duration,
+    /// `/healthz` fails when changes wait longer than this for a sync.
+    pub health_timeout: Duration,
+    /// `--k8s-api-server`: replaces the configured API server address.
+    pub k8s_api_server: Option<::http::Uri>,
     pub capacities: Capacities,
     pub service_proxy_name: Option<String>,
     /// Translate only sockets in the host network namespace.
@@ -92,6 +97,11 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         metrics.map_capacity.get_or_create(&MapLabel { map: map.into() }).set(i64::from(cap));
     }
     metrics.set_counter_source(Box::new(PinnedCounters::new(&cfg.bpffs)));
+    metrics.health.set_timeout(cfg.health_timeout);
+    {
+        let (cgroup, bpffs) = (cfg.cgroup.clone(), cfg.bpffs.clone());
+        metrics.health.set_datapath_check(Box::new(move || loader::check_attached(&cgroup, &bpffs)));
+    }
     let limits = Limits { max_services: maps.service_id_limit()?, max_backends: cfg.capacities.backends };
     let ctx = NodeContext {
         node_name: cfg.node_name.clone(),
@@ -100,21 +110,24 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         service_proxy_name: cfg.service_proxy_name.clone(),
     };
     tracing::info!(node = %cfg.node_name, nodeport_addresses = ?cfg.nodeport_addresses, "node");
+    // The API client is set up before the maps move into the reconciler:
+    // whether the server is an address the datapath translates is read
+    // from them.
+    let api = if cfg.from_files.is_empty() { Some(api_client(&cfg, &maps).await?) } else { None };
     let mut reconciler = Reconciler::new(Box::new(maps), ctx, &limits, metrics.clone())?;
 
     tokio::spawn(http::serve(listener, metrics.clone()));
 
     let (tx, mut rx) = mpsc::channel::<SourceEvent>(4096);
     let mut expected: HashMap<&'static str, usize> = HashMap::new();
-    if cfg.from_files.is_empty() {
-        let client = kube_client(cfg.kubeconfig.as_deref()).await?;
+    if let Some((client, access)) = api {
         for part in ["services", "endpointslices", "nodes"] {
             expected.insert(part, 1);
         }
         let watch = source::kube::WatchConfig {
             node_name: cfg.node_name.clone(),
             service_proxy_name: cfg.service_proxy_name.clone(),
-            retry_max: cfg.api_retry_max,
+            access,
         };
         tokio::spawn(source::kube::run(client, watch, tx, metrics.clone()));
     } else {
@@ -190,6 +203,9 @@ pub async fn drive(
                     return;
                 };
                 oldest.get_or_insert_with(Instant::now);
+                if all_synced {
+                    metrics.health.queued(Instant::now());
+                }
                 let batch_end = Instant::now() + DEBOUNCE_MAX;
                 let mut next = Some(event);
                 while let Some(event) = next.take() {
@@ -218,6 +234,11 @@ pub async fn drive(
                     metrics.event_to_datapath.observe(t.elapsed().as_secs_f64());
                 }
                 retry_at = (!report.complete).then(|| tokio::time::Instant::now() + RETRY);
+                if report.complete {
+                    metrics.health.synced();
+                } else {
+                    metrics.health.queued(Instant::now());
+                }
                 if !metrics.is_ready() {
                     metrics.set_ready();
                     tracing::info!(ops = report.ops_applied, complete = report.complete, "first full sync programmed; ready");
@@ -226,6 +247,9 @@ pub async fn drive(
             _ = async { tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)).await }, if retry_at.is_some() => {
                 let report = reconciler.sync();
                 retry_at = (!report.complete).then(|| tokio::time::Instant::now() + RETRY);
+                if report.complete {
+                    metrics.health.synced();
+                }
             }
             _ = resync.tick(), if all_synced => {
                 match reconciler.resync() {
@@ -233,6 +257,7 @@ pub async fn drive(
                     Err(e) => tracing::warn!(error = %e, "resync could not read the maps"),
                 }
                 if reconciler.needs_retry() {
+                    metrics.health.queued(Instant::now());
                     retry_at = Some(tokio::time::Instant::now() + RETRY);
                 }
             }
@@ -299,17 +324,37 @@ fn stale_socket_handler(cfg: &AgentConfig, metrics: Arc<Metrics>) -> DoomedHandl
     })
 }
 
-async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("--kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("--kubeconfig {}", path.display()))?
+/// The API client, and how to retry and advise when the server cannot be
+/// reached. A server that cannot be reached at start is reported at once,
+/// naming `--k8s-api-server` when that is the likely fix; the watchers keep
+/// retrying (it may only be slow to come up).
+async fn api_client(cfg: &AgentConfig, maps: &AyaMaps) -> Result<(kube::Client, source::kube::Access)> {
+    let (config, origin) =
+        api_access::load_config(cfg.kubeconfig.as_deref(), cfg.k8s_api_server.as_ref()).await?;
+    let url = config.cluster_url.clone();
+    let translated = api_access::server_socket_addr(&url).is_some_and(|addr| {
+        let key = FrontendKey {
+            addr: socklb_common::addr_from_ip(addr.ip()),
+            port: addr.port().to_be(),
+            proto: socklb_common::PROTO_TCP,
+            scope: socklb_common::SCOPE_INTERNAL,
+        };
+        maps.frontend(&key).is_some()
+    });
+    let advice = api_access::Advice::new(&url, origin.clone(), translated);
+    tracing::info!(server = %url, ?origin, "API server");
+    if let Err(error) = api_access::probe_reachable(&url, PROBE_TIMEOUT).await {
+        if advice.applies() {
+            tracing::error!(server = %url, error, advice = %advice, "cannot reach the API server");
+        } else {
+            tracing::error!(server = %url, error, "cannot reach the API server given by --k8s-api-server");
         }
-        // In-cluster, then KUBECONFIG, then ~/.kube/config.
-        None => kube::Config::infer().await.context("no Kubernetes configuration found (in-cluster, KUBECONFIG or ~/.kube/config); use --kubeconfig or --from-file")?,
-    };
-    kube::Client::try_from(config).context("building the Kubernetes client")
+    }
+    let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
+    let access =
+        source::kube::Access { server: url.to_string(), retry_max: cfg.api_retry_max, advice: Some(advice) };
+    Ok((client, access))
 }
+
+/// How long the start-up reachability check waits for the API server.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);

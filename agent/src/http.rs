@@ -13,10 +13,20 @@ pub const METRICS: &str = "/metrics";
 
 pub fn router(metrics: Arc<Metrics>) -> Router {
     Router::new()
-        .route(HEALTHZ, get(|| async { "ok\n" }))
+        .route(HEALTHZ, get(healthz))
         .route(READYZ, get(readyz))
         .route(METRICS, get(metrics_text))
         .with_state(metrics)
+}
+
+async fn healthz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    // The datapath check makes syscalls: off the async workers.
+    let verdict = tokio::task::spawn_blocking(move || m.health.verdict(std::time::Instant::now())).await;
+    match verdict {
+        Ok(Ok(())) => (StatusCode::OK, "ok\n".to_string()),
+        Ok(Err(why)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("health check failed: {e}\n")),
+    }
 }
 
 async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {

@@ -104,26 +104,87 @@ pub fn frontend_rows(state: &MapState, counters: &BTreeMap<u32, ServiceCounters>
     rows
 }
 
-/// A plain-text table.
-pub fn render_table(rows: &[FrontendRow]) -> String {
-    let headers =
-        ["SERVICE", "FRONTEND", "PROTO", "KIND", "SCOPE", "FLAGS", "BACKENDS", "TRANSLATIONS", "REFUSED"];
-    let cells: Vec<[String; 9]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.service.clone(),
-                r.frontend.clone(),
-                r.protocol.clone(),
-                r.kind.clone(),
-                r.scope.clone(),
-                if r.flags.is_empty() { "-".into() } else { r.flags.join(",") },
-                if r.backends.is_empty() { "(none)".into() } else { r.backends.join(",") },
-                r.translations.to_string(),
-                r.refusals.to_string(),
-            ]
-        })
-        .collect();
+/// One backend set (a service port, family and policy) with its counters
+/// once, and every frontend that reaches it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SetRow {
+    pub service: String,
+    pub service_id: u32,
+    pub flags: Vec<String>,
+    pub backends: Vec<String>,
+    pub translations: u64,
+    pub refusals: u64,
+    pub frontends: Vec<FrontendEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FrontendEntry {
+    pub frontend: String,
+    pub protocol: String,
+    pub kind: String,
+    pub scope: String,
+}
+
+/// The rows of `socklb list`: frontends grouped by the set they reach.
+pub fn set_rows(frontends: &[FrontendRow]) -> Vec<SetRow> {
+    let mut out: Vec<SetRow> = Vec::new();
+    let mut index: BTreeMap<u32, usize> = BTreeMap::new();
+    for f in frontends {
+        let i = *index.entry(f.service_id).or_insert_with(|| {
+            out.push(SetRow {
+                service: f.service.clone(),
+                service_id: f.service_id,
+                flags: f.flags.clone(),
+                backends: f.backends.clone(),
+                translations: f.translations,
+                refusals: f.refusals,
+                frontends: Vec::new(),
+            });
+            out.len() - 1
+        });
+        out[i].frontends.push(FrontendEntry {
+            frontend: f.frontend.clone(),
+            protocol: f.protocol.clone(),
+            kind: f.kind.clone(),
+            scope: f.scope.clone(),
+        });
+    }
+    out
+}
+
+/// A plain-text table: one row per set, its counters once, its further
+/// frontends on the lines below.
+pub fn render_table(rows: &[SetRow]) -> String {
+    let headers = ["SERVICE", "FRONTEND", "KIND", "SCOPE", "FLAGS", "BACKENDS", "TRANSLATIONS", "REFUSED"];
+    let mut cells: Vec<[String; 8]> = Vec::new();
+    for r in rows {
+        for (i, f) in r.frontends.iter().enumerate() {
+            let frontend = format!("{}/{}", f.frontend, f.protocol);
+            if i == 0 {
+                cells.push([
+                    r.service.clone(),
+                    frontend,
+                    f.kind.clone(),
+                    f.scope.clone(),
+                    if r.flags.is_empty() { "-".into() } else { r.flags.join(",") },
+                    if r.backends.is_empty() { "(none)".into() } else { r.backends.join(",") },
+                    r.translations.to_string(),
+                    r.refusals.to_string(),
+                ]);
+            } else {
+                cells.push([
+                    String::new(),
+                    frontend,
+                    f.kind.clone(),
+                    f.scope.clone(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ]);
+            }
+        }
+    }
     let mut widths = headers.map(str::len);
     for row in &cells {
         for (w, c) in widths.iter_mut().zip(row) {
@@ -132,13 +193,15 @@ pub fn render_table(rows: &[FrontendRow]) -> String {
     }
     let mut out = String::new();
     let line = |out: &mut String, cols: &[&str]| {
+        let mut text = String::new();
         for (i, (c, w)) in cols.iter().zip(widths).enumerate() {
             if i + 1 == cols.len() {
-                out.push_str(c);
+                text.push_str(c);
             } else {
-                out.push_str(&format!("{c:<w$}  "));
+                text.push_str(&format!("{c:<w$}  "));
             }
         }
+        out.push_str(text.trim_end());
         out.push('\n');
     };
     line(&mut out, &headers);
@@ -533,5 +596,28 @@ mod tests {
         let e = explain(&state(), "10.96.0.10:80".parse().expect("addr"), 17);
         assert!(!e.is_service, "UDP is another frontend");
         assert!(render_explanation(&e).contains("is not a service"));
+    }
+
+    #[test]
+    fn list_shows_each_sets_counters_once_however_many_frontends_reach_it() {
+        let mut st = state();
+        let node_port = FrontendKey {
+            addr: addr_from_ip("192.168.1.5".parse().expect("ip")),
+            port: 30080u16.to_be(),
+            proto: 6,
+            scope: 1,
+        };
+        st.frontends.insert(
+            node_port,
+            FrontendValue { service_id: 1, flags: socklb_common::frontend_flags::NODE_PORT, _pad: 0 },
+        );
+        let counters = BTreeMap::from([(1, ServiceCounters { translations: 4242, refused: 7 })]);
+        let rows = set_rows(&frontend_rows(&st, &counters));
+        assert_eq!(rows.len(), 2);
+        let web = rows.iter().find(|r| r.service_id == 1).expect("web");
+        assert_eq!(web.frontends.len(), 2);
+        let text = render_table(&rows);
+        assert_eq!(text.matches("4242").count(), 1, "{text}");
+        assert!(text.contains("192.168.1.5:30080/TCP"), "{text}");
     }
 }

@@ -8,10 +8,12 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod api_access;
 pub mod datapath;
 pub mod features;
 pub mod fs_checks;
 pub mod fuzzing;
+pub mod health;
 pub mod http;
 pub mod ids;
 pub mod inspect;

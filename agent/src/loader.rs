@@ -418,6 +418,22 @@ fn check_pinned_map(pin: &Path, spec: &MapSpec) -> Result<u32, LoaderError> {
     Ok(info.max_entries())
 }
 
+/// Whether every hook's pinned link is still attached to `cgroup` (for
+/// `/healthz`): `Err` names the first that is not.
+pub fn check_attached(cgroup: &Path, bpffs: &Path) -> Result<(), String> {
+    let cgroup_id = fs_checks::check_cgroup2(cgroup).map_err(|e| e.to_string())?;
+    let links = links_dir(bpffs);
+    for hook in &HOOKS {
+        let pin = links.join(hook.name);
+        let link = sys::obj_get(&pin).map_err(|e| format!("link {}: {e}", pin.display()))?;
+        let info = sys::link_info(link.as_fd()).map_err(|e| format!("link {}: {e}", pin.display()))?;
+        if info.cgroup_id != cgroup_id {
+            return Err(format!("link {} is not attached to {}", hook.name, cgroup.display()));
+        }
+    }
+    Ok(())
+}
+
 fn detach_pinned_link(pin: &Path) -> Result<(), LoaderError> {
     let link_err = |source| LoaderError::Link { path: pin.to_owned(), source };
     let link = sys::obj_get(pin).map_err(link_err)?;

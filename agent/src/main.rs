@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use socklb::{
     agent::{self, AgentConfig},
+    api_access,
     datapath::{Datapath, aya_maps::AyaMaps},
     fs_checks, inspect,
     loader::{self, Capacities},
@@ -40,64 +41,79 @@ enum Output {
     Json,
 }
 
+/// `socklb agent`'s flags.
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// Kubeconfig file; default: $KUBECONFIG, then ~/.kube/config, then in-cluster.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The API server's real address (https://HOST:PORT), replacing the
+    /// server of the configuration found (in-cluster or kubeconfig) and
+    /// keeping its credentials and CA. Needed without kube-proxy: the
+    /// in-cluster address is a ClusterIP, which socklb itself serves.
+    #[arg(long, env = "SOCKLB_K8S_API_SERVER", value_name = "URL")]
+    k8s_api_server: Option<String>,
+    /// Read Services and EndpointSlices from this YAML file instead of the
+    /// API server (repeatable); the file is watched.
+    #[arg(long = "from-file")]
+    from_file: Vec<PathBuf>,
+    /// This node's name; default: $NODE_NAME, then the hostname.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// cgroup v2 directory to attach to; default: the cgroup2 mount's root.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    /// Directory on a BPF filesystem for the pinned maps and links.
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "127.0.0.1:9966")]
+    metrics_addr: SocketAddr,
+    /// Where NodePorts answer: CIDRs select host addresses, single
+    /// addresses are used as given; empty or absent: every host address.
+    #[arg(long, value_delimiter = ',')]
+    nodeport_addresses: Vec<String>,
+    /// How often the maps are read back and repaired if they drifted.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    resync: Duration,
+    /// The longest wait between attempts to reach the API server after
+    /// an error (exponential backoff with jitter, from 0.5 s).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    api_retry_max: Duration,
+    /// /healthz fails (503) when changes have waited longer than this
+    /// without a sync that applied them (kube-proxy's rule), or at once
+    /// when the datapath is detached.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    health_timeout: Duration,
+    /// Log format (the level comes from RUST_LOG, default info).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Serve only Services labelled service.kubernetes.io/service-proxy-name=NAME
+    /// (kube-proxy skips those), for a gradual migration.
+    #[arg(long)]
+    service_proxy_name: Option<String>,
+    /// Translate only sockets in the host network namespace; pods keep
+    /// the VIP (for service meshes that need to see it).
+    #[arg(long)]
+    hostns_only: bool,
+    /// Destroy established TCP and connected UDP sockets whose backend
+    /// left their service, so clients reconnect instead of hanging.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    destroy_stale_sockets: bool,
+    /// Capacity for backend sets (one per service port, family and
+    /// traffic policy); frontends get twice as much. Used when the maps
+    /// are created; pinned maps keep their size until `socklb uninstall`.
+    #[arg(long, default_value_t = socklb_common::capacity::SERVICES)]
+    max_services: u32,
+    /// Capacity for distinct backends; slots and memberships get twice as much.
+    #[arg(long, default_value_t = socklb_common::capacity::BACKENDS)]
+    max_backends: u32,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Attach (or adopt) the datapath and keep it in sync with the cluster.
-    Agent {
-        /// Kubeconfig file; default: in-cluster, then $KUBECONFIG, then ~/.kube/config.
-        #[arg(long)]
-        kubeconfig: Option<PathBuf>,
-        /// Read Services and EndpointSlices from this YAML file instead of the
-        /// API server (repeatable); the file is watched.
-        #[arg(long = "from-file")]
-        from_file: Vec<PathBuf>,
-        /// This node's name; default: $NODE_NAME, then the hostname.
-        #[arg(long)]
-        node_name: Option<String>,
-        /// cgroup v2 directory to attach to; default: the cgroup2 mount's root.
-        #[arg(long)]
-        cgroup: Option<PathBuf>,
-        /// Directory on a BPF filesystem for the pinned maps and links.
-        #[arg(long, default_value = DEFAULT_BPFFS)]
-        bpffs: PathBuf,
-        /// Address of /healthz, /readyz and /metrics.
-        #[arg(long, default_value = "127.0.0.1:9966")]
-        metrics_addr: SocketAddr,
-        /// Where NodePorts answer: CIDRs select host addresses, single
-        /// addresses are used as given; empty or absent: every host address.
-        #[arg(long, value_delimiter = ',')]
-        nodeport_addresses: Vec<String>,
-        /// How often the maps are read back and repaired if they drifted.
-        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
-        resync: Duration,
-        /// The longest wait between attempts to reach the API server after
-        /// an error (exponential backoff with jitter, from 0.5 s).
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        api_retry_max: Duration,
-        /// Log format (the level comes from RUST_LOG, default info).
-        #[arg(long, value_enum, default_value = "text")]
-        log_format: LogFormat,
-        /// Serve only Services labelled service.kubernetes.io/service-proxy-name=NAME
-        /// (kube-proxy skips those), for a gradual migration.
-        #[arg(long)]
-        service_proxy_name: Option<String>,
-        /// Translate only sockets in the host network namespace; pods keep
-        /// the VIP (for service meshes that need to see it).
-        #[arg(long)]
-        hostns_only: bool,
-        /// Destroy established TCP and connected UDP sockets whose backend
-        /// left their service, so clients reconnect instead of hanging.
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-        destroy_stale_sockets: bool,
-        /// Capacity for backend sets (one per service port, family and
-        /// traffic policy); frontends get twice as much. Used when the maps
-        /// are created; pinned maps keep their size until `socklb uninstall`.
-        #[arg(long, default_value_t = socklb_common::capacity::SERVICES)]
-        max_services: u32,
-        /// Capacity for distinct backends; slots and memberships get twice as much.
-        #[arg(long, default_value_t = socklb_common::capacity::BACKENDS)]
-        max_backends: u32,
-    },
+    Agent(Box<AgentArgs>),
     /// Show the programmed frontends, their backends and counters.
     List {
         #[arg(long, default_value = DEFAULT_BPFFS)]
@@ -135,9 +151,17 @@ enum Cmd {
     },
 }
 
+const KUBE_CLIENT_QUIET: &str = "kube_client::client::builder=off";
+
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // kube-client logs every failed request as an error with no URL and no
+    // OS error ("client error (Connect)"); the watchers report failures
+    // themselves, once per streak and with both. RUST_LOG can bring it back.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("kube_client")) {
+        filter = filter.add_directive(KUBE_CLIENT_QUIET.parse().expect("a valid directive"));
+    }
     // Colours only on a terminal: `kubectl logs` and files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder =
@@ -186,26 +210,34 @@ fn parse_cidrs(items: &[String]) -> Result<Vec<Cidr>> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Agent {
-            kubeconfig,
-            from_file,
-            node_name: name,
-            cgroup,
-            bpffs,
-            metrics_addr,
-            nodeport_addresses,
-            resync,
-            api_retry_max,
-            log_format,
-            service_proxy_name,
-            hostns_only,
-            destroy_stale_sockets,
-            max_services,
-            max_backends,
-        } => {
+        Cmd::Agent(args) => {
+            let AgentArgs {
+                kubeconfig,
+                k8s_api_server,
+                from_file,
+                node_name: name,
+                cgroup,
+                bpffs,
+                metrics_addr,
+                nodeport_addresses,
+                resync,
+                api_retry_max,
+                health_timeout,
+                log_format,
+                service_proxy_name,
+                hostns_only,
+                destroy_stale_sockets,
+                max_services,
+                max_backends,
+            } = *args;
             init_logs(log_format);
+            let k8s_api_server = match k8s_api_server.as_deref() {
+                Some(text) => api_access::parse_server(text)?,
+                None => None,
+            };
             let cfg = AgentConfig {
                 kubeconfig,
+                k8s_api_server,
                 from_files: from_file,
                 node_name: node_name(name)?,
                 cgroup: cgroup_or_root(cgroup)?,
@@ -217,6 +249,7 @@ fn run(cli: Cli) -> Result<()> {
                 ),
                 resync,
                 api_retry_max,
+                health_timeout,
                 capacities: Capacities::sized(max_services, max_backends),
                 service_proxy_name,
                 hostns_only,
@@ -233,7 +266,7 @@ fn run(cli: Cli) -> Result<()> {
             let maps = open_pinned(&bpffs)?;
             let state = maps.read_state()?;
             let counters = maps.read_counters()?;
-            let rows = inspect::frontend_rows(&state, &counters);
+            let rows = inspect::set_rows(&inspect::frontend_rows(&state, &counters));
             match output {
                 Output::Table => print!("{}", inspect::render_table(&rows)),
                 Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
@@ -276,11 +309,29 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The error and its causes on one line, each message once: many errors
+/// quote their source in their own message ("{path}: {source}"), which
+/// `{:#}` would print twice.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("socklb: {e:#}");
+            eprintln!("socklb: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }

@@ -5,6 +5,7 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
+use crate::health::Health;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
@@ -106,6 +107,8 @@ pub struct Metrics {
     pub source_errors: Family<SourceLabel, Counter>,
     pub syncs: Counter,
     pub stale_sockets_destroyed: Counter,
+    pub network_programming: Histogram,
+    pub health: Health,
     counter_source: Arc<Mutex<Option<Box<dyn CounterSource>>>>,
 }
 
@@ -188,6 +191,14 @@ impl Metrics {
             "Sockets destroyed because their backend left the service",
             stale_sockets_destroyed.clone(),
         );
+        // kube-proxy's SLI: from the EndpointSlice controller's change (its
+        // last-change-trigger-time annotation) to the datapath programmed.
+        let network_programming = Histogram::new(exponential_buckets(0.001, 2.0, 22));
+        registry.register(
+            "socklb_network_programming_duration_seconds",
+            "Time from an EndpointSlice change (endpoints.kubernetes.io/last-change-trigger-time) to the datapath programmed",
+            network_programming.clone(),
+        );
         let counter_source = Arc::new(Mutex::new(None));
         registry.register_collector(Box::new(DatapathCounters(counter_source.clone())));
         Self {
@@ -208,6 +219,8 @@ impl Metrics {
             source_errors,
             syncs,
             stale_sockets_destroyed,
+            network_programming,
+            health: Health::default(),
             counter_source,
         }
     }

@@ -8,7 +8,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
-    time::Instant,
+    time::{Instant, SystemTime},
 };
 
 use crate::{
@@ -65,6 +65,8 @@ pub struct Reconciler {
     pending: bool,
     /// Reference counts of the mirror, kept across syncs (see plan::Refs).
     refs: Option<plan::Refs>,
+    /// Changes triggered before this are not measured (as kube-proxy).
+    started: SystemTime,
 }
 
 impl Reconciler {
@@ -93,6 +95,7 @@ impl Reconciler {
             full_plan: true,
             pending: false,
             refs,
+            started: SystemTime::now(),
         })
     }
 
@@ -164,8 +167,10 @@ impl Reconciler {
 
         let rendered_at = started.elapsed();
         let full = self.full_plan;
+        let triggers = self.store.take_triggers();
         let report = self.execute(&touched);
         self.after_execute(&report, &changed, &touched, full);
+        self.observe_programming(triggers, &report.services_failed);
         let (doomed, revived) = self.doomed(&before, &report.services_failed);
         let total = started.elapsed();
         self.metrics.sync_duration.observe(total.as_secs_f64());
@@ -187,6 +192,28 @@ impl Reconciler {
             doomed,
             revived,
         }
+    }
+
+    /// `socklb_network_programming_duration_seconds`: for each Service whose
+    /// change is now in the datapath, from its trigger time to now. Changes
+    /// a sync could not apply wait for the next one.
+    fn observe_programming(&mut self, triggers: BTreeMap<ObjKey, SystemTime>, failed: &BTreeSet<u32>) {
+        if triggers.is_empty() {
+            return;
+        }
+        let failed: BTreeSet<&ObjKey> =
+            failed.iter().filter_map(|id| self.renderer.sets.get(id)).map(|s| &s.service).collect();
+        let now = SystemTime::now();
+        let mut retry = Vec::new();
+        for (key, t) in triggers {
+            if failed.contains(&key) {
+                retry.push((key, t));
+            } else if t >= self.started {
+                let took = now.duration_since(t).unwrap_or_default();
+                self.metrics.network_programming.observe(took.as_secs_f64());
+            }
+        }
+        self.store.restore_triggers(retry);
     }
 
     /// Backends of the changed services that the EndpointSlices no longer

@@ -6,7 +6,10 @@
 //! services that is the difference between megabytes and gigabytes. The
 //! reconciler takes the dirty Services and rebuilds only their models.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::SystemTime,
+};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
@@ -36,6 +39,20 @@ pub struct IngestedSlice {
     pub service: Option<ObjKey>,
     pub parsed: Option<ParsedSlice>,
     pub problems: Vec<Problem>,
+    /// `endpoints.kubernetes.io/last-change-trigger-time`: when the change
+    /// this version carries happened (for the network programming SLI).
+    pub trigger_time: Option<SystemTime>,
+}
+
+/// The EndpointSlice controller's annotation: when the change that produced
+/// this version of the slice happened (a pod became ready, say).
+pub const ANNOTATION_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// The trigger time of a slice, if it carries a valid one.
+pub fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
+    let text = slice.metadata.annotations.as_ref()?.get(ANNOTATION_TRIGGER_TIME)?;
+    let ts: k8s_openapi::jiff::Timestamp = text.trim().parse().ok()?;
+    Some(SystemTime::from(ts))
 }
 
 fn obj_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjKey {
@@ -67,7 +84,13 @@ pub fn ingest_service(svc: &Service, service_proxy_name: Option<&str>) -> Ingest
 
 pub fn ingest_slice(slice: &EndpointSlice) -> IngestedSlice {
     let (parsed, problems) = parse_slice(slice);
-    IngestedSlice { key: slice_key(slice), service: slice_service(slice), parsed, problems }
+    IngestedSlice {
+        key: slice_key(slice),
+        service: slice_service(slice),
+        parsed,
+        problems,
+        trigger_time: trigger_time(slice),
+    }
 }
 
 /// What a source reports.
@@ -151,6 +174,9 @@ pub struct Store {
     dirty: BTreeSet<ObjKey>,
     all_dirty: bool,
     zone: Option<String>,
+    /// The earliest trigger time of the changes to each Service that no
+    /// sync has applied yet.
+    triggers: BTreeMap<ObjKey, SystemTime>,
 }
 
 impl Store {
@@ -233,6 +259,10 @@ impl Store {
         }
         fresh.extend(slice.problems.iter().filter(|p| old.is_none_or(|o| !o.problems.contains(p))).cloned());
         self.delete_slice(&slice.key);
+        if let (Some(svc), Some(t)) = (&slice.service, slice.trigger_time) {
+            let earliest = self.triggers.entry(svc.clone()).or_insert(t);
+            *earliest = (*earliest).min(t);
+        }
         if let Some(svc) = &slice.service {
             self.slices_by_service.entry(svc.clone()).or_default().insert(slice.key.clone());
             self.dirty.insert(svc.clone());
@@ -282,6 +312,19 @@ impl Store {
         }
         for s in slices {
             self.put_slice(origin, s, fresh);
+        }
+    }
+
+    /// The trigger times of the changes since the last call, per Service.
+    pub fn take_triggers(&mut self) -> BTreeMap<ObjKey, SystemTime> {
+        std::mem::take(&mut self.triggers)
+    }
+
+    /// Gives back trigger times whose changes a sync did not apply.
+    pub fn restore_triggers(&mut self, triggers: impl IntoIterator<Item = (ObjKey, SystemTime)>) {
+        for (k, t) in triggers {
+            let earliest = self.triggers.entry(k).or_insert(t);
+            *earliest = (*earliest).min(t);
         }
     }
 

@@ -124,3 +124,75 @@ async fn the_http_endpoints_answer() {
     .await
     .expect("client");
 }
+
+#[test]
+fn network_programming_duration_counts_from_the_slice_trigger_time() {
+    let metrics = Arc::new(Metrics::new());
+    let mut r = example_sync(metrics.clone());
+    // A slice change triggered 1.5 s ago (after the agent started).
+    std::thread::sleep(std::time::Duration::from_millis(1600));
+    let triggered = std::time::SystemTime::now() - std::time::Duration::from_millis(1500);
+    let ts = k8s_openapi::jiff::Timestamp::try_from(triggered).expect("timestamp");
+    let (o, _) = parse_objects(&format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-extra, namespace: default, \
+         labels: {{kubernetes.io/service-name: web}}, annotations: {{endpoints.kubernetes.io/last-change-trigger-time: \"{ts}\"}}}}\n\
+         addressType: IPv4\nendpoints: [{{addresses: [10.244.9.9]}}]\nports: [{{name: http, port: 8080}}]\n"
+    ))
+    .expect("yaml");
+    r.apply_event(SourceEvent::slice(0, &o.slices[0]));
+    assert!(r.sync().complete);
+    let text = metrics.encode();
+    assert_eq!(sample(&text, "socklb_network_programming_duration_seconds_count"), 1.0);
+    let sum = sample(&text, "socklb_network_programming_duration_seconds_sum");
+    assert!((1.5..10.0).contains(&sum), "{sum}");
+    // The slices listed at start carried no trigger time after the start:
+    // nothing else was measured, and a second sync measures nothing again.
+    r.sync();
+    assert_eq!(sample(&metrics.encode(), "socklb_network_programming_duration_seconds_count"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthz_fails_when_changes_wait_past_the_health_timeout() {
+    use socklb::{
+        agent::{LoopConfig, drive},
+        datapath::faulty::{FaultyDatapath, RandomFaults},
+    };
+    let metrics = Arc::new(Metrics::new());
+    metrics.health.set_timeout(std::time::Duration::from_millis(300));
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cluster.yaml"))
+        .expect("example");
+    let (o, _) = parse_objects(&text).expect("parses");
+    // Every write fails: nothing is ever applied.
+    let dp = FaultyDatapath::new(SharedFake::default(), RandomFaults::new(7, 1000));
+    let node = NodeContext { node_name: "node-a".into(), ..Default::default() };
+    let limits = Limits { max_services: 1000, max_backends: 1000 };
+    let mut r = Reconciler::new(Box::new(dp), node, &limits, metrics.clone()).expect("reconciler");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let cfg = LoopConfig {
+        expected: std::collections::HashMap::from([("file", 1)]),
+        resync: std::time::Duration::from_secs(3600),
+        on_doomed: None,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let m = metrics.clone();
+    let task = tokio::spawn(async move {
+        drive(&mut r, &mut rx, &cfg, &m, async {
+            let _ = stop_rx.await;
+        })
+        .await;
+    });
+    assert!(metrics.health.verdict(std::time::Instant::now()).is_ok(), "healthy while waiting for sources");
+    tx.send(SourceEvent::replace(0, &o.services, &o.slices, None)).await.expect("send");
+    tx.send(SourceEvent::Synced("file")).await.expect("send");
+    let start = std::time::Instant::now();
+    let why = loop {
+        if let Err(why) = metrics.health.verdict(std::time::Instant::now()) {
+            break why;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "never unhealthy");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(why.contains("without a successful sync"), "{why}");
+    stop_tx.send(()).expect("stop");
+    task.await.expect("loop");
+}

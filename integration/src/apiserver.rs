@@ -88,6 +88,8 @@ struct ApiState {
     requests: u64,
     /// Watch requests served (each re-watch counts).
     watches: u64,
+    /// When each list request arrived, per kind.
+    list_times: BTreeMap<Kind, Vec<std::time::Instant>>,
 }
 
 #[derive(Clone)]
@@ -130,6 +132,7 @@ impl FakeApiServer {
                 faults: Faults::default(),
                 requests: 0,
                 watches: 0,
+                list_times: BTreeMap::new(),
             })),
             events,
         };
@@ -197,6 +200,11 @@ impl FakeApiServer {
 
     pub fn requests(&self) -> u64 {
         self.shared.state.lock().expect("lock").requests
+    }
+
+    /// When each list request of `kind` arrived (failed ones included).
+    pub fn list_times(&self, kind: Kind) -> Vec<std::time::Instant> {
+        self.shared.state.lock().expect("lock").list_times.get(&kind).cloned().unwrap_or_default()
     }
 
     /// Watch requests so far: every re-watch after a cut counts.
@@ -340,6 +348,7 @@ async fn handle(s: Shared, q: ListParams, kind: Kind) -> Response {
             st.faults.fail_watches = st.faults.fail_watches.saturating_sub(1);
             fail
         } else {
+            st.list_times.entry(kind).or_default().push(std::time::Instant::now());
             let fail = st.faults.fail_lists > 0;
             st.faults.fail_lists = st.faults.fail_lists.saturating_sub(1);
             fail

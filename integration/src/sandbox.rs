@@ -22,11 +22,39 @@ use crate::probe::{Attempt, parse_attempts};
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A client running in the background, its output drained by threads.
+/// Dropped without [`Sandbox::collect`] (a failed test), it is killed.
 pub struct RunningClient {
-    pub child: Child,
-    out: thread::JoinHandle<Vec<u8>>,
-    err: thread::JoinHandle<Vec<u8>>,
+    child: Option<Child>,
+    out: Option<thread::JoinHandle<Vec<u8>>>,
+    err: Option<thread::JoinHandle<Vec<u8>>>,
+    /// For a load started with [`Sandbox::start_load`]: the file that ends it.
+    stop_file: Option<PathBuf>,
 }
+
+impl RunningClient {
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Ends a load started with [`Sandbox::start_load`] (a no-op for other
+    /// clients, which end by themselves).
+    pub fn stop(&self) {
+        if let Some(f) = &self.stop_file {
+            let _ = fs::write(f, b"stop");
+        }
+    }
+}
+
+impl Drop for RunningClient {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+static NEXT_STOP: AtomicU32 = AtomicU32::new(0);
 
 pub struct Sandbox {
     pub name: String,
@@ -217,14 +245,32 @@ impl Sandbox {
             let _ = std::io::Read::read_to_end(&mut stderr, &mut buf);
             buf
         });
-        RunningClient { child, out, err }
+        RunningClient { child: Some(child), out: Some(out), err: Some(err), stop_file: None }
     }
 
-    pub fn collect(&self, client: RunningClient) -> Vec<Attempt> {
-        let RunningClient { mut child, out, err } = client;
+    /// Starts a client that runs until [`RunningClient::stop`] (or
+    /// [`Sandbox::finish`]): a load that lasts exactly as long as what the
+    /// test does under it, however slow the machine is.
+    pub fn start_load(&self, mut cmd: Command) -> RunningClient {
+        let stop = self.workdir.join(format!("stop-{}", NEXT_STOP.fetch_add(1, Ordering::Relaxed)));
+        let _ = fs::remove_file(&stop);
+        cmd.arg("--stop-file").arg(&stop);
+        let mut client = self.spawn_client(cmd);
+        client.stop_file = Some(stop);
+        client
+    }
+
+    /// Stops a load and collects its attempts.
+    pub fn finish(&self, client: RunningClient) -> Vec<Attempt> {
+        client.stop();
+        self.collect(client)
+    }
+
+    pub fn collect(&self, mut client: RunningClient) -> Vec<Attempt> {
+        let mut child = client.child.take().expect("a running client");
         let status = child.wait().expect("waiting for socklb-probe");
-        let stdout = out.join().expect("stdout reader");
-        let stderr = err.join().expect("stderr reader");
+        let stdout = client.out.take().map(|t| t.join().expect("stdout reader")).unwrap_or_default();
+        let stderr = client.err.take().map(|t| t.join().expect("stderr reader")).unwrap_or_default();
         assert!(status.success(), "client failed: {}", String::from_utf8_lossy(&stderr));
         parse_attempts(&stdout)
     }

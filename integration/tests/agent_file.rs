@@ -12,7 +12,11 @@ use std::{
 };
 
 use socklb::datapath::{Datapath, aya_maps::AyaMaps};
-use socklb_integration::{Sandbox, probe::by_backend, require_root, sa};
+use socklb_integration::{
+    Sandbox,
+    probe::{by_backend, now_ns},
+    require_root, sa,
+};
 
 fn cluster(endpoints: &[&str]) -> String {
     let eps: Vec<String> =
@@ -89,7 +93,8 @@ fn cluster_ip_node_port_and_external_ip_reach_the_endpoints_and_file_edits_move_
         assert_eq!(backends_of(&sb, frontend, 40), first, "{frontend}");
     }
 
-    // Edit the file: the new endpoints take over within two seconds.
+    // Edit the file: the new endpoints take over (within ~100 ms on an idle
+    // machine; the deadline is for a busy one).
     write(&file, &cluster(&["10.244.0.3", "10.244.0.4"]));
     let written = Instant::now();
     let second = set(&["10.244.0.3:8080", "10.244.0.4:8080"]);
@@ -97,7 +102,7 @@ fn cluster_ip_node_port_and_external_ip_reach_the_endpoints_and_file_edits_move_
         if backends_of(&sb, "10.96.0.10:80", 10).is_subset(&second) {
             break;
         }
-        assert!(written.elapsed() < Duration::from_secs(2), "the edit was not applied within 2 s");
+        assert!(written.elapsed() < Duration::from_secs(20), "the edit was not applied within 20 s");
         thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(backends_of(&sb, "192.168.77.1:30080", 40), second);
@@ -145,18 +150,20 @@ fn sigkill_and_restart_under_load_fail_no_connect_and_write_nothing() {
     agent.wait_ready(Duration::from_secs(20));
     let before = AyaMaps::open(&sb.bpffs).expect("maps").read_state().expect("read");
 
-    let mut cmd = sb.client_cmd("connect", sa("10.96.0.10:80"));
-    cmd.args(["--duration-ms", "3000"]);
-    let client = sb.spawn_client(cmd);
+    let client = sb.start_load(sb.client_cmd("connect", sa("10.96.0.10:80")));
     thread::sleep(Duration::from_millis(500));
     agent.kill();
+    let killed = now_ns();
     thread::sleep(Duration::from_millis(700));
     let mut agent = sb.start_agent(&args);
-    agent.wait_ready(Duration::from_secs(20));
-    let attempts = sb.collect(client);
+    agent.wait_ready(Duration::from_secs(60));
+    let ready = now_ns();
+    thread::sleep(Duration::from_millis(300));
+    let attempts = sb.finish(client);
 
     let failed = attempts.iter().filter(|a| !a.ok).count();
-    assert!(attempts.len() > 200, "only {} connects", attempts.len());
+    let while_down = attempts.iter().filter(|a| a.t_start_ns > killed && a.t_end_ns < ready).count();
+    assert!(while_down > 0, "no connect while the agent was down ({} in all)", attempts.len());
     assert_eq!(failed, 0, "{failed} of {} connects failed", attempts.len());
     let after = AyaMaps::open(&sb.bpffs).expect("maps").read_state().expect("read");
     assert_eq!(before, after, "a restart with the same desired state writes nothing");

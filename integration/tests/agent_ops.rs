@@ -124,3 +124,40 @@ fn the_agent_source_has_no_unsafe_code() {
         assert!(text.contains("#![forbid(unsafe_code)]"), "agent/src/{file} lost #![forbid(unsafe_code)]");
     }
 }
+
+#[test]
+fn healthz_fails_once_the_datapath_is_detached() {
+    require_root!();
+    let sb = Sandbox::new("ops-health").expect("sandbox");
+    let file = sb.workdir().join("cluster.yaml");
+    fs::write(&file, services(1)).expect("write");
+    let mut agent = sb.start_agent(&["--from-file", file.to_str().expect("utf8")]);
+    agent.wait_ready(Duration::from_secs(60));
+    assert_eq!(agent.get("/healthz").map(|r| r.0), Some(200));
+    // Someone removes the datapath under the running agent.
+    socklb(&[
+        "uninstall",
+        "--cgroup",
+        sb.cgroup.to_str().expect("utf8"),
+        "--bpffs",
+        sb.bpffs.to_str().expect("utf8"),
+    ]);
+    let (code, body) = agent.get("/healthz").expect("healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("datapath detached"), "{body}");
+}
+
+#[test]
+fn a_missing_pin_directory_is_named_once() {
+    require_root!();
+    let sb = Sandbox::new("ops-nopin").expect("sandbox");
+    let missing = sb.workdir().join("nothing-here");
+    let out = Command::new(bin_path("socklb"))
+        .args(["list", "--bpffs", missing.to_str().expect("utf8")])
+        .output()
+        .expect("socklb");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+    assert!(err.contains("nothing-here") && err.contains("is the agent running?"), "{err}");
+}

@@ -92,14 +92,15 @@ fn a_udp_socket_moves_only_when_its_backend_leaves_the_service() {
     // first gains a backend (the socket must stay) and then loses the
     // backend the socket uses (it must move, and never come back).
     let mut cmd = sb.client_cmd("connect", sa("10.96.0.53:53"));
-    cmd.args(["--proto", "udp", "--one-socket", "--duration-ms", "2500"]);
-    let client = sb.spawn_client(cmd);
+    cmd.args(["--proto", "udp", "--one-socket"]);
+    let client = sb.start_load(cmd);
     thread::sleep(Duration::from_millis(400));
     p.set(&[Svc::udp(1, "10.96.0.53:53", &["10.244.0.1:5353", "10.244.0.2:5353"])]).expect("shrink");
     let shrunk = socklb_integration::probe::now_ns();
     thread::sleep(Duration::from_millis(400));
     p.set(&[Svc::udp(1, "10.96.0.53:53", &V4_UDP)]).expect("grow");
-    let attempts = sb.collect(client);
+    thread::sleep(Duration::from_millis(400));
+    let attempts = sb.finish(client);
     assert!(attempts.iter().all(|a| a.ok), "no datagram lost");
     let first = attempts[0].backend.clone().expect("backend");
     let before: BTreeSet<_> =

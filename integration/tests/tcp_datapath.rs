@@ -130,9 +130,7 @@ fn replacing_the_backend_set_under_load_never_fails_and_never_returns_a_removed_
     let set_b = ["10.244.0.4:8080", "10.244.0.5:8080", "10.244.0.6:8080"];
     p.set(&[Svc::tcp(1, "10.96.0.10:80", &set_a)]).expect("program");
 
-    let mut cmd = sb.client_cmd("connect", sa("10.96.0.10:80"));
-    cmd.args(["--duration-ms", "4000"]);
-    let client = sb.spawn_client(cmd);
+    let client = sb.start_load(sb.client_cmd("connect", sa("10.96.0.10:80")));
     thread::sleep(Duration::from_millis(300));
 
     // (time the switch was complete, time the next switch began, set)
@@ -145,7 +143,7 @@ fn replacing_the_backend_set_under_load_never_fails_and_never_returns_a_removed_
         epochs.push((done, now_ns(), current.iter().copied().collect()));
         current = if current == &set_a { &set_b } else { &set_a };
     }
-    let attempts = sb.collect(client);
+    let attempts = sb.finish(client);
 
     let failed: Vec<_> = attempts.iter().filter(|a| !a.ok).collect();
     assert!(

@@ -93,6 +93,11 @@ impl AyaMaps {
             .map_err(|e| DatapathError::Read { map: map_names::SVC_NAMES, source: map_io(e) })
     }
 
+    /// One frontend entry, if the maps hold it.
+    pub fn frontend(&self, key: &FrontendKey) -> Option<FrontendValue> {
+        self.frontends.get(key, 0).ok()
+    }
+
     pub fn read_config(&self) -> Result<Config, DatapathError> {
         self.config.get(&0, 0).map_err(|e| DatapathError::Read { map: map_names::CONFIG, source: map_io(e) })
     }

@@ -7,26 +7,30 @@
 //! * Nothing is forwarded until a (re)list is complete (`InitDone`); the
 //!   complete list then replaces what the agent had, so a relist deletes what
 //!   it no longer contains, and a partial list never prunes (Cilium #27215).
-//! * Expired watches (410 Gone), API errors and an unreachable server are
-//!   retried with [`WatchBackoff`] (at most `--api-retry-max` apart);
-//!   meanwhile nothing is sent and the datapath keeps its state.
+//! * API errors and an unreachable server are retried with a backoff that
+//!   only real progress resets (at most `--api-retry-max` apart), and logged
+//!   once per failure streak; an expired watch (410 Gone) relists at once
+//!   (see [`super::backoff`]). Meanwhile nothing is sent and the datapath
+//!   keeps its state.
 
-use std::{fmt::Debug, sync::Arc, time::Duration};
+use std::{
+    fmt::Debug,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
 };
-use kube::{
-    Api, Client, Resource,
-    runtime::{WatchStreamExt, watcher},
-};
+use kube::{Api, Client, Resource, runtime::watcher};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use super::backoff::WatchBackoff;
+use super::backoff::{Report, Retry, error_chain, is_transport_error};
 use crate::{
+    api_access::Advice,
     metrics::Metrics,
     model::service::{LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME},
     store::{
@@ -53,20 +57,30 @@ pub fn label_selector(service_proxy_name: Option<&str>) -> String {
 pub struct WatchConfig {
     pub node_name: String,
     pub service_proxy_name: Option<String>,
+    pub access: Access,
+}
+
+/// How the API server is reached, for retries and their messages.
+#[derive(Clone, Debug)]
+pub struct Access {
+    /// The server URL (for messages: the request URL is this plus the path).
+    pub server: String,
     /// The longest wait between two attempts after an error.
     pub retry_max: Duration,
+    /// What to tell the operator when the server cannot be reached.
+    pub advice: Option<Advice>,
 }
 
 /// Runs the three watchers until the receiver goes away.
 pub async fn run(client: Client, cfg: WatchConfig, tx: mpsc::Sender<SourceEvent>, metrics: Arc<Metrics>) {
-    let WatchConfig { node_name, service_proxy_name, retry_max } = cfg;
+    let WatchConfig { node_name, service_proxy_name, access } = cfg;
     let selector = label_selector(service_proxy_name.as_deref());
     let proxy = service_proxy_name.clone();
     let services = watch_kind::<Service, IngestedService>(
         Api::all(client.clone()),
         watcher::Config::default().labels(&selector),
         "services",
-        retry_max,
+        &access,
         tx.clone(),
         metrics.clone(),
         move |obj| ingest_service(obj, proxy.as_deref()),
@@ -78,7 +92,7 @@ pub async fn run(client: Client, cfg: WatchConfig, tx: mpsc::Sender<SourceEvent>
         Api::all(client.clone()),
         watcher::Config::default().labels(&selector),
         "endpointslices",
-        retry_max,
+        &access,
         tx.clone(),
         metrics.clone(),
         ingest_slice,
@@ -90,7 +104,7 @@ pub async fn run(client: Client, cfg: WatchConfig, tx: mpsc::Sender<SourceEvent>
         Api::all(client),
         watcher::Config::default().fields(&format!("metadata.name={node_name}")),
         "nodes",
-        retry_max,
+        &access,
         tx,
         metrics,
         |node| node.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).cloned(),
@@ -108,7 +122,7 @@ async fn watch_kind<K, I>(
     api: Api<K>,
     config: watcher::Config,
     what: &'static str,
-    retry_max: Duration,
+    access: &Access,
     tx: mpsc::Sender<SourceEvent>,
     metrics: Arc<Metrics>,
     ingest: impl Fn(&K) -> I,
@@ -116,9 +130,13 @@ async fn watch_kind<K, I>(
     applied: impl Fn(I) -> SourceEvent,
     deleted: impl Fn(K) -> SourceEvent,
 ) where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    let mut stream = watcher(api, config).backoff(WatchBackoff::for_watchers(retry_max)).boxed();
+    let url = format!("{}{}", access.server.trim_end_matches('/'), K::url_path(&(), None));
+    // No stream backoff: kube-rs resets it on the Init that precedes every
+    // list attempt, so it never grows (see `backoff`).
+    let mut stream = watcher(api, config).boxed();
+    let mut retry = Retry::new(access.retry_max);
     let mut buffer: Vec<I> = Vec::new();
     let mut synced = false;
     loop {
@@ -126,12 +144,27 @@ async fn watch_kind<K, I>(
             Ok(Some(event)) => event,
             Ok(None) => return,
             Err(e) => {
-                // The stream backs off and re-lists by itself.
-                tracing::warn!(error = %e, what, "watch failed; retrying with backoff, datapath unchanged");
                 metrics.source_error(what);
+                let gone = is_gone(&e);
+                let (delay, report) = retry.failed(Instant::now(), gone);
+                log_failure(&e, report, &url, what, access, delay);
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 continue;
             }
         };
+        if matches!(event, watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_))
+            && let Some(r) = retry.progressed(Instant::now())
+        {
+            tracing::info!(
+                what,
+                url = %url,
+                failures = r.failures,
+                lasted = %humantime::format_duration(round_secs(r.lasted)),
+                "the API server answers again"
+            );
+        }
         let list_done = matches!(event, watcher::Event::InitDone);
         let out = match event {
             watcher::Event::Init => {
@@ -160,5 +193,61 @@ async fn watch_kind<K, I>(
                 }
             }
         }
+    }
+}
+
+fn round_secs(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs())
+}
+
+/// A 410 Gone: the watch position expired; the watcher relists.
+fn is_gone(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::WatchError(status) => status.code == 410,
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == 410,
+        _ => false,
+    }
+}
+
+/// One line per failure streak (plus a reminder a minute), with the URL,
+/// the whole error chain (the OS error included) and, when the server could
+/// not be reached at all, what to do about it.
+fn log_failure(
+    e: &watcher::Error,
+    report: Report,
+    url: &str,
+    what: &'static str,
+    access: &Access,
+    delay: Duration,
+) {
+    let error = error_chain(e);
+    let advice = (is_transport_error(e) && access.advice.as_ref().is_some_and(|a| a.applies()))
+        .then(|| access.advice.as_ref().map(ToString::to_string))
+        .flatten();
+    let retry_in = humantime::format_duration(Duration::from_millis(delay.as_millis() as u64));
+    match report {
+        Report::Expired => {
+            tracing::info!(what, url, "watch expired (410 Gone); relisting now");
+        }
+        Report::First => match &advice {
+            Some(advice) => tracing::warn!(
+                what, url, error, %retry_in, advice = advice.as_str(),
+                "cannot reach the API server; the datapath keeps its state, retrying with backoff"
+            ),
+            None => tracing::warn!(
+                what, url, error, %retry_in,
+                "API request failed; the datapath keeps its state, retrying with backoff"
+            ),
+        },
+        Report::StillFailing { failures, since } => tracing::warn!(
+            what, url, error, failures,
+            failing_for = %humantime::format_duration(round_secs(since)),
+            %retry_in,
+            advice = advice.as_deref().unwrap_or(""),
+            "the API server still fails"
+        ),
+        Report::Quiet => tracing::debug!(what, url, error, %retry_in, "API request failed again"),
     }
 }

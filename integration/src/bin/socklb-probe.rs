@@ -66,6 +66,12 @@ enum Cmd {
         /// Keep going until this much time has passed (overrides --count).
         #[arg(long)]
         duration_ms: Option<u64>,
+        /// Keep going until this file exists (overrides --count and
+        /// --duration-ms): the test decides when the load ends, so a slow
+        /// machine cannot end it before the events it must overlap. Ten
+        /// minutes at most, so a test that died cannot leave it running.
+        #[arg(long)]
+        stop_file: Option<PathBuf>,
         /// For UDP: send every datagram from one unconnected socket.
         #[arg(long)]
         one_socket: bool,
@@ -126,6 +132,9 @@ enum Cmd {
     },
 }
 
+/// The longest a `--stop-file` client runs.
+const STOP_FILE_LIMIT: Duration = Duration::from_secs(600);
+
 fn join(cgroup: Option<&PathBuf>, netns: Option<&str>) -> Result<()> {
     if let Some(cg) = cgroup {
         fs::write(cg.join("cgroup.procs"), std::process::id().to_string())
@@ -141,9 +150,12 @@ fn join(cgroup: Option<&PathBuf>, netns: Option<&str>) -> Result<()> {
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Serve { netns, tcp, udp, tcp_hold, dns } => serve(netns.as_deref(), &tcp, &udp, &tcp_hold, &dns),
-        Cmd::Connect { cgroup, netns, to, proto, count, duration_ms, one_socket } => {
+        Cmd::Connect { cgroup, netns, to, proto, count, duration_ms, stop_file, one_socket } => {
             join(cgroup.as_ref(), netns.as_deref())?;
-            let deadline = duration_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+            let deadline = match &stop_file {
+                Some(_) => Some(Instant::now() + STOP_FILE_LIMIT),
+                None => duration_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
+            };
             let out = std::io::stdout();
             let mut out = out.lock();
             let udp_socket = if proto == Proto::Udp && one_socket {
@@ -154,7 +166,7 @@ fn main() -> Result<()> {
             let mut n = 0u64;
             loop {
                 let done = match deadline {
-                    Some(d) => Instant::now() >= d,
+                    Some(d) => Instant::now() >= d || stop_file.as_ref().is_some_and(|f| f.exists()),
                     None => n >= count,
                 };
                 if done {
