@@ -16,7 +16,12 @@ fn main() -> anyhow::Result<()> {
             "bpf-linker was not found on PATH; run scripts/setup.sh (it builds bpf-linker against nightly's LLVM)"
         );
     }
-    let package = Package { name: "socklb-ebpf-sock", root_dir: root, ..Default::default() };
+    // The programs get the agent's layout: a `layout-next` agent embeds
+    // programs built for that layout.
+    println!("cargo:rerun-if-env-changed=CARGO_FEATURE_LAYOUT_NEXT");
+    let features: &[&str] =
+        if std::env::var_os("CARGO_FEATURE_LAYOUT_NEXT").is_some() { &["layout-next"] } else { &[] };
+    let package = Package { name: "socklb-ebpf-sock", root_dir: root, features, ..Default::default() };
     aya_build::build_ebpf([package], Toolchain::default())
 }
 

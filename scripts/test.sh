@@ -36,6 +36,11 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 log "kernel tests"
+# The upgrade test needs a build with another map layout (layout-next);
+# cargo keeps both feature sets' artifacts, so the normal build after it
+# only restores target/debug/socklb.
+cargo build --quiet -p socklb --bins --features layout-next
+cp target/debug/socklb target/debug/socklb-layout-next
 # The agent tests run the real socklb binary.
 cargo build --quiet -p socklb --bins
 # Each test builds its own namespace, cgroup and bpffs, so they may run in

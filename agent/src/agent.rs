@@ -20,7 +20,7 @@ use crate::{
     datapath::aya_maps::AyaMaps,
     http,
     inspect::PinnedCounters,
-    loader::{self, Capacities, InstallOptions},
+    loader::{self, Capacities, Generation, InstallOptions},
     metrics::{MapLabel, Metrics},
     model::NodeContext,
     reconcile::{Limits, Reconciler},
@@ -52,6 +52,9 @@ pub struct AgentConfig {
     pub hostns_only: bool,
     /// Destroy sockets whose backend left their service.
     pub destroy_stale_sockets: bool,
+    /// Tests only (`SOCKLB_TEST_NO_SET_RETVAL`): load the programs for
+    /// kernels without `bpf_set_retval`.
+    pub without_set_retval: bool,
 }
 
 /// Events arriving within this quiet time are applied together.
@@ -67,23 +70,45 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let listener =
         http::bind(cfg.metrics_addr).await.with_context(|| format!("--metrics-addr {}", cfg.metrics_addr))?;
 
-    let report = loader::install(&InstallOptions {
+    let installed = loader::install(&InstallOptions {
         cgroup: cfg.cgroup.clone(),
         bpffs: cfg.bpffs.clone(),
         capacities: cfg.capacities,
+        without_set_retval: cfg.without_set_retval,
     })?;
+    let report = &installed.report;
+    let compat: Vec<&str> = report.support.choices.iter().filter(|c| c.compat).map(|c| c.hook).collect();
     tracing::info!(
         cgroup = %cfg.cgroup.display(),
         bpffs = %cfg.bpffs.display(),
+        generation = %report.generation,
         links = ?report.links,
         maps_created = report.maps_created.len(),
         maps_adopted = report.maps_adopted.len(),
+        removed = ?report.removed,
         "datapath attached"
     );
+    if !compat.is_empty() {
+        tracing::warn!(
+            hooks = ?compat,
+            "this kernel has no bpf_set_retval (Linux < 5.18): refused connects and NodePort binds fail with \
+             EPERM instead of ECONNREFUSED and EADDRINUSE"
+        );
+    }
+    if let Some(old) = &report.replacing {
+        tracing::info!(
+            serving = %old,
+            new = %report.generation,
+            shared = ?report.shared,
+            "another map layout serves: building this layout's maps beside it; the programs switch once \
+             they are filled"
+        );
+    }
     for (map, pinned, asked) in &report.size_mismatches {
         tracing::warn!(map, pinned, asked, "a pinned map keeps its size; run `socklb uninstall` to resize");
     }
-    let mut maps = AyaMaps::open(&cfg.bpffs)?;
+    let mut maps = AyaMaps::open_dir(&installed.maps_dir)?;
+    let mut pending_switch = installed.switch;
     let config = Config { flags: if cfg.hostns_only { config_flags::HOSTNS_ONLY } else { 0 }, _pad: 0 };
     if maps.read_config()? != config {
         maps.write_config(config)?;
@@ -154,8 +179,25 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         }
     };
     let on_doomed = cfg.destroy_stale_sockets.then(|| stale_socket_handler(&cfg, metrics.clone()));
-    let loop_cfg = LoopConfig { expected, resync: cfg.resync, on_doomed };
-    drive(&mut reconciler, &mut rx, &loop_cfg, &metrics, shutdown).await;
+    // A new map layout: the programs move to the new maps once the first
+    // complete sync has filled them, and only then is the agent ready.
+    let before_ready: Option<BeforeReady> = pending_switch.take().map(|switch| {
+        let mut switch = Some(switch);
+        Box::new(move || {
+            let Some(s) = switch.take() else { return Ok(()) };
+            let (from, to) = (s.replacing().map(Generation::name), s.target().name());
+            match s.commit() {
+                Ok(done) => {
+                    tracing::info!(from = ?from, to = %to, links = ?done.links, removed = ?done.removed,
+                        "switched the datapath to this build's map layout");
+                    Ok(())
+                }
+                Err(e) => Err(format!("switching to {to}: {e}")),
+            }
+        }) as BeforeReady
+    });
+    let mut loop_cfg = LoopConfig { expected, resync: cfg.resync, on_doomed, before_ready };
+    drive(&mut reconciler, &mut rx, &mut loop_cfg, &metrics, shutdown).await;
     tracing::info!("stopping; the datapath stays attached (socklb uninstall removes it)");
     Ok(())
 }
@@ -163,8 +205,11 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
 /// Takes (doomed, revived) backends after each sync.
 pub type DoomedHandler = Arc<dyn Fn(&[Doomed], &[Doomed]) + Send + Sync>;
 
+/// Runs once, after the first complete sync and before the agent reports
+/// ready; an error is logged and retried with the next sync.
+pub type BeforeReady = Box<dyn FnMut() -> Result<(), String> + Send>;
+
 /// What the event loop waits for and how often it resyncs.
-#[derive(Clone)]
 pub struct LoopConfig {
     /// How many `Synced` signals each source part must send before the
     /// first sync (one per file; one per API watcher).
@@ -173,6 +218,8 @@ pub struct LoopConfig {
     /// Called after a sync with the backends that left their services
     /// (their sockets are stale) and those that joined one.
     pub on_doomed: Option<DoomedHandler>,
+    /// See [`BeforeReady`]: the switch to a new map layout.
+    pub before_ready: Option<BeforeReady>,
 }
 
 /// The agent's event loop: batches source events, syncs once every source
@@ -182,7 +229,7 @@ pub struct LoopConfig {
 pub async fn drive(
     reconciler: &mut Reconciler,
     rx: &mut mpsc::Receiver<SourceEvent>,
-    cfg: &LoopConfig,
+    cfg: &mut LoopConfig,
     metrics: &Metrics,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -239,9 +286,11 @@ pub async fn drive(
                 } else {
                     metrics.health.queued(Instant::now());
                 }
-                if !metrics.is_ready() {
+                if !metrics.is_ready() && become_ready(cfg, report.complete) {
                     metrics.set_ready();
                     tracing::info!(ops = report.ops_applied, complete = report.complete, "first full sync programmed; ready");
+                } else if !metrics.is_ready() {
+                    retry_at = Some(tokio::time::Instant::now() + RETRY);
                 }
             }
             _ = async { tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)).await }, if retry_at.is_some() => {
@@ -249,6 +298,14 @@ pub async fn drive(
                 retry_at = (!report.complete).then(|| tokio::time::Instant::now() + RETRY);
                 if report.complete {
                     metrics.health.synced();
+                }
+                if all_synced && !metrics.is_ready() {
+                    if become_ready(cfg, report.complete) {
+                        metrics.set_ready();
+                        tracing::info!(ops = report.ops_applied, "first full sync programmed; ready");
+                    } else {
+                        retry_at = Some(tokio::time::Instant::now() + RETRY);
+                    }
                 }
             }
             _ = resync.tick(), if all_synced => {
@@ -262,6 +319,27 @@ pub async fn drive(
                 }
             }
             _ = &mut shutdown => return,
+        }
+    }
+}
+
+/// Whether the agent may report ready after a first sync: at once, or, with
+/// a pending layout switch, once a complete sync filled the new maps and
+/// the switch succeeded.
+fn become_ready(cfg: &mut LoopConfig, complete: bool) -> bool {
+    let Some(before) = cfg.before_ready.as_mut() else { return true };
+    if !complete {
+        tracing::warn!("the new maps are not complete yet; the old layout keeps serving, retrying");
+        return false;
+    }
+    match before() {
+        Ok(()) => {
+            cfg.before_ready = None;
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the old layout keeps serving; retrying");
+            false
         }
     }
 }

@@ -219,7 +219,7 @@ pub struct PinnedCounters {
     maps: Mutex<Option<AyaMapsDebug>>,
 }
 
-struct AyaMapsDebug(AyaMaps);
+struct AyaMapsDebug(AyaMaps, std::path::PathBuf);
 
 impl std::fmt::Debug for AyaMapsDebug {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -237,8 +237,10 @@ impl PinnedCounters {
             map: socklb_common::map_names::COUNTERS,
             source: std::io::Error::other("lock poisoned"),
         })?;
-        if guard.is_none() {
-            *guard = Some(AyaMapsDebug(AyaMaps::open(&self.bpffs)?));
+        // A layout switch moves the maps to another generation: follow it.
+        let dir = crate::loader::pins::active_dir(&self.bpffs);
+        if guard.as_ref().is_none_or(|m| m.1 != dir) {
+            *guard = Some(AyaMapsDebug(AyaMaps::open_dir(&dir)?, dir));
         }
         let Some(maps) = guard.as_ref() else {
             return Ok(Vec::new());
@@ -436,6 +438,10 @@ pub struct Status {
     pub kernel: String,
     pub cgroup: String,
     pub bpffs: String,
+    /// The generation of maps the programs use (see `loader::pins`).
+    pub generation: Option<String>,
+    /// Which program each hook gets on this kernel, and what is missing.
+    pub programs: crate::loader::Support,
     pub hooks: Vec<HookStatus>,
     pub maps: Vec<MapStatus>,
     pub features: Vec<crate::features::Feature>,
@@ -493,6 +499,8 @@ pub fn status(cgroup: &Path, bpffs: &Path) -> Status {
         kernel: crate::features::kernel_release(),
         cgroup: cgroup.display().to_string(),
         bpffs: bpffs.display().to_string(),
+        generation: crate::loader::pins::active_generation(bpffs).map(|g| g.name()),
+        programs: crate::loader::hooks::probe(false),
         hooks,
         maps,
         features: crate::features::detect(),
@@ -501,8 +509,11 @@ pub fn status(cgroup: &Path, bpffs: &Path) -> Status {
 
 pub fn render_status(s: &Status) -> String {
     let mut out = format!(
-        "kernel {}\ncgroup {}\nbpffs  {}\n\nHOOK           ATTACHED  PROGRAM  DETAIL\n",
-        s.kernel, s.cgroup, s.bpffs
+        "kernel {}\ncgroup {}\nbpffs  {}\nmaps   {}\n\nHOOK           ATTACHED  PROGRAM  VARIANT  DETAIL\n",
+        s.kernel,
+        s.cgroup,
+        s.bpffs,
+        s.generation.as_deref().unwrap_or("(none pinned)")
     );
     for h in &s.hooks {
         let attached = match (h.attached, h.on_this_cgroup) {
@@ -511,7 +522,21 @@ pub fn render_status(s: &Status) -> String {
             (false, _) => "no",
         };
         let prog = h.program_id.map_or("-".into(), |p| p.to_string());
-        out.push_str(&format!("{:<14} {:<9} {:<8} {}\n", h.hook, attached, prog, h.detail));
+        let variant = match s.programs.program_for(h.hook) {
+            Some(c) if c.compat => "compat",
+            Some(_) => "full",
+            None => "MISSING",
+        };
+        out.push_str(&format!("{:<14} {:<9} {:<8} {:<8} {}\n", h.hook, attached, prog, variant, h.detail));
+    }
+    if s.programs.refusals_are_eperm() {
+        out.push_str("(compat: no bpf_set_retval on this kernel; refusals are EPERM)\n");
+    }
+    for m in &s.programs.missing {
+        out.push_str(&format!(
+            "MISSING: cgroup/{} needs {} (Linux {}): {}\n",
+            m.hook, m.what, m.since, m.kernel_says
+        ));
     }
     out.push_str("\nMAP                   ENTRIES   CAPACITY  FILL\n");
     for m in &s.maps {

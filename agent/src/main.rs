@@ -254,6 +254,9 @@ fn run(cli: Cli) -> Result<()> {
                 service_proxy_name,
                 hostns_only,
                 destroy_stale_sockets,
+                // Only the kernel tests set it, to test the programs that
+                // old kernels get on this one.
+                without_set_retval: std::env::var_os("SOCKLB_TEST_NO_SET_RETVAL").is_some(),
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

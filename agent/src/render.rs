@@ -102,15 +102,11 @@ impl Renderer {
             let mut values = Vec::with_capacity(set.backends.len());
             let mut full = false;
             for addr in &set.backends {
-                let value = BackendValue {
-                    addr: addr_from_ip(addr.ip()),
-                    port: addr.port().to_be(),
-                    proto: set.id.proto.number(),
-                    // Per address, not per set: nothing set-specific (such as
-                    // "local to this node") may go here, or two sets sharing
-                    // an address would fight over it.
-                    flags: 0,
-                };
+                // Per address, not per set: nothing set-specific (such as
+                // "local to this node") may go in a backend's value, or two
+                // sets sharing an address would fight over it.
+                let value =
+                    BackendValue::new(addr_from_ip(addr.ip()), addr.port().to_be(), set.id.proto.number());
                 let Some(bid) = ids.backend((value.addr, value.port, value.proto)) else {
                     full = true;
                     break;

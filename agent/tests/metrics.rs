@@ -168,15 +168,16 @@ async fn healthz_fails_when_changes_wait_past_the_health_timeout() {
     let limits = Limits { max_services: 1000, max_backends: 1000 };
     let mut r = Reconciler::new(Box::new(dp), node, &limits, metrics.clone()).expect("reconciler");
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-    let cfg = LoopConfig {
+    let mut cfg = LoopConfig {
         expected: std::collections::HashMap::from([("file", 1)]),
         resync: std::time::Duration::from_secs(3600),
         on_doomed: None,
+        before_ready: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let m = metrics.clone();
     let task = tokio::spawn(async move {
-        drive(&mut r, &mut rx, &cfg, &m, async {
+        drive(&mut r, &mut rx, &mut cfg, &m, async {
             let _ = stop_rx.await;
         })
         .await;

@@ -230,14 +230,15 @@ async fn the_loop_touches_nothing_until_every_source_part_has_synced() {
     let metrics = Arc::new(Metrics::new());
     let mut r = Reconciler::new(Box::new(dp.clone()), node(), &LIMITS, metrics.clone()).expect("reconciler");
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-    let cfg = LoopConfig {
+    let mut cfg = LoopConfig {
         expected: HashMap::from([("services", 1), ("endpointslices", 1)]),
         resync: Duration::from_secs(3600),
         on_doomed: None,
+        before_ready: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        drive(&mut r, &mut rx, &cfg, &metrics.clone(), async {
+        drive(&mut r, &mut rx, &mut cfg, &metrics.clone(), async {
             let _ = stop_rx.await;
         })
         .await;

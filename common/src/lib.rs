@@ -54,6 +54,17 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+/// The version of the map layouts (keys, values, which maps exist and what
+/// their entries mean). Bump it with any such change: a new agent then
+/// builds its maps beside the old ones and switches the programs to them
+/// only once they are filled, instead of misreading the old maps. The
+/// agent pins each generation under `<bpffs>/v<LAYOUT_VERSION>-<seq>/`.
+#[cfg(not(feature = "layout-next"))]
+pub const LAYOUT_VERSION: u32 = 2;
+/// A test build with a different layout (see the `layout-next` feature).
+#[cfg(feature = "layout-next")]
+pub const LAYOUT_VERSION: u32 = 1002;
+
 /// Names of the maps in the object file; also the file names of their pins.
 pub mod map_names {
     pub const FRONTENDS: &str = "SOCKLB_FRONTENDS";
@@ -256,6 +267,23 @@ pub struct BackendValue {
     pub port: u16,
     pub proto: u8,
     pub flags: u8,
+    /// The `layout-next` test build's layout change: a value 4 bytes longer.
+    #[cfg(feature = "layout-next")]
+    pub _next: u32,
+}
+
+impl BackendValue {
+    /// A backend at `addr:port` (network order) for `proto`.
+    pub const fn new(addr: Addr, port_be: u16, proto: u8) -> Self {
+        Self {
+            addr,
+            port: port_be,
+            proto,
+            flags: 0,
+            #[cfg(feature = "layout-next")]
+            _next: 0,
+        }
+    }
 }
 
 /// Length of [`ServiceName`].
@@ -392,7 +420,10 @@ const _: () = {
     assert!(size_of::<ServiceValue>() == 16);
     assert!(size_of::<SlotKey>() == 8);
     assert!(size_of::<SlotValue>() == 4);
+    #[cfg(not(feature = "layout-next"))]
     assert!(size_of::<BackendValue>() == 20);
+    #[cfg(feature = "layout-next")]
+    assert!(size_of::<BackendValue>() == 24);
     assert!(size_of::<MemberKey>() == 8);
     assert!(size_of::<MemberValue>() == 4);
     assert!(size_of::<AffinityKey>() == 16 && align_of::<AffinityKey>() == 8);

@@ -192,3 +192,112 @@ pub fn map_delete_batch<K: aya::Pod>(map: impl AsFd, keys: &[K]) -> (usize, io::
     let result = bpf(BPF_MAP_DELETE_BATCH, &mut attr).map(|_| ());
     (attr.count as usize, result)
 }
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+
+/// `BPF_PROG_TYPE_CGROUP_SOCK`.
+pub const PROG_TYPE_CGROUP_SOCK: u32 = 9;
+/// `BPF_PROG_TYPE_CGROUP_SOCK_ADDR`.
+pub const PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
+
+/// The head of `union bpf_attr` for BPF_PROG_LOAD, up to
+/// `expected_attach_type` (the kernel treats the rest as zero).
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// One `struct bpf_insn`, as its 8 bytes.
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    let regs = (dst & 0x0f) | ((src & 0x0f) << 4);
+    let mut bytes = [0u8; 8];
+    bytes[0] = code;
+    bytes[1] = regs;
+    bytes[2..4].copy_from_slice(&off.to_ne_bytes());
+    bytes[4..8].copy_from_slice(&imm.to_ne_bytes());
+    u64::from_ne_bytes(bytes)
+}
+
+const MOV64_IMM: u8 = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
+const CALL: u8 = 0x85; // BPF_JMP | BPF_CALL
+const EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
+
+/// What a probe load found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    Supported,
+    /// The kernel does not know it; the text is the kernel's reason.
+    Unsupported(String),
+}
+
+/// Loads a minimal program of `prog_type` for `attach_type` and returns
+/// the verifier's verdict with its log.
+fn probe_load(prog_type: u32, attach_type: u32, insns: &[u64]) -> (io::Result<OwnedFd>, String) {
+    let license = c"GPL";
+    let mut log = vec![0u8; 4096];
+    let mut attr = ProgLoadAttr {
+        prog_type,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        expected_attach_type: attach_type,
+        ..Default::default()
+    };
+    let result = bpf(BPF_PROG_LOAD, &mut attr).and_then(|fd| {
+        let fd = i32::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
+        // SAFETY: BPF_PROG_LOAD returned a new file descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    });
+    let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+    (result, String::from_utf8_lossy(&log[..end]).trim().to_string())
+}
+
+/// Whether this kernel accepts programs of `prog_type` for `attach_type`
+/// (a hook the kernel does not know is refused with EINVAL).
+pub fn probe_attach_type(prog_type: u32, attach_type: u32) -> Probe {
+    let insns = [insn(MOV64_IMM, 0, 0, 0, 1), insn(EXIT, 0, 0, 0, 0)];
+    match probe_load(prog_type, attach_type, &insns) {
+        (Ok(_), _) => Probe::Supported,
+        (Err(e), log) => Probe::Unsupported(if log.is_empty() { e.to_string() } else { log }),
+    }
+}
+
+/// Whether programs of `prog_type` for `attach_type` may call helper
+/// `helper` (as libbpf's probe: the call is made with zeroed arguments, so
+/// an argument the verifier rejects still means the helper exists; only
+/// "unknown func" / "invalid func" means it does not).
+pub fn probe_helper(prog_type: u32, attach_type: u32, helper: u32) -> Probe {
+    let mut insns: Vec<u64> = (1..=5).map(|r| insn(MOV64_IMM, r, 0, 0, 0)).collect();
+    insns.push(insn(CALL, 0, 0, 0, helper as i32));
+    insns.push(insn(MOV64_IMM, 0, 0, 0, 1));
+    insns.push(insn(EXIT, 0, 0, 0, 0));
+    match probe_load(prog_type, attach_type, &insns) {
+        (Ok(_), _) => Probe::Supported,
+        (Err(e), log) => {
+            if log.contains("unknown func") || log.contains("invalid func") {
+                Probe::Unsupported(log.lines().find(|l| l.contains("func")).unwrap_or(&log).to_string())
+            } else if log.is_empty() {
+                // No verifier log: the program type or attach type itself
+                // was refused before any instruction was looked at.
+                Probe::Unsupported(e.to_string())
+            } else {
+                Probe::Supported
+            }
+        }
+    }
+}

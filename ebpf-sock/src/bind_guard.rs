@@ -21,23 +21,44 @@ const EADDRINUSE: i32 = 98;
 
 #[cgroup_sock(post_bind4)]
 pub fn sl_postbind4(ctx: SockContext) -> i32 {
-    // SAFETY: reading fields of the context.
-    let ip = unsafe { (*ctx.sock).src_ip4 };
-    check(&ctx, v4_mapped(ip), ip == 0)
+    post_bind4(&ctx, true)
 }
 
 #[cgroup_sock(post_bind6)]
 pub fn sl_postbind6(ctx: SockContext) -> i32 {
+    post_bind6(&ctx, true)
+}
+
+/// Without `bpf_set_retval` (Linux < 5.18) the bind fails with EPERM.
+#[cgroup_sock(post_bind4)]
+pub fn sl_postbind4_compat(ctx: SockContext) -> i32 {
+    post_bind4(&ctx, false)
+}
+
+#[cgroup_sock(post_bind6)]
+pub fn sl_postbind6_compat(ctx: SockContext) -> i32 {
+    post_bind6(&ctx, false)
+}
+
+#[inline(always)]
+fn post_bind4(ctx: &SockContext, retval: bool) -> i32 {
+    // SAFETY: reading fields of the context.
+    let ip = unsafe { (*ctx.sock).src_ip4 };
+    check(ctx, v4_mapped(ip), ip == 0, retval)
+}
+
+#[inline(always)]
+fn post_bind6(ctx: &SockContext, retval: bool) -> i32 {
     // SAFETY: reading fields of the context.
     let ip = unsafe {
         let s = ctx.sock;
         [(*s).src_ip6[0], (*s).src_ip6[1], (*s).src_ip6[2], (*s).src_ip6[3]]
     };
-    check(&ctx, ip, ip == [0; 4])
+    check(ctx, ip, ip == [0; 4], retval)
 }
 
 #[inline(always)]
-fn check(ctx: &SockContext, addr: Addr, wildcard: bool) -> i32 {
+fn check(ctx: &SockContext, addr: Addr, wildcard: bool, retval: bool) -> i32 {
     // SAFETY: reading fields of the context.
     let (proto, port) = unsafe { ((*ctx.sock).protocol as u8, (*ctx.sock).src_port as u16) };
     if proto != PROTO_TCP && proto != PROTO_UDP {
@@ -61,8 +82,10 @@ fn check(ctx: &SockContext, addr: Addr, wildcard: bool) -> i32 {
     if mine != host {
         return ALLOW;
     }
-    // SAFETY: plain helper call; the bind is undone and fails with EADDRINUSE.
-    unsafe { bpf_set_retval(-EADDRINUSE) };
+    if retval {
+        // SAFETY: plain helper call; the bind is undone and fails with EADDRINUSE.
+        unsafe { bpf_set_retval(-EADDRINUSE) };
+    }
     0
 }
 

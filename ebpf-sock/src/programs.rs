@@ -38,24 +38,55 @@ enum Family {
     V6,
 }
 
+/// How a refusal reaches the application.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// `bpf_set_retval` (Linux 5.18): ECONNREFUSED, as kube-proxy's REJECT.
+    Retval,
+    /// Older kernels: the hook's plain "deny", which the syscall reports as
+    /// EPERM. The `_compat` programs are loaded where `bpf_set_retval` is
+    /// missing; they are otherwise identical.
+    Deny,
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn sl_connect4(ctx: SockAddrContext) -> i32 {
-    on_connect(&ctx, Family::V4)
+    on_connect(&ctx, Family::V4, Refusal::Retval)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn sl_connect6(ctx: SockAddrContext) -> i32 {
-    on_connect(&ctx, Family::V6)
+    on_connect(&ctx, Family::V6, Refusal::Retval)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sl_sendmsg4(ctx: SockAddrContext) -> i32 {
-    on_sendmsg(&ctx, Family::V4)
+    on_sendmsg(&ctx, Family::V4, Refusal::Retval)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sl_sendmsg6(ctx: SockAddrContext) -> i32 {
-    on_sendmsg(&ctx, Family::V6)
+    on_sendmsg(&ctx, Family::V6, Refusal::Retval)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn sl_connect4_compat(ctx: SockAddrContext) -> i32 {
+    on_connect(&ctx, Family::V4, Refusal::Deny)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sl_connect6_compat(ctx: SockAddrContext) -> i32 {
+    on_connect(&ctx, Family::V6, Refusal::Deny)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sl_sendmsg4_compat(ctx: SockAddrContext) -> i32 {
+    on_sendmsg(&ctx, Family::V4, Refusal::Deny)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sl_sendmsg6_compat(ctx: SockAddrContext) -> i32 {
+    on_sendmsg(&ctx, Family::V6, Refusal::Deny)
 }
 
 #[cgroup_sock_addr(getpeername4)]
@@ -79,7 +110,7 @@ pub fn sl_recvmsg6(ctx: SockAddrContext) -> i32 {
 }
 
 #[inline(always)]
-fn on_connect(ctx: &SockAddrContext, family: Family) -> i32 {
+fn on_connect(ctx: &SockAddrContext, family: Family, refusal: Refusal) -> i32 {
     #[cfg(feature = "upgrade-test")]
     if let Some(config) = CONFIG.get_ptr(0) {
         // SAFETY: a pointer from a successful lookup; the read is only there
@@ -122,14 +153,14 @@ fn on_connect(ctx: &SockAddrContext, family: Family) -> i32 {
         }
         Selection::NoBackends => {
             count(service_id, true);
-            refuse()
+            refuse(refusal)
         }
         Selection::Gone => ALLOW,
     }
 }
 
 #[inline(always)]
-fn on_sendmsg(ctx: &SockAddrContext, family: Family) -> i32 {
+fn on_sendmsg(ctx: &SockAddrContext, family: Family, refusal: Refusal) -> i32 {
     let Some(key) = frontend_key(ctx, family) else {
         return ALLOW;
     };
@@ -172,7 +203,7 @@ fn on_sendmsg(ctx: &SockAddrContext, family: Family) -> i32 {
         }
         Selection::NoBackends => {
             count(service_id, true);
-            refuse()
+            refuse(refusal)
         }
         Selection::Gone => ALLOW,
     }
@@ -290,9 +321,11 @@ fn translates_here(ctx: &SockAddrContext) -> bool {
 }
 
 #[inline(always)]
-fn refuse() -> i32 {
-    // SAFETY: plain helper call. Returning 0 with the retval set makes the
-    // syscall fail with ECONNREFUSED instead of the default EPERM.
-    unsafe { bpf_set_retval(-ECONNREFUSED) };
+fn refuse(refusal: Refusal) -> i32 {
+    if refusal == Refusal::Retval {
+        // SAFETY: plain helper call. Returning 0 with the retval set makes
+        // the syscall fail with ECONNREFUSED instead of the default EPERM.
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+    }
     0
 }

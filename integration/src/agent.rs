@@ -45,8 +45,14 @@ impl Sandbox {
 
     /// As [`Sandbox::start_agent`], with extra environment variables.
     pub fn start_agent_env(&self, args: &[&str], envs: &[(&str, &str)]) -> AgentProc {
-        let bin = bin_path("socklb");
-        assert!(bin.exists(), "{} is missing: build it with `cargo build -p socklb`", bin.display());
+        self.start_agent_bin("socklb", args, envs)
+    }
+
+    /// As [`Sandbox::start_agent_env`], with another build of the agent
+    /// (`socklb-layout-next`, say).
+    pub fn start_agent_bin(&self, binary: &str, args: &[&str], envs: &[(&str, &str)]) -> AgentProc {
+        let bin = bin_path(binary);
+        assert!(bin.exists(), "{} is missing: scripts/test.sh builds it", bin.display());
         let metrics: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = self.workdir().join(format!("agent-{}.log", metrics.port()));
         let out = fs::File::create(&log).expect("agent log");

@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use socklb::loader::{Capacities, InstallOptions, InstallReport};
+use socklb::loader::{InstallOptions, InstallReport};
 
 use crate::probe::{Attempt, parse_attempts};
 
@@ -147,16 +147,19 @@ impl Sandbox {
     }
 
     pub fn install_options(&self) -> InstallOptions {
-        InstallOptions {
-            cgroup: self.cgroup.clone(),
-            bpffs: self.bpffs.clone(),
-            capacities: Capacities::default(),
-        }
+        InstallOptions::new(self.cgroup.clone(), self.bpffs.clone())
     }
 
     /// Loads and attaches the datapath to this sandbox's cgroup, in-process.
     pub fn install(&self) -> Result<InstallReport> {
-        Ok(socklb::loader::install(&self.install_options())?)
+        self.install_with(&self.install_options())
+    }
+
+    /// [`Sandbox::install`] with other options (the compat programs, say).
+    pub fn install_with(&self, opts: &InstallOptions) -> Result<InstallReport> {
+        let installed = socklb::loader::install(opts)?;
+        anyhow::ensure!(installed.switch.is_none(), "a sandbox starts with no other layout serving");
+        Ok(installed.report)
     }
 
     /// Starts backend servers in the namespace and waits until they listen.

@@ -15,8 +15,39 @@ use socklb_integration::{
 
 const ECONNREFUSED: i32 = 111;
 const EADDRINUSE: i32 = 98;
+const EPERM: i32 = 1;
+
+/// Which programs a test loads: this kernel's, or those for kernels
+/// without `bpf_set_retval` (< 5.18), whose refusals are EPERM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    Current,
+    Compat,
+}
+
+impl Variant {
+    const ALL: [Variant; 2] = [Variant::Current, Variant::Compat];
+
+    fn refused(self) -> i32 {
+        match self {
+            Variant::Current => ECONNREFUSED,
+            Variant::Compat => EPERM,
+        }
+    }
+
+    fn bind_refused(self) -> i32 {
+        match self {
+            Variant::Current => EADDRINUSE,
+            Variant::Compat => EPERM,
+        }
+    }
+}
 
 fn udp_sandbox(tag: &str) -> (Sandbox, Programmer) {
+    udp_sandbox_with(tag, Variant::Current)
+}
+
+fn udp_sandbox_with(tag: &str, variant: Variant) -> (Sandbox, Programmer) {
     let sb = Sandbox::new(tag).expect("sandbox");
     sb.add_addrs(&["10.244.0.1/32", "10.244.0.2/32", "10.244.0.3/32", "fd00:244::1/128", "fd00:244::2/128"])
         .expect("addresses");
@@ -31,7 +62,10 @@ fn udp_sandbox(tag: &str) -> (Sandbox, Programmer) {
             .map(|s| sa(s))
             .collect();
     sb.serve(&tcp, &udp, &[]).expect("servers");
-    sb.install().expect("install");
+    let mut opts = sb.install_options();
+    opts.without_set_retval = variant == Variant::Compat;
+    let report = sb.install_with(&opts).expect("install");
+    assert_eq!(report.support.refusals_are_eperm(), variant == Variant::Compat, "{:?}", report.support);
     let p = Programmer::open(&sb.bpffs).expect("maps");
     (sb, p)
 }
@@ -171,7 +205,13 @@ fn dig_resolves_through_a_vip_and_accepts_the_reply_source() {
 #[test]
 fn a_service_without_endpoints_refuses_quickly_for_tcp_and_udp() {
     require_root!();
-    let (sb, mut p) = udp_sandbox("refuse");
+    for variant in Variant::ALL {
+        refuses_quickly(variant);
+    }
+}
+
+fn refuses_quickly(variant: Variant) {
+    let (sb, mut p) = udp_sandbox_with("refuse", variant);
     p.set(&[
         Svc::tcp(1, "10.96.0.80:80", &[]).also("[fd00:96::80]:80"),
         Svc::udp(2, "10.96.0.53:53", &[]).also("[fd00:96::53]:53"),
@@ -179,7 +219,7 @@ fn a_service_without_endpoints_refuses_quickly_for_tcp_and_udp() {
     .expect("program");
     for vip in ["10.96.0.80:80", "[fd00:96::80]:80", "[::ffff:10.96.0.80]:80"] {
         let a = &sb.connect(sa(vip), 1)[0];
-        assert_eq!(a.errno, Some(ECONNREFUSED), "TCP {vip}: {a:?}");
+        assert_eq!(a.errno, Some(variant.refused()), "{variant:?} TCP {vip}: {a:?}");
         assert!(
             a.t_end_ns - a.t_start_ns < 100_000_000,
             "TCP {vip}: refused after {} ns",
@@ -190,7 +230,11 @@ fn a_service_without_endpoints_refuses_quickly_for_tcp_and_udp() {
         for one_socket in [false, true] {
             // false: connect() refuses; true: sendto() refuses.
             let a = &udp_run(&sb, vip, 1, one_socket)[0];
-            assert_eq!(a.errno, Some(ECONNREFUSED), "UDP {vip} one_socket={one_socket}: {a:?}");
+            assert_eq!(
+                a.errno,
+                Some(variant.refused()),
+                "{variant:?} UDP {vip} one_socket={one_socket}: {a:?}"
+            );
             assert!(a.t_end_ns - a.t_start_ns < 100_000_000);
         }
     }
@@ -228,7 +272,13 @@ fn client_ip_affinity_holds_then_expires_and_never_returns_a_removed_backend() {
 #[test]
 fn a_host_process_cannot_bind_a_node_port() {
     require_root!();
-    let (sb, mut p) = udp_sandbox("bindguard");
+    for variant in Variant::ALL {
+        bind_guard(variant);
+    }
+}
+
+fn bind_guard(variant: Variant) {
+    let (sb, mut p) = udp_sandbox_with("bindguard", variant);
     let np = free_port();
     let mut svc = Svc::tcp(1, "10.96.0.10:80", &["10.244.0.1:8080"]);
     svc.frontends.push(SocketAddr::from(([127, 0, 0, 1], np)));
@@ -261,9 +311,10 @@ fn a_host_process_cannot_bind_a_node_port() {
         v["errno"].as_i64().map(|e| e as i32)
     };
     // In the host namespace (only loopback and wildcard binds, nothing is sent).
-    assert_eq!(bind(SocketAddr::from(([127, 0, 0, 1], np)), false), Some(EADDRINUSE));
-    assert_eq!(bind(SocketAddr::from(([0, 0, 0, 0], np)), false), Some(EADDRINUSE));
-    assert_eq!(bind(sa(&format!("[::]:{np}")), false), Some(EADDRINUSE));
+    let refused = Some(variant.bind_refused());
+    assert_eq!(bind(SocketAddr::from(([127, 0, 0, 1], np)), false), refused, "{variant:?}");
+    assert_eq!(bind(SocketAddr::from(([0, 0, 0, 0], np)), false), refused, "{variant:?}");
+    assert_eq!(bind(sa(&format!("[::]:{np}")), false), refused, "{variant:?}");
     let other = free_port();
     assert_eq!(bind(SocketAddr::from(([127, 0, 0, 1], other)), false), None, "other ports are free");
     // A pod (any other network namespace) has its own ports.

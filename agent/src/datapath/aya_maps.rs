@@ -15,7 +15,7 @@ use socklb_common::{
 };
 
 use super::{Datapath, DatapathError, MapOp, MapState};
-use crate::loader::map_pin;
+use crate::loader::pins::active_dir;
 
 pub struct AyaMaps {
     frontends: HashMap<MapData, FrontendKey, FrontendValue>,
@@ -37,11 +37,11 @@ fn map_io(e: MapError) -> io::Error {
     }
 }
 
-fn open<T>(bpffs: &Path, name: &'static str) -> Result<T, DatapathError>
+fn open<T>(dir: &Path, name: &'static str) -> Result<T, DatapathError>
 where
     T: TryFrom<Map, Error = MapError>,
 {
-    let path: PathBuf = map_pin(bpffs, name);
+    let path: PathBuf = dir.join(name);
     let err = |e: MapError| DatapathError::Open { path: path.clone(), source: map_io(e) };
     let data = MapData::from_pin(&path).map_err(err)?;
     let map = Map::from_map_data(data).map_err(err)?;
@@ -49,17 +49,23 @@ where
 }
 
 impl AyaMaps {
-    /// Opens the maps pinned under `bpffs` by the loader.
+    /// Opens the maps of the active generation pinned under `bpffs` (the
+    /// one the programs use; see `loader::pins`).
     pub fn open(bpffs: &Path) -> Result<Self, DatapathError> {
+        Self::open_dir(&active_dir(bpffs))
+    }
+
+    /// Opens the maps pinned in one generation's directory.
+    pub fn open_dir(dir: &Path) -> Result<Self, DatapathError> {
         Ok(Self {
-            frontends: open(bpffs, map_names::FRONTENDS)?,
-            services: open(bpffs, map_names::SERVICES)?,
-            slots: open(bpffs, map_names::SLOTS)?,
-            backends: open(bpffs, map_names::BACKENDS)?,
-            members: open(bpffs, map_names::MEMBERS)?,
-            counters: open(bpffs, map_names::COUNTERS)?,
-            config: open(bpffs, map_names::CONFIG)?,
-            names: open(bpffs, map_names::SVC_NAMES)?,
+            frontends: open(dir, map_names::FRONTENDS)?,
+            services: open(dir, map_names::SERVICES)?,
+            slots: open(dir, map_names::SLOTS)?,
+            backends: open(dir, map_names::BACKENDS)?,
+            members: open(dir, map_names::MEMBERS)?,
+            counters: open(dir, map_names::COUNTERS)?,
+            config: open(dir, map_names::CONFIG)?,
+            names: open(dir, map_names::SVC_NAMES)?,
         })
     }
 

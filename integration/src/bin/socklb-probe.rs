@@ -90,6 +90,21 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "tcp")]
         proto: Proto,
     },
+    /// Open a TCP connection and a connected UDP socket through VIPs and
+    /// keep them; print what getpeername and a UDP reply's source say, once
+    /// at start and again for every line read on stdin, until stdin ends.
+    Keep {
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        #[arg(long)]
+        netns: Option<String>,
+        /// A `--tcp-hold` server behind a VIP.
+        #[arg(long)]
+        tcp: SocketAddr,
+        /// A UDP server behind a VIP.
+        #[arg(long)]
+        udp: SocketAddr,
+    },
     /// Connect many times to each target and print, per target, which
     /// backends answered, their shares and what getpeername reported.
     Table {
@@ -194,6 +209,10 @@ fn main() -> Result<()> {
                 Proto::Udp => hold_udp(to, max_ms),
             }
         }
+        Cmd::Keep { cgroup, netns, tcp, udp } => {
+            join(cgroup.as_ref(), netns.as_deref())?;
+            keep(tcp, udp)
+        }
         Cmd::Table { cgroup, netns, targets, count } => {
             join(cgroup.as_ref(), netns.as_deref())?;
             table(&targets, count)
@@ -214,12 +233,8 @@ fn main() -> Result<()> {
             Err(err).with_context(|| format!("exec {}", command[0]))
         }
         Cmd::Install { cgroup, bpffs } => {
-            let opts = socklb::loader::InstallOptions {
-                cgroup,
-                bpffs,
-                capacities: socklb::loader::Capacities::default(),
-            };
-            let report = socklb::loader::install(&opts)?;
+            let opts = socklb::loader::InstallOptions::new(cgroup, bpffs);
+            let report = socklb::loader::install(&opts)?.report;
             println!("{report:?}");
             Ok(())
         }
@@ -505,6 +520,49 @@ fn hold_udp(to: SocketAddr, max_ms: u64) -> Result<()> {
     // A timeout is not an event: only print real breakage.
     if !matches!(a.errno, Some(11) | Some(110)) {
         println!("{}", serde_json::to_string(&a)?);
+    }
+    Ok(())
+}
+
+/// See `Cmd::Keep`.
+fn keep(tcp: SocketAddr, udp: SocketAddr) -> Result<()> {
+    let mut stream = TcpStream::connect_timeout(&tcp, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut first = [0u8; 128];
+    let n = stream.read(&mut first)?;
+    let tcp_backend = String::from_utf8_lossy(&first[..n]).trim().to_string();
+    let sock = UdpSocket::bind(unspecified(&udp))?;
+    sock.connect(udp)?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let check = |stream: &TcpStream| -> serde_json::Value {
+        // A reset connection reports itself on a non-blocking peek.
+        let _ = stream.set_nonblocking(true);
+        let mut buf = [0u8; 1];
+        let tcp_state = match stream.peek(&mut buf) {
+            Ok(0) => "closed".to_string(),
+            Ok(_) => "data".to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => "open".to_string(),
+            Err(e) => e.to_string(),
+        };
+        let _ = stream.set_nonblocking(false);
+        let mut reply = [0u8; 512];
+        // recv_from asks for the source address, so recvmsg runs.
+        let udp_reply = sock.send(b"?").and_then(|_| sock.recv_from(&mut reply));
+        serde_json::json!({
+            "tcp_peer": stream.peer_addr().map(|p| p.to_string()).unwrap_or_else(|e| e.to_string()),
+            "tcp_backend": tcp_backend,
+            "tcp_state": tcp_state,
+            "udp_peer": sock.peer_addr().map(|p| p.to_string()).unwrap_or_else(|e| e.to_string()),
+            "udp_reply_from": udp_reply.as_ref().map(|(_, from)| from.to_string()).unwrap_or_else(|e| e.to_string()),
+            "udp_backend": udp_reply.as_ref().map(|(n, _)| String::from_utf8_lossy(&reply[..*n]).trim().to_string()).unwrap_or_default(),
+        })
+    };
+    println!("{}", check(&stream));
+    std::io::stdout().flush()?;
+    for line in std::io::stdin().lines() {
+        line?;
+        println!("{}", check(&stream));
+        std::io::stdout().flush()?;
     }
     Ok(())
 }

@@ -2,19 +2,25 @@
 //! directory and attaches the programs to a cgroup v2 directory with
 //! bpf_link, so that the datapath outlives the agent.
 //!
-//! Pin layout under `--bpffs`:
-//! ```text
-//! <bpffs>/SOCKLB_FRONTENDS, SOCKLB_SERVICES, ...   maps (socklb_common::map_names)
-//! <bpffs>/links/connect4, connect6, ...           one bpf_link per hook
-//! ```
+//! * [`hooks`]: the hooks, their programs and what each needs from the
+//!   kernel (probed at start; a compat variant where `bpf_set_retval` is
+//!   missing).
+//! * [`pins`]: the pin layout, and generations of maps for upgrades across
+//!   a map layout change.
+//!
 //! Starting again adopts what is pinned: maps keep their contents, a link
 //! whose program is unchanged is left alone, and a link whose program differs
 //! (a new build) has its program swapped in place with BPF_LINK_UPDATE, so a
-//! hook is never without a program and never runs two.
+//! hook is never without a program and never runs two. A build whose map
+//! layout differs from the live one builds its maps beside them and swaps
+//! the programs only once they are filled ([`PendingSwitch`]).
+
+pub mod hooks;
+pub mod pins;
 
 use std::{
     fs, io,
-    os::{fd::AsFd, unix::fs::DirBuilderExt},
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
@@ -23,42 +29,18 @@ use aya::{
     maps::{MapData, MapType},
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, links::FdLink},
 };
+pub use hooks::{HOOKS, Hook, Support};
+pub use pins::Generation;
 use socklb_common::{
-    AffinityKey, AffinityValue, BackendValue, Config, FrontendKey, FrontendValue, MemberKey, MemberValue,
-    RevNat, ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState, capacity, map_names,
-    sys,
+    AffinityKey, AffinityValue, BackendValue, Config, FrontendKey, FrontendValue, LAYOUT_VERSION, MemberKey,
+    MemberValue, RevNat, ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState, capacity,
+    map_names, sys,
 };
 
 use crate::fs_checks::{self, FsCheckError};
 
 /// The eBPF object built from `ebpf-sock` by `build.rs`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socklb-sock"));
-
-/// One cgroup hook and the program that serves it.
-#[derive(Clone, Copy, Debug)]
-pub struct Hook {
-    /// Also the link's pin name under `<bpffs>/links/`.
-    pub name: &'static str,
-    pub program: &'static str,
-    /// The kernel that brought the hook and every helper its program uses
-    /// (bpf_set_retval: 5.18).
-    pub min_kernel: &'static str,
-}
-
-/// Every hook socklb attaches.
-pub const HOOKS: [Hook; 11] = [
-    Hook { name: "connect4", program: "sl_connect4", min_kernel: "5.18" },
-    Hook { name: "connect6", program: "sl_connect6", min_kernel: "5.18" },
-    Hook { name: "sendmsg4", program: "sl_sendmsg4", min_kernel: "5.18" },
-    Hook { name: "sendmsg6", program: "sl_sendmsg6", min_kernel: "5.18" },
-    Hook { name: "recvmsg4", program: "sl_recvmsg4", min_kernel: "5.2" },
-    Hook { name: "recvmsg6", program: "sl_recvmsg6", min_kernel: "5.2" },
-    Hook { name: "getpeername4", program: "sl_getpeer4", min_kernel: "5.8" },
-    Hook { name: "getpeername6", program: "sl_getpeer6", min_kernel: "5.8" },
-    Hook { name: "post_bind4", program: "sl_postbind4", min_kernel: "5.18" },
-    Hook { name: "post_bind6", program: "sl_postbind6", min_kernel: "5.18" },
-    Hook { name: "sock_release", program: "sl_release", min_kernel: "5.11" },
-];
 
 /// A hook's program, of either cgroup program type.
 enum HookProgram<'a> {
@@ -116,10 +98,23 @@ pub struct MapSpec {
     pub map_type: MapType,
     pub key_size: u32,
     pub value_size: u32,
+    /// Per-socket state that a generation of another layout may keep using
+    /// when this map's own layout is the same (see [`pins`]).
+    pub shared_across_layouts: bool,
 }
 
 const fn spec<K, V>(name: &'static str, map_type: MapType) -> MapSpec {
-    MapSpec { name, map_type, key_size: size_of::<K>() as u32, value_size: size_of::<V>() as u32 }
+    MapSpec {
+        name,
+        map_type,
+        key_size: size_of::<K>() as u32,
+        value_size: size_of::<V>() as u32,
+        shared_across_layouts: false,
+    }
+}
+
+const fn shared<K, V>(name: &'static str, map_type: MapType) -> MapSpec {
+    MapSpec { shared_across_layouts: true, ..spec::<K, V>(name, map_type) }
 }
 
 pub const MAP_SPECS: [MapSpec; 11] = [
@@ -131,9 +126,11 @@ pub const MAP_SPECS: [MapSpec; 11] = [
     spec::<AffinityKey, AffinityValue>(map_names::AFFINITY, MapType::LruHash),
     spec::<u32, ServiceCounters>(map_names::COUNTERS, MapType::PerCpuArray),
     spec::<u32, Config>(map_names::CONFIG, MapType::Array),
-    spec::<i32, SockState>(map_names::SOCK_STATE, MapType::SkStorage),
+    // Reverse translations of live sockets: what getpeername and recvmsg
+    // of established sockets read. Nothing could refill them.
+    shared::<i32, SockState>(map_names::SOCK_STATE, MapType::SkStorage),
     spec::<u32, ServiceName>(map_names::SVC_NAMES, MapType::Hash),
-    spec::<u64, RevNat>(map_names::UDP_CONNECTED, MapType::Hash),
+    shared::<u64, RevNat>(map_names::UDP_CONNECTED, MapType::Hash),
 ];
 
 /// Map sizes. Only used when a map is created; a pinned map keeps its size.
@@ -196,6 +193,15 @@ pub struct InstallOptions {
     pub cgroup: PathBuf,
     pub bpffs: PathBuf,
     pub capacities: Capacities,
+    /// Behave as on a kernel without `bpf_set_retval` (tests only: the
+    /// agent sets it from `SOCKLB_TEST_NO_SET_RETVAL`).
+    pub without_set_retval: bool,
+}
+
+impl InstallOptions {
+    pub fn new(cgroup: PathBuf, bpffs: PathBuf) -> Self {
+        Self { cgroup, bpffs, capacities: Capacities::default(), without_set_retval: false }
+    }
 }
 
 /// What happened to a hook's link.
@@ -207,6 +213,8 @@ pub enum LinkAction {
     Adopted,
     /// A pinned link got this build's program (BPF_LINK_UPDATE).
     Replaced,
+    /// Left serving the old generation until [`PendingSwitch::commit`].
+    Pending,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -217,6 +225,16 @@ pub struct InstallReport {
     /// Pinned maps whose size differs from the one asked for: (map, pinned,
     /// asked). A pinned map keeps its size until `socklb uninstall`.
     pub size_mismatches: Vec<(&'static str, u32, u32)>,
+    /// The generation the agent writes.
+    pub generation: String,
+    /// The generation that serves until the switch, when it is another.
+    pub replacing: Option<String>,
+    /// State maps the new generation shares with the one it replaces.
+    pub shared: Vec<&'static str>,
+    /// Generations removed (left over from an interrupted switch).
+    pub removed: Vec<String>,
+    /// Which program each hook runs.
+    pub support: Support,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -236,11 +254,10 @@ pub enum LoaderError {
     Object(#[source] Box<aya::EbpfError>),
     #[error("program {program} for hook cgroup/{hook} is missing from the object")]
     MissingProgram { program: &'static str, hook: &'static str },
-    #[error(
-        "the kernel refused the program for hook cgroup/{hook} (needs Linux >= {min_kernel} \
-         with CONFIG_CGROUP_BPF): {source}"
-    )]
-    ProgramLoad { hook: &'static str, min_kernel: &'static str, source: Box<ProgramError> },
+    #[error("this kernel lacks what socklb needs; nothing was changed: {}", describe_missing(.0))]
+    Unsupported(Vec<hooks::Missing>),
+    #[error("the kernel refused the program {program} for hook cgroup/{hook}: {source}")]
+    ProgramLoad { hook: &'static str, program: &'static str, source: Box<ProgramError> },
     #[error("attaching cgroup/{hook} to {cgroup}: {source}")]
     Attach { hook: &'static str, cgroup: PathBuf, source: Box<ProgramError> },
     #[error("pinned link {path}: {source}")]
@@ -252,6 +269,14 @@ pub enum LoaderError {
     LinkElsewhere { path: PathBuf, found: u64, expected: u64 },
 }
 
+fn describe_missing(missing: &[hooks::Missing]) -> String {
+    missing
+        .iter()
+        .map(|m| format!("cgroup/{} needs {} (Linux {}; {})", m.hook, m.what, m.since, m.kernel_says))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LoaderError + '_ {
     move |source| LoaderError::Io { path: path.to_owned(), source }
 }
@@ -260,23 +285,72 @@ pub fn links_dir(bpffs: &Path) -> PathBuf {
     bpffs.join("links")
 }
 
+/// Where a map of the active generation is pinned (for tools and the
+/// agent's readers: `socklb list`, counters, stale-socket sweeps).
 pub fn map_pin(bpffs: &Path, name: &str) -> PathBuf {
-    bpffs.join(name)
+    pins::active_dir(bpffs).join(name)
+}
+
+/// The datapath after [`install`].
+pub struct Installed {
+    pub report: InstallReport,
+    /// Where the agent's maps are (this build's generation).
+    pub maps_dir: PathBuf,
+    /// Set when another layout still serves: the agent fills `maps_dir`
+    /// first, then commits the switch.
+    pub switch: Option<PendingSwitch>,
 }
 
 /// Loads, pins and attaches, adopting whatever is already pinned.
-pub fn install(opts: &InstallOptions) -> Result<InstallReport, LoaderError> {
+pub fn install(opts: &InstallOptions) -> Result<Installed, LoaderError> {
     let cgroup_id = fs_checks::check_cgroup2(&opts.cgroup)?;
     fs_checks::prepare_bpffs_dir(&opts.bpffs)?;
     let links = links_dir(&opts.bpffs);
     if !links.exists() {
-        fs::DirBuilder::new().mode(0o700).create(&links).map_err(io_err(&links))?;
+        std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
+            .create(&links)
+            .map_err(io_err(&links))?;
+    }
+    // Everything the programs need, probed before anything is touched.
+    let support = hooks::probe(opts.without_set_retval);
+    if !support.missing.is_empty() {
+        return Err(LoaderError::Unsupported(support.missing));
     }
 
-    let mut report = InstallReport::default();
+    let gens = pins::generations(&opts.bpffs).map_err(io_err(&opts.bpffs))?;
+    let live = pins::live_generation(&links, &gens);
+    let ours = |g: &&Generation| g.layout == LAYOUT_VERSION;
+    let (target, replacing) = match &live {
+        Some(g) if g.layout == LAYOUT_VERSION => (g.clone(), None),
+        // Another layout serves: build ours beside it (reusing one left by
+        // an interrupted attempt) and switch once it is filled.
+        Some(old) => {
+            let t = match gens.iter().filter(ours).find(|g| g.dir != old.dir) {
+                Some(t) => t.clone(),
+                None => pins::create_generation(&opts.bpffs, &gens).map_err(io_err(&opts.bpffs))?,
+            };
+            (t, Some(old.clone()))
+        }
+        // Nothing serves (a fresh node, or links whose maps are gone): the
+        // newest generation of ours, or a new one, is attached at once.
+        None => match gens.iter().rfind(ours) {
+            Some(t) => (t.clone(), None),
+            None => (pins::create_generation(&opts.bpffs, &gens).map_err(io_err(&opts.bpffs))?, None),
+        },
+    };
+
+    let mut report = InstallReport {
+        generation: target.name(),
+        replacing: replacing.as_ref().map(Generation::name),
+        support: support.clone(),
+        ..Default::default()
+    };
+    if let Some(old) = &replacing {
+        report.shared = pins::share_state_maps(old, &target, &MAP_SPECS);
+    }
     let mut loader = EbpfLoader::new();
     for spec in &MAP_SPECS {
-        let pin = map_pin(&opts.bpffs, spec.name);
+        let pin = target.map(spec.name);
         if pin.exists() {
             let pinned = check_pinned_map(&pin, spec)?;
             if let Some(asked) = opts.capacities.max_entries(spec.name).filter(|n| *n != pinned) {
@@ -300,87 +374,161 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, LoaderError> {
     let object: &[u8] = replacement.as_deref().unwrap_or(OBJECT);
     let mut ebpf = loader.load(object).map_err(|e| LoaderError::Object(Box::new(e)))?;
 
-    // Load every program before touching any hook, so that a kernel missing
-    // one hook leaves the node exactly as it was.
+    // Load every program before touching any hook, so that a kernel that
+    // refuses one leaves the node exactly as it was.
     for hook in &HOOKS {
-        program(&mut ebpf, hook)?.load().map_err(|e| LoaderError::ProgramLoad {
+        let name = chosen(&support, hook);
+        program(&mut ebpf, hook, name)?.load().map_err(|e| LoaderError::ProgramLoad {
             hook: hook.name,
-            min_kernel: hook.min_kernel,
+            program: name,
             source: Box::new(e),
         })?;
     }
 
-    let mut attached_now: Vec<PathBuf> = Vec::new();
-    for hook in &HOOKS {
-        match link_hook(&mut ebpf, hook, opts, cgroup_id, &links) {
-            Ok(action) => {
-                if action == LinkAction::Attached {
-                    attached_now.push(links.join(hook.name));
-                }
-                report.links.push((hook.name, action));
-            }
-            Err(e) => {
-                // Roll back what this run attached; adopted links stay.
-                for pin in attached_now {
-                    let _ = detach_pinned_link(&pin);
-                }
-                return Err(e);
-            }
-        }
+    let mut switch = PendingSwitch {
+        ebpf,
+        support,
+        cgroup: opts.cgroup.clone(),
+        cgroup_id,
+        bpffs: opts.bpffs.clone(),
+        target,
+        old: replacing,
+    };
+    let maps_dir = switch.target.dir.clone();
+    if switch.old.is_some() {
+        report.links = HOOKS.iter().map(|h| (h.name, LinkAction::Pending)).collect();
+        return Ok(Installed { report, maps_dir, switch: Some(switch) });
     }
-    Ok(report)
+    let done = switch.link_all()?;
+    report.links = done.links;
+    report.removed = done.removed;
+    Ok(Installed { report, maps_dir, switch: None })
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, hook: &Hook) -> Result<HookProgram<'a>, LoaderError> {
-    let missing = || LoaderError::MissingProgram { program: hook.program, hook: hook.name };
-    match ebpf.program_mut(hook.program).ok_or_else(missing)? {
+/// The program a hook gets on this kernel.
+fn chosen(support: &Support, hook: &Hook) -> &'static str {
+    support.program_for(hook.name).map_or(hook.program, |c| c.program)
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, hook: &Hook, name: &'static str) -> Result<HookProgram<'a>, LoaderError> {
+    let missing = || LoaderError::MissingProgram { program: name, hook: hook.name };
+    match ebpf.program_mut(name).ok_or_else(missing)? {
         aya::programs::Program::CgroupSockAddr(p) => Ok(HookProgram::Addr(p)),
         aya::programs::Program::CgroupSock(p) => Ok(HookProgram::Sock(p)),
         _ => Err(missing()),
     }
 }
 
-fn link_hook(
-    ebpf: &mut Ebpf,
-    hook: &Hook,
-    opts: &InstallOptions,
+/// Programs loaded against a generation's maps, not yet attached. For a
+/// layout change the agent fills the new maps, then commits: every hook's
+/// program is swapped in place and the old generation removed.
+pub struct PendingSwitch {
+    ebpf: Ebpf,
+    support: Support,
+    cgroup: PathBuf,
     cgroup_id: u64,
-    links: &Path,
-) -> Result<LinkAction, LoaderError> {
-    let pin = links.join(hook.name);
-    let mut prog = program(ebpf, hook)?;
-    if pin.exists() {
-        let link_err = |source| LoaderError::Link { path: pin.clone(), source };
-        let link = sys::obj_get(&pin).map_err(link_err)?;
-        let info = sys::link_info(link.as_fd()).map_err(link_err)?;
-        if info.link_type != sys::LINK_TYPE_CGROUP || info.cgroup_id != cgroup_id {
-            return Err(LoaderError::LinkElsewhere {
-                path: pin.clone(),
-                found: info.cgroup_id,
-                expected: cgroup_id,
-            });
-        }
-        let prog_err = |e: ProgramError| LoaderError::Link {
-            path: pin.clone(),
-            source: io::Error::other(e.to_string()),
-        };
-        let pinned_tag = program_tag(info.prog_id).map_err(prog_err)?;
-        if pinned_tag == prog.tag().map_err(prog_err)? {
-            return Ok(LinkAction::Adopted);
-        }
-        prog.update_link(link.as_fd()).map_err(prog_err)?;
-        return Ok(LinkAction::Replaced);
+    bpffs: PathBuf,
+    target: Generation,
+    /// The generation of another layout that serves until the switch.
+    old: Option<Generation>,
+}
+
+/// What a switch did.
+#[derive(Clone, Debug, Default)]
+pub struct SwitchReport {
+    pub links: Vec<(&'static str, LinkAction)>,
+    /// Generations unpinned (the one replaced, and leftovers).
+    pub removed: Vec<String>,
+}
+
+impl PendingSwitch {
+    pub fn target(&self) -> &Generation {
+        &self.target
     }
 
-    let cgroup = fs::File::open(&opts.cgroup).map_err(io_err(&opts.cgroup))?;
-    let link = prog.attach(&cgroup).map_err(|e| LoaderError::Attach {
-        hook: hook.name,
-        cgroup: opts.cgroup.clone(),
-        source: Box::new(e),
-    })?;
-    link.pin(&pin)
-        .map_err(|e| LoaderError::Link { path: pin.clone(), source: io::Error::other(e.to_string()) })?;
-    Ok(LinkAction::Attached)
+    pub fn replacing(&self) -> Option<&Generation> {
+        self.old.as_ref()
+    }
+
+    /// Points every hook at this generation's programs, then unpins every
+    /// other generation.
+    pub fn commit(mut self) -> Result<SwitchReport, LoaderError> {
+        self.link_all()
+    }
+
+    fn link_all(&mut self) -> Result<SwitchReport, LoaderError> {
+        let links = links_dir(&self.bpffs);
+        let mut report = SwitchReport::default();
+        let mut attached_now: Vec<PathBuf> = Vec::new();
+        for hook in &HOOKS {
+            match self.link_hook(hook, &links) {
+                Ok(action) => {
+                    if action == LinkAction::Attached {
+                        attached_now.push(links.join(hook.name));
+                    }
+                    report.links.push((hook.name, action));
+                }
+                Err(e) => {
+                    // Roll back what this run attached; adopted links stay.
+                    for pin in attached_now {
+                        let _ = detach_pinned_link(&pin);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let gens = pins::generations(&self.bpffs).map_err(io_err(&self.bpffs))?;
+        for g in gens.iter().filter(|g| g.dir != self.target.dir) {
+            pins::remove_generation(g).map_err(io_err(&g.dir))?;
+            report.removed.push(g.name());
+        }
+        Ok(report)
+    }
+
+    fn link_hook(&mut self, hook: &Hook, links: &Path) -> Result<LinkAction, LoaderError> {
+        let pin = links.join(hook.name);
+        let name = chosen(&self.support, hook);
+        let target_maps: Vec<u32> =
+            MAP_SPECS.iter().filter_map(|m| pins::map_id(&self.target.map(m.name))).collect();
+        let mut prog = program(&mut self.ebpf, hook, name)?;
+        if pin.exists() {
+            let link_err = |source| LoaderError::Link { path: pin.clone(), source };
+            let link = sys::obj_get(&pin).map_err(link_err)?;
+            let info = sys::link_info(link.as_fd()).map_err(link_err)?;
+            if info.link_type != sys::LINK_TYPE_CGROUP || info.cgroup_id != self.cgroup_id {
+                return Err(LoaderError::LinkElsewhere {
+                    path: pin.clone(),
+                    found: info.cgroup_id,
+                    expected: self.cgroup_id,
+                });
+            }
+            let prog_err = |e: ProgramError| LoaderError::Link {
+                path: pin.clone(),
+                source: io::Error::other(e.to_string()),
+            };
+            // The same instructions against the same maps: nothing to do.
+            // (The kernel's tag ignores map fds, so the maps are checked
+            // on their own.)
+            let pinned_tag = program_tag(info.prog_id).map_err(prog_err)?;
+            let uses_target = pins::program_map_ids(info.prog_id)
+                .is_some_and(|ids| ids.iter().all(|id| target_maps.contains(id)));
+            if pinned_tag == prog.tag().map_err(prog_err)? && uses_target {
+                return Ok(LinkAction::Adopted);
+            }
+            prog.update_link(link.as_fd()).map_err(prog_err)?;
+            return Ok(LinkAction::Replaced);
+        }
+
+        let cgroup = fs::File::open(&self.cgroup).map_err(io_err(&self.cgroup))?;
+        let link = prog.attach(&cgroup).map_err(|e| LoaderError::Attach {
+            hook: hook.name,
+            cgroup: self.cgroup.clone(),
+            source: Box::new(e),
+        })?;
+        link.pin(&pin)
+            .map_err(|e| LoaderError::Link { path: pin.clone(), source: io::Error::other(e.to_string()) })?;
+        Ok(LinkAction::Attached)
+    }
 }
 
 /// The tag (a hash of the instructions) of a loaded program, by id.
@@ -445,7 +593,7 @@ fn detach_pinned_link(pin: &Path) -> Result<(), LoaderError> {
 #[derive(Clone, Debug, Default)]
 pub struct UninstallReport {
     pub links_detached: Vec<&'static str>,
-    pub maps_removed: Vec<&'static str>,
+    pub maps_removed: Vec<String>,
 }
 
 /// Detaches every pinned link and removes all pins and the directory.
@@ -472,12 +620,8 @@ pub fn uninstall(cgroup: &Path, bpffs: &Path) -> Result<UninstallReport, LoaderE
     if links.exists() {
         fs::remove_dir(&links).map_err(io_err(&links))?;
     }
-    for spec in &MAP_SPECS {
-        let pin = map_pin(bpffs, spec.name);
-        if pin.exists() {
-            fs::remove_file(&pin).map_err(io_err(&pin))?;
-            report.maps_removed.push(spec.name);
-        }
+    for g in pins::generations(bpffs).map_err(io_err(bpffs))? {
+        report.maps_removed.extend(pins::remove_generation(&g).map_err(io_err(&g.dir))?);
     }
     fs::remove_dir(bpffs).map_err(io_err(bpffs))?;
     Ok(report)
@@ -497,7 +641,9 @@ mod tests {
     fn the_embedded_object_holds_every_program_and_map() {
         let obj = aya_obj_names(OBJECT);
         for hook in &HOOKS {
-            assert!(obj.contains(&hook.program.to_string()), "missing program {}", hook.program);
+            for program in [Some(hook.program), hook.compat].into_iter().flatten() {
+                assert!(obj.contains(&program.to_string()), "missing program {program}");
+            }
         }
         for name in map_names::ALL {
             assert!(obj.contains(&name.to_string()), "missing map {name}");
