@@ -62,7 +62,13 @@ if [ -x "$CARGO_BIN/bpf-linker" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$
   log "bpf-linker present ($("$CARGO_BIN/bpf-linker" --version 2>/dev/null))"
 else
   log "building bpf-linker against $SONAME (takes a few minutes)"
-  LLVM_PREFIX="$PREFIX" cargo +stable install bpf-linker --locked --force \
+  # With the stable toolchain where there is one named so; images such as
+  # rust:1-bookworm name theirs by version, and it is the default there.
+  TOOLCHAIN=""
+  if rustup toolchain list | grep -q '^stable'; then
+    TOOLCHAIN="+stable"
+  fi
+  LLVM_PREFIX="$PREFIX" cargo $TOOLCHAIN install bpf-linker --locked --force \
     --no-default-features --features "llvm-$LLVM_MAJOR"
   "$CARGO_BIN/bpf-linker" --version >/dev/null
   echo "$want_stamp" > "$stamp"

@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeSet,
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -22,7 +22,7 @@ use crate::{
     inspect::PinnedCounters,
     loader::{self, Capacities, Generation, InstallOptions},
     metrics::{MapLabel, Metrics},
-    model::NodeContext,
+    model::{NodeContext, nodes::NodePortAddresses},
     reconcile::{Limits, Reconciler},
     source,
     stale::{self, Doomed},
@@ -37,8 +37,11 @@ pub struct AgentConfig {
     pub node_name: String,
     pub cgroup: PathBuf,
     pub bpffs: PathBuf,
-    pub metrics_addr: SocketAddr,
-    pub nodeport_addresses: Vec<IpAddr>,
+    /// Where `/healthz`, `/readyz` and `/metrics` answer.
+    pub metrics_addrs: Vec<SocketAddr>,
+    /// `serve`, or `remove` (take the datapath off this node and idle).
+    pub mode: Mode,
+    pub nodeport_addresses: NodePortAddresses,
     pub resync: Duration,
     /// The longest wait between API attempts after an error.
     pub api_retry_max: Duration,
@@ -64,11 +67,24 @@ const DEBOUNCE_MAX: Duration = Duration::from_millis(100);
 /// After a failed sync, try again after this long.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// What the agent does on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Attach (or adopt) the datapath and keep it in sync.
+    Serve,
+    /// Remove the datapath from this node and idle until stopped: rolled
+    /// out through the DaemonSet before it is deleted, so that no node is
+    /// left translating to backends that nobody updates any more.
+    Remove,
+}
+
 pub async fn run(cfg: AgentConfig) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     // Bind before touching the kernel: a taken port fails the start cleanly.
-    let listener =
-        http::bind(cfg.metrics_addr).await.with_context(|| format!("--metrics-addr {}", cfg.metrics_addr))?;
+    let listeners = http::bind_all(&cfg.metrics_addrs).await?;
+    if cfg.mode == Mode::Remove {
+        return remove(&cfg, listeners, metrics).await;
+    }
 
     let installed = loader::install(&InstallOptions {
         cgroup: cfg.cgroup.clone(),
@@ -132,18 +148,23 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         node_name: cfg.node_name.clone(),
         zone: None,
         nodeport_addresses: cfg.nodeport_addresses.clone(),
+        host_addresses: source::netlink::current(),
         service_proxy_name: cfg.service_proxy_name.clone(),
     };
-    tracing::info!(node = %cfg.node_name, nodeport_addresses = ?cfg.nodeport_addresses, "node");
+    tracing::info!(node = %cfg.node_name, nodeport_addresses = %cfg.nodeport_addresses, "node");
     // The API client is set up before the maps move into the reconciler:
     // whether the server is an address the datapath translates is read
     // from them.
     let api = if cfg.from_files.is_empty() { Some(api_client(&cfg, &maps).await?) } else { None };
     let mut reconciler = Reconciler::new(Box::new(maps), ctx, &limits, metrics.clone())?;
 
-    tokio::spawn(http::serve(listener, metrics.clone()));
+    for listener in listeners {
+        tokio::spawn(http::serve(listener, metrics.clone()));
+    }
 
     let (tx, mut rx) = mpsc::channel::<SourceEvent>(4096);
+    // This node's addresses, followed live (NodePorts on new addresses).
+    tokio::spawn(source::netlink::run(tx.clone()));
     let mut expected: HashMap<&'static str, usize> = HashMap::new();
     if let Some((client, access)) = api {
         for part in ["services", "endpointslices", "nodes"] {
@@ -199,6 +220,34 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let mut loop_cfg = LoopConfig { expected, resync: cfg.resync, on_doomed, before_ready };
     drive(&mut reconciler, &mut rx, &mut loop_cfg, &metrics, shutdown).await;
     tracing::info!("stopping; the datapath stays attached (socklb uninstall removes it)");
+    Ok(())
+}
+
+/// `--mode remove`: detaches the programs and removes every pin, then
+/// answers ready (the rollout of the removal can wait for it) until SIGTERM.
+async fn remove(
+    cfg: &AgentConfig,
+    listeners: Vec<tokio::net::TcpListener>,
+    metrics: Arc<Metrics>,
+) -> Result<()> {
+    let report = loader::uninstall(&cfg.cgroup, &cfg.bpffs)
+        .with_context(|| format!("removing the datapath pinned at {}", cfg.bpffs.display()))?;
+    tracing::info!(
+        links_detached = report.links_detached.len(),
+        maps_removed = report.maps_removed.len(),
+        bpffs = %cfg.bpffs.display(),
+        "--mode remove: the datapath is off this node; idling until stopped (delete the DaemonSet now)"
+    );
+    metrics.set_ready();
+    for listener in listeners {
+        tokio::spawn(http::serve(listener, metrics.clone()));
+    }
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = sigint.recv() => {}
+    }
     Ok(())
 }
 

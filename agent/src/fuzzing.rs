@@ -40,7 +40,8 @@ pub fn run_objects(data: &[u8]) -> Outcome {
     let node = NodeContext {
         node_name: "node-a".into(),
         zone: Some("zone-1".into()),
-        nodeport_addresses: vec![
+        nodeport_addresses: Default::default(),
+        host_addresses: vec![
             std::net::Ipv4Addr::new(192, 168, 0, 10).into(),
             std::net::Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x10).into(),
         ],
@@ -51,7 +52,12 @@ pub fn run_objects(data: &[u8]) -> Outcome {
     else {
         return outcome;
     };
-    r.apply_event(SourceEvent::Replace { origin: 0, services: ingested.services, slices: ingested.slices });
+    r.apply_event(SourceEvent::Replace {
+        origin: 0,
+        services: ingested.services,
+        slices: ingested.slices,
+        nodes: ingested.nodes,
+    });
     outcome.ops_applied = r.sync().ops_applied;
     outcome
 }

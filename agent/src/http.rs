@@ -47,8 +47,76 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     tokio::net::TcpListener::bind(addr).await
 }
 
+/// Binds every address (see [`parse_listen`]).
+pub async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<tokio::net::TcpListener>, ListenError> {
+    let mut out = Vec::new();
+    for &addr in addrs {
+        out.push(bind(addr).await.map_err(|source| ListenError::Bind { addr, source })?);
+    }
+    Ok(out)
+}
+
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
     if let Err(e) = axum::serve(listener, router(metrics)).await {
         tracing::error!(error = %e, "metrics server stopped");
+    }
+}
+
+/// The token of `--metrics-addr` that stands for the node's address, read
+/// from `$HOST_IP` (the downward API's `status.hostIP`), so that one
+/// ConfigMap value serves every node.
+pub const HOST_IP_TOKEN: &str = "host-ip";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("--metrics-addr {text:?}: {why}")]
+    Parse { text: String, why: String },
+    #[error("--metrics-addr {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Parses `--metrics-addr`: comma-separated `ADDR:PORT` items, where ADDR
+/// may be `host-ip` (the value of `host_ip`, i.e. `$HOST_IP`).
+pub fn parse_listen(text: &str, host_ip: Option<&str>) -> Result<Vec<SocketAddr>, ListenError> {
+    let err = |why: String| ListenError::Parse { text: text.to_string(), why };
+    let mut out = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let addr = match item.strip_prefix(HOST_IP_TOKEN).and_then(|rest| rest.strip_prefix(':')) {
+            Some(port) => {
+                let ip = host_ip.filter(|v| !v.is_empty()).ok_or_else(|| {
+                    err(format!("{HOST_IP_TOKEN} needs $HOST_IP (downward API status.hostIP)"))
+                })?;
+                let ip: std::net::IpAddr =
+                    ip.parse().map_err(|_| err(format!("$HOST_IP {ip:?} is not an IP")))?;
+                let port: u16 = port.parse().map_err(|_| err(format!("{port:?} is not a port")))?;
+                SocketAddr::new(ip, port)
+            }
+            None => {
+                item.parse().map_err(|_| err(format!("{item:?} is not ADDR:PORT or {HOST_IP_TOKEN}:PORT")))?
+            }
+        };
+        if !out.contains(&addr) {
+            out.push(addr);
+        }
+    }
+    if out.is_empty() {
+        return Err(err("no address".into()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_take_the_host_ip_token() {
+        let got = parse_listen("127.0.0.1:9966, host-ip:9966", Some("192.168.1.5")).expect("ok");
+        assert_eq!(got, ["127.0.0.1:9966".parse().expect("a"), "192.168.1.5:9966".parse().expect("a")]);
+        let got = parse_listen("host-ip:9966", Some("fd00::5")).expect("ok");
+        assert_eq!(got, ["[fd00::5]:9966".parse().expect("a")]);
+        assert!(parse_listen("host-ip:9966", None).is_err_and(|e| e.to_string().contains("HOST_IP")));
+        assert!(parse_listen("nonsense", None).is_err());
+        assert!(parse_listen("", None).is_err());
     }
 }

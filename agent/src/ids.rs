@@ -60,7 +60,13 @@ pub struct IdAllocator {
     backend_keys: HashMap<u32, BackendKey>,
     service_space: Space,
     backend_space: Space,
+    /// Node ids (for `NODE_LOCAL`), by node name.
+    nodes: HashMap<String, u32>,
+    node_space: Space,
 }
+
+/// Node ids are below this (far above any cluster's node count).
+const MAX_NODES: u32 = 1 << 20;
 
 impl IdAllocator {
     /// Service ids are below `max_services` (the size of the per-service
@@ -73,6 +79,8 @@ impl IdAllocator {
             backend_keys: HashMap::new(),
             service_space: Space::new(max_services),
             backend_space: Space::new(max_backends),
+            nodes: HashMap::new(),
+            node_space: Space::new(MAX_NODES),
         }
     }
 
@@ -93,6 +101,26 @@ impl IdAllocator {
             ids.backends.insert((b.addr, b.port, b.proto), id);
             ids.backend_keys.insert(id, (b.addr, b.port, b.proto));
             ids.backend_space.mark(id);
+        }
+        // Node ids the maps use stay taken. A node with a node-local set is
+        // named by that set's name ("... node:NAME"); the others are matched
+        // by address once the Nodes are known (`Renderer::update_nodes`).
+        for id in
+            state.node_addrs.values().map(|n| n.node_id).chain(state.node_local.keys().map(|k| k.node_id))
+        {
+            ids.node_space.mark(id);
+        }
+        for (k, v) in &state.node_local {
+            let name = state.names.get(&v.service_id).and_then(|n| {
+                crate::model::SetName::parse(n.as_str())
+                    .and_then(|p| p.policy.strip_prefix("node:"))
+                    .map(str::to_string)
+            });
+            if let Some(name) = name
+                && !ids.nodes.contains_key(&name)
+            {
+                ids.nodes.insert(name, k.node_id);
+            }
         }
         ids
     }
@@ -115,6 +143,29 @@ impl IdAllocator {
         self.backends.insert(key, id);
         self.backend_keys.insert(id, key);
         Some(id)
+    }
+
+    /// A node's id, allocated on first use.
+    pub fn node(&mut self, name: &str) -> Option<u32> {
+        if let Some(&id) = self.nodes.get(name) {
+            return Some(id);
+        }
+        let id = self.node_space.take()?;
+        self.nodes.insert(name.to_string(), id);
+        Some(id)
+    }
+
+    pub fn has_node(&self, name: &str) -> bool {
+        self.nodes.contains_key(name)
+    }
+
+    /// Gives `name` the id the maps hold for it, if no other node has it.
+    pub fn adopt_node(&mut self, name: &str, id: u32) {
+        if id == 0 || id >= MAX_NODES || self.nodes.values().any(|v| *v == id) {
+            return;
+        }
+        self.node_space.used.insert(id);
+        self.nodes.insert(name.to_string(), id);
     }
 
     /// The id a set name has, if any (without allocating).

@@ -42,7 +42,6 @@ fn kind(flags: u16) -> &'static str {
 fn scope_name(scope: u8) -> &'static str {
     match scope {
         SCOPE_EXTERNAL => "external",
-        socklb_common::SCOPE_BIND_GUARD => "bind-guard",
         _ => "internal",
     }
 }
@@ -55,51 +54,53 @@ fn proto(n: u8) -> String {
     }
 }
 
-/// The rows of `socklb list`, sorted by service then frontend.
+/// The rows of `socklb list`, sorted by service then frontend: every
+/// frontend, every NodePort (on every node's addresses) and every other
+/// node's set for `externalTrafficPolicy: Local` NodePorts.
 pub fn frontend_rows(state: &MapState, counters: &BTreeMap<u32, ServiceCounters>) -> Vec<FrontendRow> {
+    let row = |service_id: u32, frontend: String, protocol: String, kind: String, scope: &str| {
+        let svc = state.services.get(&service_id);
+        let name = state.names.get(&service_id).map(|n| n.as_str().to_string()).unwrap_or_default();
+        let (backends, mut flags, _) = describe_set(state, service_id);
+        if svc.is_some_and(|s| s.count == 0) {
+            flags.push("no-endpoints:refused".into());
+        }
+        let c = counters.get(&service_id).copied().unwrap_or_default();
+        FrontendRow {
+            service: name,
+            frontend,
+            protocol,
+            kind,
+            scope: scope.into(),
+            service_id,
+            flags,
+            backends,
+            translations: c.translations,
+            refusals: c.refused,
+        }
+    };
     let mut rows: Vec<FrontendRow> = state
         .frontends
         .iter()
         .map(|(k, f)| {
-            let svc = state.services.get(&f.service_id);
-            let name = state.names.get(&f.service_id).map(|n| n.as_str().to_string()).unwrap_or_default();
-            let mut flags = Vec::new();
-            if let Some(s) = svc {
-                if s.flags & service_flags::AFFINITY != 0 {
-                    flags.push(format!("affinity={}s", s.affinity_timeout_secs));
-                }
-                if s.flags & service_flags::LOCAL_ONLY != 0 {
-                    flags.push("local-only".into());
-                }
-                if s.flags & service_flags::TERMINATING_FALLBACK != 0 {
-                    flags.push("terminating-fallback".into());
-                }
-                if s.count == 0 {
-                    flags.push("no-endpoints:refused".into());
-                }
-            }
-            let backends = state
-                .active_backends(f.service_id)
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|id| state.backends.get(id))
-                .map(|b| SocketAddr::new(ip_from_addr(&b.addr), u16::from_be(b.port)).to_string())
-                .collect();
-            let c = counters.get(&f.service_id).copied().unwrap_or_default();
-            FrontendRow {
-                service: name,
-                frontend: SocketAddr::new(ip_from_addr(&k.addr), u16::from_be(k.port)).to_string(),
-                protocol: proto(k.proto),
-                kind: kind(f.flags).into(),
-                scope: scope_name(k.scope).into(),
-                service_id: f.service_id,
-                flags,
-                backends,
-                translations: c.translations,
-                refusals: c.refused,
-            }
+            let frontend = SocketAddr::new(ip_from_addr(&k.addr), u16::from_be(k.port)).to_string();
+            row(f.service_id, frontend, proto(k.proto), kind(f.flags).into(), scope_name(k.scope))
         })
         .collect();
+    let addresses =
+        |family: u8| state.node_addrs.keys().filter(|a| socklb_common::family_of(a) == family).count();
+    for (k, np) in &state.node_ports {
+        let any = if k.family == socklb_common::FAMILY_V4 { "*" } else { "[*]" };
+        let frontend = format!("{any}:{}", u16::from_be(k.port));
+        let kind = format!("NodePort ({} node addresses)", addresses(k.family));
+        rows.push(row(np.service_id, frontend, proto(k.proto), kind, "internal"));
+    }
+    for (k, v) in &state.node_local {
+        let port = state.node_ports.iter().find(|(_, np)| np.service_id == k.service_id);
+        let Some((nk, _)) = port else { continue };
+        let frontend = format!("node {}:{}", k.node_id, u16::from_be(nk.port));
+        rows.push(row(v.service_id, frontend, proto(nk.proto), "NodePort (another node)".into(), "internal"));
+    }
     rows.sort_by(|a, b| (&a.service, &a.frontend, &a.scope).cmp(&(&b.service, &b.frontend, &b.scope)));
     rows
 }
@@ -310,6 +311,25 @@ pub fn dump_maps(state: &MapState) -> String {
     for m in &state.members {
         lines.push(format!("member service={} backend={}", m.service_id, m.backend_id));
     }
+    for (a, n) in &state.node_addrs {
+        lines.push(format!("node-address {} -> node {} flags={:#x}", ip_from_addr(a), n.node_id, n.flags));
+    }
+    for (k, n) in &state.node_ports {
+        lines.push(format!(
+            "nodeport {}/{} ipv{} -> service {} flags={:#x}",
+            u16::from_be(k.port),
+            proto(k.proto),
+            k.family,
+            n.service_id,
+            n.flags
+        ));
+    }
+    for (k, n) in &state.node_local {
+        lines.push(format!(
+            "node-local service={} node={} -> service {}",
+            k.service_id, k.node_id, n.service_id
+        ));
+    }
     lines.join("\n") + "\n"
 }
 
@@ -336,54 +356,106 @@ pub struct Explanation {
     pub entries: Vec<ExplainEntry>,
 }
 
-/// Explains `dest` from the map contents.
+/// The backends and flags of a set, as the programs see it.
+fn describe_set(state: &MapState, service_id: u32) -> (Vec<String>, Vec<String>, u16) {
+    let svc = state.services.get(&service_id);
+    let backends: Vec<String> = state
+        .active_backends(service_id)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|id| state.backends.get(id))
+        .map(|b| SocketAddr::new(ip_from_addr(&b.addr), u16::from_be(b.port)).to_string())
+        .collect();
+    let mut flags = Vec::new();
+    if let Some(s) = svc {
+        if s.flags & service_flags::AFFINITY != 0 {
+            flags.push(format!("affinity={}s", s.affinity_timeout_secs));
+        }
+        if s.flags & service_flags::LOCAL_ONLY != 0 {
+            flags.push("local-only".into());
+        }
+        if s.flags & service_flags::TERMINATING_FALLBACK != 0 {
+            flags.push("terminating-fallback".into());
+        }
+    }
+    (backends, flags, svc.map(|s| s.generation).unwrap_or_default())
+}
+
+fn connect_outcome(backends: &[String]) -> String {
+    if backends.is_empty() {
+        "connect() is refused (no usable endpoint)".to_string()
+    } else {
+        format!("connect() goes to one of {} backend(s), chosen at random", backends.len())
+    }
+}
+
+/// Explains `dest` from the map contents, following the programs' lookup:
+/// frontends first, then NodePorts on node addresses.
 pub fn explain(state: &MapState, dest: SocketAddr, proto_number: u8) -> Explanation {
     let addr = socklb_common::addr_from_ip(dest.ip());
     let mut entries = Vec::new();
-    let scopes = [
-        (socklb_common::SCOPE_INTERNAL, addr),
-        (SCOPE_EXTERNAL, addr),
-        (socklb_common::SCOPE_BIND_GUARD, [0; 4]),
-    ];
-    for (scope, addr) in scopes {
+    for scope in [socklb_common::SCOPE_INTERNAL, SCOPE_EXTERNAL] {
         let key = socklb_common::FrontendKey { addr, port: dest.port().to_be(), proto: proto_number, scope };
         let Some(f) = state.frontends.get(&key) else { continue };
-        let svc = state.services.get(&f.service_id);
-        let backends: Vec<String> = state
-            .active_backends(f.service_id)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|id| state.backends.get(id))
-            .map(|b| SocketAddr::new(ip_from_addr(&b.addr), u16::from_be(b.port)).to_string())
-            .collect();
-        let mut flags = Vec::new();
-        if let Some(s) = svc {
-            if s.flags & service_flags::AFFINITY != 0 {
-                flags.push(format!("affinity={}s", s.affinity_timeout_secs));
-            }
-            if s.flags & service_flags::LOCAL_ONLY != 0 {
-                flags.push("local-only".into());
-            }
-            if s.flags & service_flags::TERMINATING_FALLBACK != 0 {
-                flags.push("terminating-fallback".into());
-            }
-        }
+        let (backends, flags, generation) = describe_set(state, f.service_id);
         let outcome = match scope {
-            socklb_common::SCOPE_BIND_GUARD => {
-                "a host-namespace bind to this port fails with EADDRINUSE".to_string()
-            }
             SCOPE_EXTERNAL => "not used by sockets on this node (traffic from outside the node)".to_string(),
-            _ if backends.is_empty() => "connect() fails with ECONNREFUSED (no usable endpoint)".to_string(),
-            _ => format!("connect() goes to one of {} backend(s), chosen at random", backends.len()),
+            _ => connect_outcome(&backends),
         };
         entries.push(ExplainEntry {
             scope: scope_name(scope).into(),
             kind: kind(f.flags).into(),
             service: state.names.get(&f.service_id).map(|n| n.as_str().to_string()).unwrap_or_default(),
             service_id: f.service_id,
-            generation: svc.map(|s| s.generation).unwrap_or_default(),
+            generation,
             flags,
             backends,
+            outcome,
+        });
+    }
+    let node_port = socklb_common::NodePortKey {
+        port: dest.port().to_be(),
+        proto: proto_number,
+        family: socklb_common::family_of(&addr),
+    };
+    if entries.is_empty()
+        && let (Some(node), Some(np)) = (state.node_addrs.get(&addr), state.node_ports.get(&node_port))
+    {
+        use socklb_common::{node_flags, nodeport_flags};
+        let this_node = node.flags & node_flags::THIS_NODE != 0;
+        let whose = if this_node { "this node".to_string() } else { format!("node id {}", node.node_id) };
+        let local = np.flags & nodeport_flags::EXTERNAL_LOCAL != 0 && !this_node;
+        let (service_id, refused) = if local {
+            let key = socklb_common::NodeLocalKey { service_id: np.service_id, node_id: node.node_id };
+            match state.node_local.get(&key) {
+                Some(v) => (v.service_id, false),
+                None => (np.service_id, true),
+            }
+        } else {
+            (np.service_id, false)
+        };
+        let (backends, mut flags, generation) = describe_set(state, service_id);
+        if node.flags & node_flags::HOST_NETNS_ONLY != 0 {
+            flags.push("host-netns-only".into());
+        }
+        if np.flags & nodeport_flags::EXTERNAL_LOCAL != 0 {
+            flags.push("external-traffic-policy-local".into());
+        }
+        let outcome = if refused {
+            format!("connect() is refused: {whose} has no endpoint (externalTrafficPolicy: Local)")
+        } else if local {
+            format!("{} of {whose}'s endpoints (externalTrafficPolicy: Local)", connect_outcome(&backends))
+        } else {
+            connect_outcome(&backends)
+        };
+        entries.push(ExplainEntry {
+            scope: "internal".into(),
+            kind: format!("NodePort on {whose}"),
+            service: state.names.get(&service_id).map(|n| n.as_str().to_string()).unwrap_or_default(),
+            service_id,
+            generation,
+            flags,
+            backends: if refused { Vec::new() } else { backends },
             outcome,
         });
     }
@@ -617,7 +689,7 @@ mod tests {
     #[test]
     fn explain_says_when_a_service_refuses_and_when_it_is_not_a_service() {
         let e = explain(&state(), "10.96.0.11:80".parse().expect("addr"), 6);
-        assert!(e.entries[0].outcome.contains("ECONNREFUSED"));
+        assert!(e.entries[0].outcome.contains("refused"));
         let e = explain(&state(), "10.96.0.10:80".parse().expect("addr"), 17);
         assert!(!e.is_service, "UDP is another frontend");
         assert!(render_explanation(&e).contains("is not a service"));

@@ -21,6 +21,7 @@ pub mod loader;
 pub mod metrics;
 pub mod model;
 pub mod netaddr;
+pub mod node_init;
 pub mod plan;
 pub mod reconcile;
 pub mod render;

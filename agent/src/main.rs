@@ -9,9 +9,9 @@ use socklb::{
     agent::{self, AgentConfig},
     api_access,
     datapath::{Datapath, aya_maps::AyaMaps},
-    fs_checks, inspect,
+    fs_checks, http, inspect,
     loader::{self, Capacities},
-    netaddr::{self, Cidr},
+    model::nodes::NodePortAddresses,
 };
 
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf/socklb";
@@ -66,11 +66,20 @@ struct AgentArgs {
     /// Directory on a BPF filesystem for the pinned maps and links.
     #[arg(long, default_value = DEFAULT_BPFFS)]
     bpffs: PathBuf,
-    /// Address of /healthz, /readyz and /metrics.
+    /// Addresses of /healthz, /readyz and /metrics, comma-separated;
+    /// `host-ip:PORT` is the node's address from $HOST_IP (downward API
+    /// status.hostIP), for Prometheus in a pod.
     #[arg(long, default_value = "127.0.0.1:9966")]
-    metrics_addr: SocketAddr,
-    /// Where NodePorts answer: CIDRs select host addresses, single
-    /// addresses are used as given; empty or absent: every host address.
+    metrics_addr: String,
+    /// `serve`, or `remove`: take the datapath off this node and idle (roll
+    /// it out through the DaemonSet before deleting the DaemonSet).
+    #[arg(long, env = "SOCKLB_MODE", value_enum, default_value = "serve")]
+    mode: agent::Mode,
+    /// Where NodePorts answer: `primary` (the nodes' addresses from their
+    /// Node objects, as kube-proxy's newer default), or CIDRs that select
+    /// every node's addresses (a single address is taken as this node's
+    /// even if no interface has it); empty or absent: every node's
+    /// addresses (this node's interfaces, followed live).
     #[arg(long, value_delimiter = ',')]
     nodeport_addresses: Vec<String>,
     /// How often the maps are read back and repaired if they drifted.
@@ -142,6 +151,18 @@ enum Cmd {
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: Output,
     },
+    /// Prepare this node's mounts (the DaemonSet's init container): a
+    /// cgroup2 mount for the programs and a shared bpffs for the pins, made
+    /// in the host's mount namespace. Needs privileges and hostPID.
+    NodeInit {
+        /// The mount namespace to work in.
+        #[arg(long, default_value = "/proc/1/ns/mnt")]
+        mount_ns: PathBuf,
+        #[arg(long, default_value = "/sys/fs/bpf")]
+        bpffs: PathBuf,
+        #[arg(long, default_value = "/run/socklb/cgroupv2")]
+        cgroup2: PathBuf,
+    },
     /// Detach the programs and remove every pin.
     Uninstall {
         #[arg(long)]
@@ -197,17 +218,6 @@ fn open_pinned(bpffs: &std::path::Path) -> Result<AyaMaps> {
         .with_context(|| format!("no socklb datapath pinned at {} (is the agent running?)", bpffs.display()))
 }
 
-/// `--nodeport-addresses`: empty entries (an empty ConfigMap value) mean
-/// "the default".
-fn parse_cidrs(items: &[String]) -> Result<Vec<Cidr>> {
-    items
-        .iter()
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<Cidr>().with_context(|| format!("--nodeport-addresses {s:?}")))
-        .collect()
-}
-
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Agent(args) => {
@@ -219,6 +229,7 @@ fn run(cli: Cli) -> Result<()> {
                 cgroup,
                 bpffs,
                 metrics_addr,
+                mode,
                 nodeport_addresses,
                 resync,
                 api_retry_max,
@@ -242,11 +253,10 @@ fn run(cli: Cli) -> Result<()> {
                 node_name: node_name(name)?,
                 cgroup: cgroup_or_root(cgroup)?,
                 bpffs,
-                metrics_addr,
-                nodeport_addresses: netaddr::nodeport_addresses(
-                    &parse_cidrs(&nodeport_addresses)?,
-                    &netaddr::host_addresses(),
-                ),
+                metrics_addrs: http::parse_listen(&metrics_addr, std::env::var("HOST_IP").ok().as_deref())?,
+                mode,
+                nodeport_addresses: NodePortAddresses::parse(&nodeport_addresses)
+                    .context("--nodeport-addresses")?,
                 resync,
                 api_retry_max,
                 health_timeout,
@@ -296,6 +306,23 @@ fn run(cli: Cli) -> Result<()> {
                 Output::Table => print!("{}", inspect::render_status(&status)),
                 Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
             }
+            Ok(())
+        }
+        Cmd::NodeInit { mount_ns, bpffs, cgroup2 } => {
+            // Single-threaded here: entering a mount namespace needs it.
+            let opts = socklb::node_init::NodeInit { mount_ns, bpffs, cgroup2 };
+            let report = socklb::node_init::run(&opts)?;
+            println!(
+                "bpffs {}: {}; cgroup2 {}: {}",
+                opts.bpffs.display(),
+                match (report.bpffs_mounted, report.bpffs_made_shared) {
+                    (true, _) => "mounted (shared)",
+                    (false, true) => "made shared",
+                    (false, false) => "already a shared bpffs",
+                },
+                opts.cgroup2.display(),
+                if report.cgroup2_mounted { "mounted" } else { "already mounted" }
+            );
             Ok(())
         }
         Cmd::Uninstall { cgroup, bpffs } => {

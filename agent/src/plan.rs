@@ -14,7 +14,7 @@
 //! when no slot refers to it), and the next `plan` from the mirror retries
 //! whatever failed.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use socklb_common::{MAX_BACKENDS_PER_SERVICE, MemberKey, ServiceValue, SlotKey, service_flags};
 
@@ -85,24 +85,33 @@ pub fn plan(applied: &MapState, desired: &DesiredState) -> Plan {
         }
     }
 
-    // 3. Frontends: writes first (a frontend moving to another service
-    //    switches in one write), then deletes.
-    let puts = desired
-        .frontends
-        .iter()
-        .filter(|(k, v)| applied.frontends.get(k) != Some(v))
-        .map(|(&key, &value)| MapOp::PutFrontend { key, value })
-        .collect();
-    plan.push(UnitKind::Independent, puts);
-    let deletes = applied
-        .frontends
-        .keys()
-        .filter(|k| !desired.frontends.contains_key(k))
-        .map(|&k| MapOp::DeleteFrontend(k))
-        .collect();
-    plan.push(UnitKind::Independent, deletes);
+    // 3. Node addresses (they point at nothing), and the node-local sets
+    //    before the NodePorts that reach them.
+    push_diff(&mut plan, &applied.node_addrs, &desired.node_addrs, |&addr, &value| MapOp::PutNodeAddr {
+        addr,
+        value,
+    });
+    push_deletes(&mut plan, &applied.node_addrs, &desired.node_addrs, |&a| MapOp::DeleteNodeAddr(a));
+    push_diff(&mut plan, &applied.node_local, &desired.node_local, |&key, &value| MapOp::PutNodeLocal {
+        key,
+        value,
+    });
 
-    // 4. Services no longer wanted: the entry first (it is unreachable once
+    // 4. Frontends and NodePorts: writes first (a frontend moving to another
+    //    service switches in one write), then deletes.
+    push_diff(&mut plan, &applied.frontends, &desired.frontends, |&key, &value| MapOp::PutFrontend {
+        key,
+        value,
+    });
+    push_diff(&mut plan, &applied.node_ports, &desired.node_ports, |&key, &value| MapOp::PutNodePort {
+        key,
+        value,
+    });
+    push_deletes(&mut plan, &applied.frontends, &desired.frontends, |&k| MapOp::DeleteFrontend(k));
+    push_deletes(&mut plan, &applied.node_ports, &desired.node_ports, |&k| MapOp::DeleteNodePort(k));
+    push_deletes(&mut plan, &applied.node_local, &desired.node_local, |&k| MapOp::DeleteNodeLocal(k));
+
+    // 5. Services no longer wanted: the entry first (it is unreachable once
     //    no frontend points at it), then its slots and members.
     for &id in applied.services.keys().filter(|id| !desired.services.contains_key(id)) {
         let mut ops = vec![MapOp::DeleteService { id }];
@@ -114,7 +123,7 @@ pub fn plan(applied: &MapState, desired: &DesiredState) -> Plan {
         plan.push(UnitKind::Transaction { service_id: id, commit: 0 }, ops);
     }
 
-    // 5. Leftovers of services that have no entry at all (an interrupted
+    // 6. Leftovers of services that have no entry at all (an interrupted
     //    earlier run): unreachable, so they go in any order.
     let orphan = |id: &u32| !applied.services.contains_key(id) && !desired.services.contains_key(id);
     let mut ops: Vec<MapOp> =
@@ -123,7 +132,7 @@ pub fn plan(applied: &MapState, desired: &DesiredState) -> Plan {
     ops.extend(applied.names.keys().filter(|id| orphan(id)).map(|&id| MapOp::DeleteName { id }));
     plan.push(UnitKind::Independent, ops);
 
-    // 6. Backends nothing refers to any more.
+    // 7. Backends nothing refers to any more.
     let deletes = applied
         .backends
         .keys()
@@ -133,6 +142,57 @@ pub fn plan(applied: &MapState, desired: &DesiredState) -> Plan {
     plan.push(UnitKind::Independent, deletes);
 
     plan
+}
+
+/// Writes for the entries of `desired` that `applied` lacks or holds
+/// differently.
+fn push_diff<K: Ord, V: PartialEq>(
+    plan: &mut Plan,
+    applied: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+    put: impl Fn(&K, &V) -> MapOp,
+) {
+    let ops = desired.iter().filter(|(k, v)| applied.get(k) != Some(*v)).map(|(k, v)| put(k, v)).collect();
+    plan.push(UnitKind::Independent, ops);
+}
+
+/// Deletes for the entries of `applied` that `desired` lacks.
+fn push_deletes<K: Ord, V>(
+    plan: &mut Plan,
+    applied: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+    delete: impl Fn(&K) -> MapOp,
+) {
+    let ops = applied.keys().filter(|k| !desired.contains_key(k)).map(delete).collect();
+    plan.push(UnitKind::Independent, ops);
+}
+
+/// [`push_diff`] for the keys a render step touched.
+fn push_touched_diff<K: Ord, V: PartialEq>(
+    plan: &mut Plan,
+    keys: &BTreeSet<K>,
+    applied: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+    put: impl Fn(&K, &V) -> MapOp,
+) {
+    let ops = keys
+        .iter()
+        .filter_map(|k| desired.get(k).filter(|v| applied.get(k) != Some(*v)).map(|v| put(k, v)))
+        .collect();
+    plan.push(UnitKind::Independent, ops);
+}
+
+/// [`push_deletes`] for the keys a render step touched.
+fn push_touched_deletes<K: Ord, V>(
+    plan: &mut Plan,
+    keys: &BTreeSet<K>,
+    applied: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+    delete: impl Fn(&K) -> MapOp,
+) {
+    let ops =
+        keys.iter().filter(|k| !desired.contains_key(k) && applied.contains_key(k)).map(delete).collect();
+    plan.push(UnitKind::Independent, ops);
 }
 
 /// The operations for what one render step touched, in the same safe order
@@ -157,22 +217,31 @@ pub fn plan_touched(applied: &MapState, desired: &DesiredState, touched: &Touche
             plan.units.push(unit);
         }
     }
-    let puts = touched
-        .frontends
-        .iter()
-        .filter_map(|k| {
-            desired.frontends.get(k).filter(|v| applied.frontends.get(k) != Some(v)).map(|v| (*k, *v))
-        })
-        .map(|(key, value)| MapOp::PutFrontend { key, value })
-        .collect();
-    plan.push(UnitKind::Independent, puts);
-    let deletes = touched
-        .frontends
-        .iter()
-        .filter(|k| !desired.frontends.contains_key(k) && applied.frontends.contains_key(k))
-        .map(|k| MapOp::DeleteFrontend(*k))
-        .collect();
-    plan.push(UnitKind::Independent, deletes);
+    let (a, d) = (applied, desired);
+    push_touched_diff(&mut plan, &touched.node_addrs, &a.node_addrs, &d.node_addrs, |&addr, &value| {
+        MapOp::PutNodeAddr { addr, value }
+    });
+    push_touched_deletes(&mut plan, &touched.node_addrs, &a.node_addrs, &d.node_addrs, |&x| {
+        MapOp::DeleteNodeAddr(x)
+    });
+    push_touched_diff(&mut plan, &touched.node_local, &a.node_local, &d.node_local, |&key, &value| {
+        MapOp::PutNodeLocal { key, value }
+    });
+    push_touched_diff(&mut plan, &touched.frontends, &a.frontends, &d.frontends, |&key, &value| {
+        MapOp::PutFrontend { key, value }
+    });
+    push_touched_diff(&mut plan, &touched.node_ports, &a.node_ports, &d.node_ports, |&key, &value| {
+        MapOp::PutNodePort { key, value }
+    });
+    push_touched_deletes(&mut plan, &touched.frontends, &a.frontends, &d.frontends, |&k| {
+        MapOp::DeleteFrontend(k)
+    });
+    push_touched_deletes(&mut plan, &touched.node_ports, &a.node_ports, &d.node_ports, |&k| {
+        MapOp::DeleteNodePort(k)
+    });
+    push_touched_deletes(&mut plan, &touched.node_local, &a.node_local, &d.node_local, |&k| {
+        MapOp::DeleteNodeLocal(k)
+    });
     for &id in touched.services.iter().filter(|id| !desired.services.contains_key(id)) {
         let mut ops = Vec::new();
         if applied.services.contains_key(&id) {
@@ -334,7 +403,8 @@ pub fn execute_with(
 pub struct Refs {
     /// Slots per backend id.
     slots_per_backend: HashMap<u32, usize>,
-    /// Frontends per service id.
+    /// Entries that lead readers to a service id: frontends, NodePorts and
+    /// node-local sets.
     frontends_per_service: HashMap<u32, usize>,
 }
 
@@ -344,8 +414,14 @@ impl Refs {
         for b in state.slots.values() {
             *refs.slots_per_backend.entry(*b).or_default() += 1;
         }
-        for f in state.frontends.values() {
-            *refs.frontends_per_service.entry(f.service_id).or_default() += 1;
+        let referred = state
+            .frontends
+            .values()
+            .map(|f| f.service_id)
+            .chain(state.node_ports.values().map(|n| n.service_id))
+            .chain(state.node_local.values().map(|n| n.service_id));
+        for id in referred {
+            *refs.frontends_per_service.entry(id).or_default() += 1;
         }
         refs
     }
@@ -380,6 +456,28 @@ impl Refs {
             }
             MapOp::DeleteFrontend(key) => {
                 if let Some(old) = before.frontends.get(key) {
+                    Self::count(&mut self.frontends_per_service, old.service_id, -1);
+                }
+            }
+            MapOp::PutNodePort { key, value } => {
+                if let Some(old) = before.node_ports.get(key) {
+                    Self::count(&mut self.frontends_per_service, old.service_id, -1);
+                }
+                Self::count(&mut self.frontends_per_service, value.service_id, 1);
+            }
+            MapOp::DeleteNodePort(key) => {
+                if let Some(old) = before.node_ports.get(key) {
+                    Self::count(&mut self.frontends_per_service, old.service_id, -1);
+                }
+            }
+            MapOp::PutNodeLocal { key, value } => {
+                if let Some(old) = before.node_local.get(key) {
+                    Self::count(&mut self.frontends_per_service, old.service_id, -1);
+                }
+                Self::count(&mut self.frontends_per_service, value.service_id, 1);
+            }
+            MapOp::DeleteNodeLocal(key) => {
+                if let Some(old) = before.node_local.get(key) {
                     Self::count(&mut self.frontends_per_service, old.service_id, -1);
                 }
             }
@@ -581,6 +679,12 @@ impl Executor<'_> {
             }
             MapOp::PutFrontend { value, .. } if mirror.active_backends(value.service_id).is_none() => {
                 Some("the frontend's service is not complete in the map")
+            }
+            MapOp::PutNodePort { value, .. } if mirror.active_backends(value.service_id).is_none() => {
+                Some("the NodePort's service is not complete in the map")
+            }
+            MapOp::PutNodeLocal { value, .. } if mirror.active_backends(value.service_id).is_none() => {
+                Some("the node-local set is not complete in the map")
             }
             MapOp::DeleteService { id } => self
                 .refs()

@@ -67,6 +67,10 @@ pub struct Reconciler {
     refs: Option<plan::Refs>,
     /// Changes triggered before this are not measured (as kube-proxy).
     started: SystemTime,
+    /// The node addresses were rendered at least once.
+    nodes_rendered: bool,
+    /// Warned that `primary` has no Node object to read.
+    warned_no_node: bool,
 }
 
 impl Reconciler {
@@ -96,16 +100,44 @@ impl Reconciler {
             pending: false,
             refs,
             started: SystemTime::now(),
+            nodes_rendered: false,
+            warned_no_node: false,
         })
     }
 
     pub fn apply_event(&mut self, event: SourceEvent) {
-        if let SourceEvent::NodeZone(zone) = &event {
-            self.ctx.zone = zone.clone();
-        }
         for p in self.store.apply(event) {
             self.report(&p);
         }
+    }
+
+    /// This node's context as the sources last described it: its zone
+    /// (from its Node object; a change rebuilds every Service) and its
+    /// interface addresses.
+    fn refresh_node_context(&mut self) {
+        if let Some(addrs) = self.store.host_addresses() {
+            self.ctx.host_addresses = addrs.to_vec();
+        }
+        if let Some(me) = self.store.nodes().get(&self.ctx.node_name)
+            && me.zone != self.ctx.zone
+        {
+            self.ctx.zone = me.zone.clone();
+            self.store.mark_all_dirty();
+        }
+        if self.ctx.nodeport_addresses == crate::model::nodes::NodePortAddresses::Primary
+            && !self.store.nodes().contains_key(&self.ctx.node_name)
+            && !std::mem::replace(&mut self.warned_no_node, true)
+        {
+            tracing::warn!(
+                node = %self.ctx.node_name,
+                "--nodeport-addresses primary, but there is no Node object of this name: NodePorts are not \
+                 served on this node's addresses"
+            );
+        }
+    }
+
+    pub fn node_context(&self) -> &NodeContext {
+        &self.ctx
     }
 
     pub fn needs_retry(&self) -> bool {
@@ -132,6 +164,18 @@ impl Reconciler {
     /// Rebuilds what changed and brings the maps to the desired state.
     pub fn sync(&mut self) -> SyncReport {
         let started = Instant::now();
+        let mut touched = Touched::default();
+        if self.store.take_nodes_dirty() || !self.nodes_rendered {
+            self.nodes_rendered = true;
+            self.refresh_node_context();
+            self.renderer.update_nodes(
+                &self.ctx,
+                self.store.nodes(),
+                &mut self.ids,
+                &self.mirror,
+                &mut touched,
+            );
+        }
         let keys = match self.store.take_dirty() {
             Some(dirty) => dirty,
             None => {
@@ -156,7 +200,6 @@ impl Reconciler {
         }
 
         let rebuilt = started.elapsed();
-        let mut touched = Touched::default();
         for key in &changed {
             let fresh =
                 self.renderer.update(key, self.models.get(key), &mut self.ids, &self.mirror, &mut touched);
@@ -368,6 +411,8 @@ impl Reconciler {
             };
             kinds[i] += 1;
         }
+        // NodePorts: one entry per (port, protocol, family), on every node.
+        kinds[1] += self.mirror.node_ports.len() as i64;
         for (kind, n) in ["ClusterIP", "NodePort", "ExternalIP", "LoadBalancer"].into_iter().zip(kinds) {
             self.metrics.frontends.get_or_create(&KindLabel { kind: kind.into() }).set(n);
         }
@@ -379,6 +424,9 @@ impl Reconciler {
             (m::BACKENDS, self.mirror.backends.len()),
             (m::MEMBERS, self.mirror.members.len()),
             (m::SVC_NAMES, self.mirror.names.len()),
+            (m::NODE_ADDRS, self.mirror.node_addrs.len()),
+            (m::NODEPORTS, self.mirror.node_ports.len()),
+            (m::NODE_LOCAL, self.mirror.node_local.len()),
         ];
         for (map, n) in entries {
             self.metrics.map_entries.get_or_create(&MapLabel { map: map.into() }).set(n as i64);

@@ -11,12 +11,19 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use socklb_common::{BackendValue, FrontendKey, FrontendValue, SCOPE_BIND_GUARD, ServiceName, addr_from_ip};
+use socklb_common::{
+    Addr, BackendValue, FAMILY_V4, FAMILY_V6, FrontendKey, FrontendValue, NodeAddrValue, NodeLocalKey,
+    NodeLocalValue, NodePortKey, NodePortValue, ServiceName, addr_from_ip, node_flags, nodeport_flags,
+};
 
 use crate::{
     datapath::{DesiredService, DesiredState, MapState},
     ids::IdAllocator,
-    model::{ObjKey, Problem, ServiceModel, SetId, problem::ProblemKind},
+    model::{
+        Family, NodeContext, ObjKey, Problem, ServiceModel, SetId,
+        nodes::{NodeInfo, nodeport_addresses},
+        problem::ProblemKind,
+    },
 };
 
 /// What a render step changed: the plan only needs to look at these.
@@ -25,11 +32,19 @@ pub struct Touched {
     pub services: BTreeSet<u32>,
     pub backends: BTreeSet<u32>,
     pub frontends: BTreeSet<FrontendKey>,
+    pub node_addrs: BTreeSet<Addr>,
+    pub node_ports: BTreeSet<NodePortKey>,
+    pub node_local: BTreeSet<NodeLocalKey>,
 }
 
 impl Touched {
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && self.backends.is_empty() && self.frontends.is_empty()
+        self.services.is_empty()
+            && self.backends.is_empty()
+            && self.frontends.is_empty()
+            && self.node_addrs.is_empty()
+            && self.node_ports.is_empty()
+            && self.node_local.is_empty()
     }
 }
 
@@ -38,6 +53,8 @@ impl Touched {
 struct Contribution {
     sets: Vec<u32>,
     frontends: Vec<FrontendKey>,
+    node_ports: Vec<NodePortKey>,
+    node_local: Vec<NodeLocalKey>,
     problems: Vec<Problem>,
 }
 
@@ -49,6 +66,8 @@ pub struct Renderer {
     contributions: BTreeMap<ObjKey, Contribution>,
     /// Every Service that wants a frontend, with the value it would write.
     claims: BTreeMap<FrontendKey, BTreeMap<ObjKey, FrontendValue>>,
+    /// The same for NodePorts (the API server keeps them unique; files may not).
+    node_port_claims: BTreeMap<NodePortKey, BTreeMap<ObjKey, NodePortValue>>,
     /// How many desired sets use each backend.
     backend_refs: HashMap<u32, u32>,
 }
@@ -81,6 +100,20 @@ impl Renderer {
                 }
             }
             self.settle(fk, touched);
+        }
+        for nk in &old.node_ports {
+            if let Some(c) = self.node_port_claims.get_mut(nk) {
+                c.remove(key);
+                if c.is_empty() {
+                    self.node_port_claims.remove(nk);
+                }
+            }
+            self.settle_node_port(nk, touched);
+        }
+        for lk in &old.node_local {
+            if self.desired.node_local.remove(lk).is_some() {
+                touched.node_local.insert(*lk);
+            }
         }
         let Some(model) = model else {
             return Vec::new();
@@ -140,9 +173,12 @@ impl Renderer {
         }
         for fe in &model.frontends {
             let Some(&service_id) = set_ids.get(&fe.set) else { continue };
-            let addr = if fe.scope == SCOPE_BIND_GUARD { [0; 4] } else { addr_from_ip(fe.addr.ip()) };
-            let fk =
-                FrontendKey { addr, port: fe.addr.port().to_be(), proto: fe.proto.number(), scope: fe.scope };
+            let fk = FrontendKey {
+                addr: addr_from_ip(fe.addr.ip()),
+                port: fe.addr.port().to_be(),
+                proto: fe.proto.number(),
+                scope: fe.scope,
+            };
             let value = FrontendValue { service_id, flags: fe.kind.flag(), _pad: 0 };
             self.claims.entry(fk).or_default().insert(key.clone(), value);
             self.settle(&fk, touched);
@@ -158,9 +194,102 @@ impl Renderer {
             }
             new.frontends.push(fk);
         }
+        for np in &model.node_ports {
+            let Some(&service_id) = set_ids.get(&np.set) else { continue };
+            let nk = NodePortKey {
+                port: np.port.to_be(),
+                proto: np.proto.number(),
+                family: match np.family {
+                    Family::V4 => FAMILY_V4,
+                    Family::V6 => FAMILY_V6,
+                },
+            };
+            let flags = if np.external_local { nodeport_flags::EXTERNAL_LOCAL } else { 0 };
+            // Another node's endpoints, by the node's id.
+            for (node, set) in &np.node_sets {
+                let (Some(&local_id), Some(node_id)) = (set_ids.get(set), ids.node(node)) else { continue };
+                let lk = NodeLocalKey { service_id, node_id };
+                let value = NodeLocalValue { service_id: local_id };
+                if self.desired.node_local.insert(lk, value) != Some(value) {
+                    touched.node_local.insert(lk);
+                }
+                new.node_local.push(lk);
+            }
+            let value = NodePortValue { service_id, flags, _pad: 0 };
+            self.node_port_claims.entry(nk).or_default().insert(key.clone(), value);
+            self.settle_node_port(&nk, touched);
+            if let Some(owner) = self.node_port_claims.get(&nk).and_then(|c| c.keys().next())
+                && owner != key
+            {
+                new.problems.push(Problem::new(
+                    ProblemKind::FrontendConflict,
+                    format!("Service {key}"),
+                    format!("NodePort {}/{} {}", np.port, np.proto, np.family),
+                    format!("already used by Service {owner}"),
+                ));
+            }
+            new.node_ports.push(nk);
+        }
         let fresh = new.problems.iter().filter(|p| !old.problems.contains(p)).cloned().collect();
         self.contributions.insert(key.clone(), new);
         fresh
+    }
+
+    /// Makes the desired NodePort `nk` the claim of its first claimant.
+    fn settle_node_port(&mut self, nk: &NodePortKey, touched: &mut Touched) {
+        let want = self.node_port_claims.get(nk).and_then(|c| c.values().next().copied());
+        if self.desired.node_ports.get(nk).copied() != want {
+            match want {
+                Some(v) => self.desired.node_ports.insert(*nk, v),
+                None => self.desired.node_ports.remove(nk),
+            };
+            touched.node_ports.insert(*nk);
+        }
+    }
+
+    /// Renders every node's NodePort addresses (`NODE_ADDRS`). Node ids are
+    /// kept by name; a node the agent has no id for yet takes the id its
+    /// addresses have in the maps (a restart), so an unchanged node table
+    /// writes nothing.
+    pub fn update_nodes(
+        &mut self,
+        ctx: &NodeContext,
+        nodes: &BTreeMap<String, NodeInfo>,
+        ids: &mut IdAllocator,
+        applied: &MapState,
+        touched: &mut Touched,
+    ) {
+        let addresses = nodeport_addresses(ctx, nodes);
+        for (ip, a) in &addresses {
+            if !ids.has_node(&a.node)
+                && let Some(old) = applied.node_addrs.get(&addr_from_ip(*ip))
+            {
+                ids.adopt_node(&a.node, old.node_id);
+            }
+        }
+        let mut want: BTreeMap<Addr, NodeAddrValue> = BTreeMap::new();
+        for (ip, a) in &addresses {
+            let Some(node_id) = ids.node(&a.node) else { continue };
+            let mut flags = 0;
+            if a.this_node {
+                flags |= node_flags::THIS_NODE;
+            }
+            if a.loopback {
+                flags |= node_flags::HOST_NETNS_ONLY;
+            }
+            want.insert(addr_from_ip(*ip), NodeAddrValue { node_id, flags });
+        }
+        for (addr, value) in &want {
+            if self.desired.node_addrs.get(addr) != Some(value) {
+                touched.node_addrs.insert(*addr);
+            }
+        }
+        for addr in self.desired.node_addrs.keys() {
+            if !want.contains_key(addr) {
+                touched.node_addrs.insert(*addr);
+            }
+        }
+        self.desired.node_addrs = want;
     }
 
     /// Makes the desired frontend `fk` the claim of its first claimant.

@@ -8,6 +8,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     time::SystemTime,
 };
 
@@ -18,6 +19,7 @@ use crate::model::{
     service::{ServiceOutcome, parse_service},
     slices::{LABEL_SERVICE_NAME, ParsedSlice, parse_slice},
 };
+use crate::{model::nodes::NodeInfo, source::node::IngestedNode};
 
 /// Which source an object came from: each `--from-file` is one origin, the
 /// API server another. A relist replaces only its own origin's objects.
@@ -101,6 +103,7 @@ pub enum SourceEvent {
         origin: Origin,
         services: Vec<IngestedService>,
         slices: Vec<IngestedSlice>,
+        nodes: Vec<IngestedNode>,
     },
     /// A relist of one kind from one origin.
     ReplaceServices {
@@ -125,8 +128,20 @@ pub enum SourceEvent {
     SliceDeleted {
         key: ObjKey,
     },
-    /// This node's zone label changed (or the Node appeared or went away).
-    NodeZone(Option<String>),
+    /// A relist of the Nodes.
+    ReplaceNodes {
+        origin: Origin,
+        nodes: Vec<IngestedNode>,
+    },
+    NodeApplied {
+        origin: Origin,
+        node: Box<IngestedNode>,
+    },
+    NodeDeleted {
+        name: String,
+    },
+    /// This node's interface addresses (at start, and whenever they change).
+    HostAddresses(Vec<IpAddr>),
     /// A part of a source has delivered its complete initial state.
     Synced(&'static str),
 }
@@ -143,6 +158,7 @@ impl SourceEvent {
             origin,
             services: services.iter().map(|s| ingest_service(s, proxy)).collect(),
             slices: slices.iter().map(ingest_slice).collect(),
+            nodes: Vec::new(),
         }
     }
 
@@ -171,17 +187,38 @@ pub struct Store {
     services: BTreeMap<ObjKey, (Origin, IngestedService)>,
     slices: BTreeMap<ObjKey, (Origin, IngestedSlice)>,
     slices_by_service: BTreeMap<ObjKey, BTreeSet<ObjKey>>,
+    nodes: BTreeMap<String, (Origin, IngestedNode)>,
+    /// The nodes as the model reads them (kept with `nodes`).
+    node_infos: BTreeMap<String, NodeInfo>,
     dirty: BTreeSet<ObjKey>,
     all_dirty: bool,
-    zone: Option<String>,
+    /// The Nodes or this node's addresses changed since the last sync.
+    nodes_dirty: bool,
+    host_addresses: Option<Vec<IpAddr>>,
     /// The earliest trigger time of the changes to each Service that no
     /// sync has applied yet.
     triggers: BTreeMap<ObjKey, SystemTime>,
 }
 
 impl Store {
-    pub fn zone(&self) -> Option<&str> {
-        self.zone.as_deref()
+    /// Every Node known, by name.
+    pub fn nodes(&self) -> &BTreeMap<String, NodeInfo> {
+        &self.node_infos
+    }
+
+    /// This node's interface addresses, once a source reported them.
+    pub fn host_addresses(&self) -> Option<&[IpAddr]> {
+        self.host_addresses.as_deref()
+    }
+
+    /// Whether the nodes or this node's addresses changed since the last call.
+    pub fn take_nodes_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.nodes_dirty)
+    }
+
+    /// Rebuild every Service at the next sync (this node's zone changed).
+    pub fn mark_all_dirty(&mut self) {
+        self.all_dirty = true;
     }
 
     pub fn service(&self, key: &ObjKey) -> Option<&IngestedService> {
@@ -207,15 +244,28 @@ impl Store {
             .values()
             .flat_map(|(_, s)| s.problems.iter())
             .chain(self.slices.values().flat_map(|(_, s)| s.problems.iter()))
+            .chain(self.nodes.values().flat_map(|(_, n)| n.problems.iter()))
     }
 
     /// Applies an event; returns the problems not seen before (to report).
     pub fn apply(&mut self, event: SourceEvent) -> Vec<Problem> {
         let mut fresh = Vec::new();
         match event {
-            SourceEvent::Replace { origin, services, slices } => {
+            SourceEvent::Replace { origin, services, slices, nodes } => {
                 self.replace_services(origin, services, &mut fresh);
                 self.replace_slices(origin, slices, &mut fresh);
+                self.replace_nodes(origin, nodes, &mut fresh);
+            }
+            SourceEvent::ReplaceNodes { origin, nodes } => self.replace_nodes(origin, nodes, &mut fresh),
+            SourceEvent::NodeApplied { origin, node } => self.put_node(origin, *node, &mut fresh),
+            SourceEvent::NodeDeleted { name } => self.delete_node(&name),
+            SourceEvent::HostAddresses(mut addrs) => {
+                addrs.sort();
+                addrs.dedup();
+                if self.host_addresses.as_ref() != Some(&addrs) {
+                    self.host_addresses = Some(addrs);
+                    self.nodes_dirty = true;
+                }
             }
             SourceEvent::ReplaceServices { origin, services } => {
                 self.replace_services(origin, services, &mut fresh)
@@ -225,15 +275,43 @@ impl Store {
             SourceEvent::ServiceDeleted { key } => self.delete_service(&key),
             SourceEvent::SliceApplied { origin, slice } => self.put_slice(origin, *slice, &mut fresh),
             SourceEvent::SliceDeleted { key } => self.delete_slice(&key),
-            SourceEvent::NodeZone(zone) => {
-                if zone != self.zone {
-                    self.zone = zone;
-                    self.all_dirty = true;
-                }
-            }
             SourceEvent::Synced(_) => {}
         }
         fresh
+    }
+
+    fn put_node(&mut self, origin: Origin, node: IngestedNode, fresh: &mut Vec<Problem>) {
+        let old = self.nodes.get(&node.name).map(|(_, n)| n);
+        if old == Some(&node) {
+            return;
+        }
+        fresh.extend(node.problems.iter().filter(|p| old.is_none_or(|o| !o.problems.contains(p))).cloned());
+        self.node_infos.insert(node.name.clone(), node.info.clone());
+        self.nodes.insert(node.name.clone(), (origin, node));
+        self.nodes_dirty = true;
+    }
+
+    fn delete_node(&mut self, name: &str) {
+        if self.nodes.remove(name).is_some() {
+            self.node_infos.remove(name);
+            self.nodes_dirty = true;
+        }
+    }
+
+    fn replace_nodes(&mut self, origin: Origin, nodes: Vec<IngestedNode>, fresh: &mut Vec<Problem>) {
+        let incoming: BTreeSet<&String> = nodes.iter().map(|n| &n.name).collect();
+        let gone: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(k, (o, _))| *o == origin && !incoming.contains(k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for name in gone {
+            self.delete_node(&name);
+        }
+        for n in nodes {
+            self.put_node(origin, n, fresh);
+        }
     }
 
     fn put_service(&mut self, origin: Origin, svc: IngestedService, fresh: &mut Vec<Problem>) {

@@ -25,7 +25,8 @@ fn node() -> NodeContext {
     NodeContext {
         node_name: "node-a".into(),
         zone: Some("zone-1".into()),
-        nodeport_addresses: vec!["192.168.50.10".parse().expect("ip"), "fd00:50::10".parse().expect("ip")],
+        nodeport_addresses: Default::default(),
+        host_addresses: vec!["192.168.50.10".parse().expect("ip"), "fd00:50::10".parse().expect("ip")],
         service_proxy_name: None,
     }
 }
@@ -288,7 +289,12 @@ fn sync(items: Vec<Value>, yaml: bool) -> (Vec<Row>, usize) {
     let dp = SharedFake::default();
     let limits = Limits { max_services: 4096, max_backends: 4096 };
     let mut r = Reconciler::new(Box::new(dp.clone()), node(), &limits, Arc::new(Metrics::new())).expect("r");
-    r.apply_event(SourceEvent::Replace { origin: 0, services: ingested.services, slices: ingested.slices });
+    r.apply_event(SourceEvent::Replace {
+        origin: 0,
+        services: ingested.services,
+        slices: ingested.slices,
+        nodes: ingested.nodes,
+    });
     let report = r.sync();
     assert!(report.complete, "a sync into an empty fake datapath completes");
     for p in r.problems() {

@@ -10,15 +10,17 @@ use socklb::{
     metrics::Metrics,
     model::NodeContext,
     reconcile::{Limits, Reconciler},
+    source::node::ingest_node,
     source::yaml::parse_objects,
-    store::SourceEvent,
+    store::{SourceEvent, ingest_service, ingest_slice},
 };
 
 fn node() -> NodeContext {
     NodeContext {
         node_name: "node-a".into(),
         zone: None,
-        nodeport_addresses: vec!["192.168.50.10".parse().expect("ip"), "127.0.0.1".parse().expect("ip")],
+        nodeport_addresses: Default::default(),
+        host_addresses: vec!["192.168.50.10".parse().expect("ip"), "127.0.0.1".parse().expect("ip")],
         service_proxy_name: None,
     }
 }
@@ -34,8 +36,12 @@ fn check(name: &str) {
     let limits = Limits { max_services: 1000, max_backends: 1000 };
     let mut r = Reconciler::new(Box::new(dp.clone()), zone_node, &limits, Arc::new(Metrics::new()))
         .expect("reconciler");
-    r.apply_event(SourceEvent::NodeZone(Some("zone-1".into())));
-    r.apply_event(SourceEvent::replace(0, &objects.services, &objects.slices, None));
+    r.apply_event(SourceEvent::Replace {
+        origin: 0,
+        services: objects.services.iter().map(|s| ingest_service(s, None)).collect(),
+        slices: objects.slices.iter().map(ingest_slice).collect(),
+        nodes: objects.nodes.iter().filter_map(ingest_node).collect(),
+    });
     let report = r.sync();
     assert!(report.complete);
     let dump = dump_maps(&dp.state());

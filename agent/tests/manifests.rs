@@ -123,13 +123,17 @@ fn the_daemonset_flags_exist_and_its_probes_match_the_agent() {
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
 
     let metrics = args.iter().find_map(|a| a.strip_prefix("--metrics-addr=")).expect("--metrics-addr");
-    let port: u64 = metrics.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let listen = socklb::http::parse_listen(metrics, Some("192.0.2.1")).expect("--metrics-addr parses");
     for (probe, path) in [("livenessProbe", socklb::http::HEALTHZ), ("readinessProbe", socklb::http::READYZ)]
     {
         let get = &container[probe]["httpGet"];
         assert_eq!(get["path"].as_str(), Some(path), "{probe}");
-        assert_eq!(get["port"].as_u64(), Some(port), "{probe}");
-        assert_eq!(get["host"].as_str(), Some("127.0.0.1"), "{probe}: the agent listens on loopback");
+        let host: std::net::IpAddr = get["host"].as_str().expect("host").parse().expect("ip");
+        let port = get["port"].as_u64().expect("port") as u16;
+        assert!(
+            listen.contains(&std::net::SocketAddr::new(host, port)),
+            "{probe}: the agent listens on {listen:?}, not {host}:{port}"
+        );
     }
     let ds = objects("DaemonSet").remove(0);
     let pod = &ds["spec"]["template"]["spec"];
@@ -159,4 +163,53 @@ fn the_daemonset_flags_exist_and_its_probes_match_the_agent() {
         args.iter().any(|a| a.starts_with("--cgroup=") && mounts.iter().any(|m| a.ends_with(m.as_str())))
     );
     assert!(container["resources"]["requests"].is_mapping() && container["resources"]["limits"].is_mapping());
+}
+
+#[test]
+fn the_init_container_prepares_the_mounts_the_agent_uses() {
+    let (args, container) = agent_args();
+    let ds = objects("DaemonSet").remove(0);
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostPID"].as_bool(), Some(true), "node-init enters PID 1's mount namespace");
+    let init = &pod["initContainers"][0];
+    let command = str_list(&init["command"]);
+    assert_eq!(command[1..], ["node-init"], "node-init with its defaults");
+    assert_eq!(init["securityContext"]["privileged"].as_bool(), Some(true));
+    // node-init's defaults are where the agent looks.
+    let help =
+        Command::new(env!("CARGO_BIN_EXE_socklb")).args(["node-init", "--help"]).output().expect("help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("[default: /run/socklb/cgroupv2]") && help.contains("[default: /sys/fs/bpf]"),
+        "{help}"
+    );
+    assert!(args.contains(&"--cgroup=/run/socklb/cgroupv2".to_string()), "{args:?}");
+    let volumes = pod["volumes"].as_sequence().expect("volumes");
+    let host_path = |name: &str| {
+        volumes.iter().find(|v| v["name"].as_str() == Some(name)).and_then(|v| v["hostPath"]["path"].as_str())
+    };
+    assert_eq!(host_path("cgroup"), Some("/run/socklb/cgroupv2"));
+    assert_eq!(host_path("bpffs"), Some("/sys/fs/bpf"));
+    for m in container["volumeMounts"].as_sequence().expect("mounts") {
+        assert_eq!(m["mountPropagation"].as_str(), Some("HostToContainer"), "{m:?}");
+    }
+}
+
+#[test]
+fn the_config_map_defaults_are_the_ones_a_fleet_wants() {
+    let config = objects("ConfigMap").remove(0);
+    let data = &config["data"];
+    assert_eq!(data["nodeport-addresses"].as_str(), Some("primary"));
+    assert_eq!(data["mode"].as_str(), Some("serve"));
+    assert_eq!(data["k8s-api-server"].as_str(), Some(""), "set per cluster (docs/deploy.md)");
+    let (_, container) = agent_args();
+    let env_keys: Vec<&str> = container["env"]
+        .as_sequence()
+        .expect("env")
+        .iter()
+        .filter_map(|e| e["valueFrom"]["configMapKeyRef"]["key"].as_str())
+        .collect();
+    for key in data.as_mapping().expect("data").keys().filter_map(|k| k.as_str()) {
+        assert!(env_keys.contains(&key), "ConfigMap key {key} reaches no flag");
+    }
 }

@@ -23,7 +23,8 @@ fn example_sync(metrics: Arc<Metrics>) -> Reconciler {
     let node = NodeContext {
         node_name: "node-a".into(),
         zone: None,
-        nodeport_addresses: vec!["192.168.50.10".parse().expect("ip"), "127.0.0.1".parse().expect("ip")],
+        nodeport_addresses: Default::default(),
+        host_addresses: vec!["192.168.50.10".parse().expect("ip"), "127.0.0.1".parse().expect("ip")],
         service_proxy_name: None,
     };
     let limits = Limits { max_services: 1000, max_backends: 1000 };
@@ -49,7 +50,9 @@ fn metrics_after_a_known_sync() {
     let text = metrics.encode();
     assert_eq!(sample(&text, "socklb_services"), 7.0);
     assert_eq!(sample(&text, "socklb_frontends{kind=\"ClusterIP\"}"), 9.0);
-    assert_eq!(sample(&text, "socklb_frontends{kind=\"NodePort\"}"), 2.0);
+    // One NodePort entry (port, protocol, family), served on every node address.
+    assert_eq!(sample(&text, "socklb_frontends{kind=\"NodePort\"}"), 1.0);
+    assert_eq!(sample(&text, "socklb_map_entries{map=\"SOCKLB_NODE_ADDRS\"}"), 2.0);
     assert_eq!(sample(&text, "socklb_frontends{kind=\"ExternalIP\"}"), 1.0);
     assert_eq!(sample(&text, "socklb_frontends{kind=\"LoadBalancer\"}"), 0.0);
     assert_eq!(sample(&text, "socklb_backends"), 16.0);

@@ -25,7 +25,8 @@ fn node() -> NodeContext {
     NodeContext {
         node_name: "node-a".into(),
         zone: None,
-        nodeport_addresses: vec!["192.168.50.10".parse().expect("ip")],
+        nodeport_addresses: Default::default(),
+        host_addresses: vec!["192.168.50.10".parse().expect("ip")],
         service_proxy_name: None,
     }
 }

@@ -24,7 +24,18 @@
 //! SOCK_STATE  sk_storage, per socket                       -> SockState{rev-NAT entries}
 //! SVC_NAMES   hash      service_id u32                     -> ServiceName (agent only: what the id is)
 //! UDP_CONNECTED hash    socket cookie u64                  -> RevNat (translated connected UDP sockets)
+//! NODE_ADDRS  hash      Addr (a node's address)            -> NodeAddrValue{node_id,flags}
+//! NODEPORTS   hash      NodePortKey{port,proto,family}     -> NodePortValue{service_id,flags}
+//! NODE_LOCAL  hash      NodeLocalKey{service_id,node_id}   -> NodeLocalValue{service_id}
 //! ```
+//! NodePorts are not expanded per address: a destination that is no
+//! frontend is looked up in `NODE_ADDRS` (every node's NodePort addresses),
+//! then its port in `NODEPORTS`. Entries grow with nodes plus NodePorts,
+//! never with their product. A NodePort with `externalTrafficPolicy: Local`
+//! reached on another node's address uses that node's endpoints, as that
+//! node's proxy would: `NODE_LOCAL[{cluster set, node}]`, or a refusal when
+//! the node has none. On this node's own addresses (and from this node's
+//! sockets, which kube-proxy short-circuits) it uses the cluster set.
 //! A "service" in the datapath is one backend set: a Kubernetes service port,
 //! for one address family and one endpoint policy. Several frontends (the
 //! ClusterIP, a NodePort on each node address, external IPs) can point at
@@ -60,10 +71,10 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// only once they are filled, instead of misreading the old maps. The
 /// agent pins each generation under `<bpffs>/v<LAYOUT_VERSION>-<seq>/`.
 #[cfg(not(feature = "layout-next"))]
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// A test build with a different layout (see the `layout-next` feature).
 #[cfg(feature = "layout-next")]
-pub const LAYOUT_VERSION: u32 = 1002;
+pub const LAYOUT_VERSION: u32 = 1003;
 
 /// Names of the maps in the object file; also the file names of their pins.
 pub mod map_names {
@@ -78,9 +89,12 @@ pub mod map_names {
     pub const SOCK_STATE: &str = "SOCKLB_SOCK_STATE";
     pub const SVC_NAMES: &str = "SOCKLB_SVC_NAMES";
     pub const UDP_CONNECTED: &str = "SOCKLB_UDP_CONNECTED";
+    pub const NODE_ADDRS: &str = "SOCKLB_NODE_ADDRS";
+    pub const NODEPORTS: &str = "SOCKLB_NODEPORTS";
+    pub const NODE_LOCAL: &str = "SOCKLB_NODE_LOCAL";
 
     /// Every map, in the order `socklb list` and `status` show them.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 14] = [
         FRONTENDS,
         SERVICES,
         SLOTS,
@@ -92,10 +106,14 @@ pub mod map_names {
         SOCK_STATE,
         SVC_NAMES,
         UDP_CONNECTED,
+        NODE_ADDRS,
+        NODEPORTS,
+        NODE_LOCAL,
     ];
 }
 
 /// Default map capacities, sized for 100k services with 10 endpoints each.
+/// (NodePort maps: 5,000 nodes with a few addresses each, every NodePort.)
 /// The agent can override them at load time.
 pub mod capacity {
     /// Service ids (backend sets). Also the size of the per-CPU counters.
@@ -112,6 +130,13 @@ pub mod capacity {
     pub const AFFINITY: u32 = 65_536;
     /// Connected UDP sockets that were translated (removed when they close).
     pub const UDP_CONNECTED: u32 = 262_144;
+    /// NodePort addresses of every node.
+    pub const NODE_ADDRS: u32 = 32_768;
+    /// NodePorts (port, protocol, family).
+    pub const NODEPORTS: u32 = 65_536;
+    /// Endpoint sets of other nodes for `externalTrafficPolicy: Local`
+    /// NodePorts (at most one per endpoint).
+    pub const NODE_LOCAL: u32 = 65_536;
 }
 
 /// The largest backend set one service can have (slot indices are `u16`).
@@ -133,9 +158,6 @@ pub const PROTO_UDP: u8 = 17;
 /// allows for traffic that arrives from outside.
 pub const SCOPE_EXTERNAL: u8 = 0;
 pub const SCOPE_INTERNAL: u8 = 1;
-/// Not a destination: marks a NodePort (port, protocol) so that `post_bind`
-/// refuses a host process's wildcard bind to it. The address is all zeros.
-pub const SCOPE_BIND_GUARD: u8 = 2;
 
 /// An address as four network-order words; IPv4 is stored v4-mapped.
 pub type Addr = [u32; 4];
@@ -205,6 +227,77 @@ pub mod service_flags {
 pub mod config_flags {
     /// Translate only sockets in the host network namespace.
     pub const HOSTNS_ONLY: u32 = 1 << 0;
+}
+
+/// Flags of a node address (`NODE_ADDRS`).
+pub mod node_flags {
+    /// An address of this node.
+    pub const THIS_NODE: u32 = 1 << 0;
+    /// Loopback: a pod's loopback is its own, so only sockets in the host
+    /// network namespace reach NodePorts there (kube-proxy never touches a
+    /// pod's loopback).
+    pub const HOST_NETNS_ONLY: u32 = 1 << 1;
+}
+
+/// Value of `NODE_ADDRS` (the key is the address, an [`Addr`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeAddrValue {
+    /// The agent's id for the node (see `NODE_LOCAL`).
+    pub node_id: u32,
+    pub flags: u32,
+}
+
+/// The family of a NodePort entry.
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// The family of an address in map form.
+#[inline(always)]
+pub const fn family_of(addr: &Addr) -> u8 {
+    if is_v4_mapped(addr) { FAMILY_V4 } else { FAMILY_V6 }
+}
+
+/// Key of `NODEPORTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodePortKey {
+    /// Network order.
+    pub port: u16,
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+}
+
+/// NodePort flags.
+pub mod nodeport_flags {
+    /// `externalTrafficPolicy: Local`: on another node's address, only that
+    /// node's endpoints (`NODE_LOCAL`).
+    pub const EXTERNAL_LOCAL: u16 = 1 << 0;
+}
+
+/// Value of `NODEPORTS`: the service (cluster set) that serves the NodePort.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodePortValue {
+    pub service_id: u32,
+    pub flags: u16,
+    pub _pad: u16,
+}
+
+/// Key of `NODE_LOCAL`: a NodePort's cluster set and another node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeLocalKey {
+    pub service_id: u32,
+    pub node_id: u32,
+}
+
+/// Value of `NODE_LOCAL`: the set of that node's endpoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeLocalValue {
+    pub service_id: u32,
 }
 
 /// Key of `FRONTENDS`: a destination a socket may connect or send to.
@@ -433,6 +526,11 @@ const _: () = {
     assert!(size_of::<RevNat>() == 48);
     assert!(size_of::<SockState>() == 48 * SOCK_REV_ENTRIES + 8);
     assert!(size_of::<ServiceName>() == SERVICE_NAME_LEN);
+    assert!(size_of::<NodeAddrValue>() == 8);
+    assert!(size_of::<NodePortKey>() == 4);
+    assert!(size_of::<NodePortValue>() == 8);
+    assert!(size_of::<NodeLocalKey>() == 8);
+    assert!(size_of::<NodeLocalValue>() == 4);
 };
 
 #[cfg(feature = "user")]
@@ -458,6 +556,11 @@ mod pod {
     unsafe impl aya::Pod for RevNat {}
     unsafe impl aya::Pod for SockState {}
     unsafe impl aya::Pod for ServiceName {}
+    unsafe impl aya::Pod for NodeAddrValue {}
+    unsafe impl aya::Pod for NodePortKey {}
+    unsafe impl aya::Pod for NodePortValue {}
+    unsafe impl aya::Pod for NodeLocalKey {}
+    unsafe impl aya::Pod for NodeLocalValue {}
 }
 
 #[cfg(test)]

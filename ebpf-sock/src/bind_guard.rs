@@ -1,9 +1,10 @@
 //! The cgroup sock hooks.
 //!
 //! `post_bind4/6`: a process in the host network namespace may not bind a
-//! NodePort (on a NodePort address, or on the wildcard address), as in
-//! Cilium: it would otherwise steal the port from the service. The bind
-//! fails with EADDRINUSE. Pods have their own network namespaces and ports.
+//! NodePort (on one of this node's NodePort addresses, or on the wildcard
+//! address), as in Cilium: it would otherwise steal the port from the
+//! service. The bind fails with EADDRINUSE. Pods have their own network
+//! namespaces and ports.
 
 use aya_ebpf::{
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval, bpf_sk_storage_get},
@@ -11,10 +12,12 @@ use aya_ebpf::{
     programs::SockContext,
 };
 use socklb_common::{
-    Addr, FrontendKey, PROTO_TCP, PROTO_UDP, SCOPE_BIND_GUARD, SCOPE_INTERNAL, frontend_flags, v4_mapped,
+    Addr, FAMILY_V4, FAMILY_V6, NodePortKey, PROTO_TCP, PROTO_UDP, family_of, node_flags, v4_mapped,
 };
 
-use crate::maps::{FRONTENDS, SOCK_STATE, UDP_CONNECTED};
+use crate::maps::{NODE_ADDRS, NODEPORTS, SOCK_STATE, UDP_CONNECTED};
+
+const AF_INET6: u32 = 10;
 
 const ALLOW: i32 = 1;
 const EADDRINUSE: i32 = 98;
@@ -60,20 +63,25 @@ fn post_bind6(ctx: &SockContext, retval: bool) -> i32 {
 #[inline(always)]
 fn check(ctx: &SockContext, addr: Addr, wildcard: bool, retval: bool) -> i32 {
     // SAFETY: reading fields of the context.
-    let (proto, port) = unsafe { ((*ctx.sock).protocol as u8, (*ctx.sock).src_port as u16) };
+    let (proto, port, family) =
+        unsafe { ((*ctx.sock).protocol as u8, (*ctx.sock).src_port as u16, (*ctx.sock).family) };
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return ALLOW;
     }
-    let key = if wildcard {
-        FrontendKey { addr: [0; 4], port: port.to_be(), proto, scope: SCOPE_BIND_GUARD }
+    let port = port.to_be();
+    let is_node_port = if wildcard {
+        // A wildcard IPv6 socket may also take the IPv4 port (dual stack).
+        let v4 = NodePortKey { port, proto, family: FAMILY_V4 };
+        let v6 = NodePortKey { port, proto, family: FAMILY_V6 };
+        // SAFETY: presence checks only.
+        unsafe { NODEPORTS.get(v4).is_some() || (family == AF_INET6 && NODEPORTS.get(v6).is_some()) }
     } else {
-        FrontendKey { addr, port: port.to_be(), proto, scope: SCOPE_INTERNAL }
+        let key = NodePortKey { port, proto, family: family_of(&addr) };
+        // SAFETY: values are copied out at once.
+        let mine = unsafe { NODE_ADDRS.get(addr) }.is_some_and(|n| n.flags & node_flags::THIS_NODE != 0);
+        mine && unsafe { NODEPORTS.get(key) }.is_some()
     };
-    // SAFETY: the value is copied out at once.
-    let Some(fe) = (unsafe { FRONTENDS.get(key) }).copied() else {
-        return ALLOW;
-    };
-    if fe.flags & frontend_flags::NODE_PORT == 0 {
+    if !is_node_port {
         return ALLOW;
     }
     // SAFETY: a null context asks for the initial network namespace's cookie.

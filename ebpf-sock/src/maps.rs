@@ -7,8 +7,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use socklb_common::{
-    AffinityKey, AffinityValue, BackendValue, Config, FrontendKey, FrontendValue, MemberKey, MemberValue,
-    RevNat, ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState, capacity,
+    Addr, AffinityKey, AffinityValue, BackendValue, Config, FrontendKey, FrontendValue, MemberKey,
+    MemberValue, NodeAddrValue, NodeLocalKey, NodeLocalValue, NodePortKey, NodePortValue, RevNat,
+    ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState, capacity,
 };
 
 // Hash maps are not preallocated: a node with 50 services should not pay
@@ -59,4 +60,17 @@ pub static SVC_NAMES: HashMap<u32, ServiceName, { capacity::SERVICES as usize },
 /// (sock_release), so no live socket is ever evicted.
 #[btf_map(name = "SOCKLB_UDP_CONNECTED")]
 pub static UDP_CONNECTED: HashMap<u64, RevNat, { capacity::UDP_CONNECTED as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+/// Every node's NodePort addresses (see `socklb-common`).
+#[btf_map(name = "SOCKLB_NODE_ADDRS")]
+pub static NODE_ADDRS: HashMap<Addr, NodeAddrValue, { capacity::NODE_ADDRS as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map(name = "SOCKLB_NODEPORTS")]
+pub static NODEPORTS: HashMap<NodePortKey, NodePortValue, { capacity::NODEPORTS as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map(name = "SOCKLB_NODE_LOCAL")]
+pub static NODE_LOCAL: HashMap<NodeLocalKey, NodeLocalValue, { capacity::NODE_LOCAL as usize }, NO_PREALLOC> =
     HashMap::new();

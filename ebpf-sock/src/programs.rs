@@ -17,11 +17,12 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use socklb_common::{
-    Addr, FrontendKey, PROTO_TCP, PROTO_UDP, RevNat, SCOPE_INTERNAL, config_flags, is_v4_mapped, v4_mapped,
+    Addr, FrontendKey, NodeLocalKey, NodePortKey, PROTO_TCP, PROTO_UDP, RevNat, SCOPE_INTERNAL, config_flags,
+    family_of, is_v4_mapped, node_flags, nodeport_flags, v4_mapped,
 };
 
 use crate::{
-    maps::{CONFIG, FRONTENDS, UDP_CONNECTED},
+    maps::{CONFIG, FRONTENDS, NODE_ADDRS, NODE_LOCAL, NODEPORTS, UDP_CONNECTED},
     select::{Selection, count, select, still_member},
     sock_state,
 };
@@ -120,20 +121,22 @@ fn on_connect(ctx: &SockAddrContext, family: Family, refusal: Refusal) -> i32 {
     let Some(key) = frontend_key(ctx, family) else {
         return ALLOW;
     };
-    // SAFETY: the value is copied out at once.
-    let Some(frontend) = (unsafe { FRONTENDS.get(key) }).copied() else {
-        if let Some(state) = sock_state::get(ctx, false) {
-            sock_state::forget(state);
-            if key.proto == PROTO_UDP {
-                let _ = UDP_CONNECTED.remove(socket_cookie(ctx));
-            }
+    let service_id = match lookup(ctx, &key) {
+        Lookup::Service(id) => id,
+        Lookup::Refuse(id) => {
+            count(id, true);
+            return refuse(refusal);
         }
-        return ALLOW;
+        Lookup::Miss => {
+            if let Some(state) = sock_state::get(ctx, false) {
+                sock_state::forget(state);
+                if key.proto == PROTO_UDP {
+                    let _ = UDP_CONNECTED.remove(socket_cookie(ctx));
+                }
+            }
+            return ALLOW;
+        }
     };
-    if !translates_here(ctx) {
-        return ALLOW;
-    }
-    let service_id = frontend.service_id;
     match select(service_id, netns_cookie(ctx)) {
         Selection::Backend { id, backend } => {
             if !set_destination(ctx, family, &backend.addr, backend.port) {
@@ -164,13 +167,14 @@ fn on_sendmsg(ctx: &SockAddrContext, family: Family, refusal: Refusal) -> i32 {
     let Some(key) = frontend_key(ctx, family) else {
         return ALLOW;
     };
-    let Some(frontend) = (unsafe { FRONTENDS.get(key) }).copied() else {
-        return ALLOW;
+    let service_id = match lookup(ctx, &key) {
+        Lookup::Service(id) => id,
+        Lookup::Refuse(id) => {
+            count(id, true);
+            return refuse(refusal);
+        }
+        Lookup::Miss => return ALLOW,
     };
-    if !translates_here(ctx) {
-        return ALLOW;
-    }
-    let service_id = frontend.service_id;
     let state = sock_state::get(ctx, true);
     // Keep the socket's backend while it stays in the service.
     if let Some(state) = state
@@ -206,6 +210,53 @@ fn on_sendmsg(ctx: &SockAddrContext, family: Family, refusal: Refusal) -> i32 {
             refuse(refusal)
         }
         Selection::Gone => ALLOW,
+    }
+}
+
+/// What a destination is.
+enum Lookup {
+    /// A frontend of this service (backend set).
+    Service(u32),
+    /// A NodePort with `externalTrafficPolicy: Local` on a node without
+    /// endpoints: refuse, counted against this service.
+    Refuse(u32),
+    /// Not a service here: leave the socket alone.
+    Miss,
+}
+
+/// Frontends first (ClusterIPs, external and load-balancer IPs), then
+/// NodePorts: a node address, then the port (see `socklb-common`).
+#[inline(always)]
+fn lookup(ctx: &SockAddrContext, key: &FrontendKey) -> Lookup {
+    // SAFETY: the value is copied out at once.
+    if let Some(frontend) = (unsafe { FRONTENDS.get(key) }).copied() {
+        return if translates_here(ctx) { Lookup::Service(frontend.service_id) } else { Lookup::Miss };
+    }
+    // SAFETY: as above.
+    let Some(node) = (unsafe { NODE_ADDRS.get(key.addr) }).copied() else {
+        return Lookup::Miss;
+    };
+    let np_key = NodePortKey { port: key.port, proto: key.proto, family: family_of(&key.addr) };
+    // SAFETY: as above.
+    let Some(np) = (unsafe { NODEPORTS.get(np_key) }).copied() else {
+        return Lookup::Miss;
+    };
+    if node.flags & node_flags::HOST_NETNS_ONLY != 0 && !in_host_netns(ctx) {
+        return Lookup::Miss;
+    }
+    if !translates_here(ctx) {
+        return Lookup::Miss;
+    }
+    // This node's sockets to this node's NodePorts: the cluster set, as
+    // kube-proxy's short-circuit for locally originated traffic.
+    if np.flags & nodeport_flags::EXTERNAL_LOCAL == 0 || node.flags & node_flags::THIS_NODE != 0 {
+        return Lookup::Service(np.service_id);
+    }
+    let local = NodeLocalKey { service_id: np.service_id, node_id: node.node_id };
+    // SAFETY: as above.
+    match (unsafe { NODE_LOCAL.get(local) }).copied() {
+        Some(set) => Lookup::Service(set.service_id),
+        None => Lookup::Refuse(np.service_id),
     }
 }
 
@@ -312,9 +363,11 @@ fn netns_cookie(ctx: &SockAddrContext) -> u64 {
 #[inline(always)]
 fn translates_here(ctx: &SockAddrContext) -> bool {
     let hostns_only = CONFIG.get(0).is_some_and(|c| c.flags & config_flags::HOSTNS_ONLY != 0);
-    if !hostns_only {
-        return true;
-    }
+    !hostns_only || in_host_netns(ctx)
+}
+
+#[inline(always)]
+fn in_host_netns(ctx: &SockAddrContext) -> bool {
     // SAFETY: a null context asks for the initial network namespace's cookie.
     let host = unsafe { bpf_get_netns_cookie(core::ptr::null_mut()) };
     netns_cookie(ctx) == host

@@ -16,6 +16,9 @@ pub struct AgentProc {
     pub child: Child,
     pub metrics: SocketAddr,
     pub log: PathBuf,
+    /// The network namespace the agent runs in (its metrics address is
+    /// there), when not the host's.
+    pub netns: Option<String>,
 }
 
 /// A free loopback port (bound and released; the race is harmless here).
@@ -51,13 +54,31 @@ impl Sandbox {
     /// As [`Sandbox::start_agent_env`], with another build of the agent
     /// (`socklb-layout-next`, say).
     pub fn start_agent_bin(&self, binary: &str, args: &[&str], envs: &[(&str, &str)]) -> AgentProc {
+        self.spawn_agent(binary, args, envs, false)
+    }
+
+    /// Starts the agent inside this sandbox's network namespace (so that it
+    /// sees the namespace's addresses as this node's), with `nsenter --net`,
+    /// which leaves /sys (and the cgroup path) as it is.
+    pub fn start_agent_in_netns(&self, args: &[&str]) -> AgentProc {
+        self.spawn_agent("socklb", args, &[], true)
+    }
+
+    fn spawn_agent(&self, binary: &str, args: &[&str], envs: &[(&str, &str)], in_netns: bool) -> AgentProc {
         let bin = bin_path(binary);
         assert!(bin.exists(), "{} is missing: scripts/test.sh builds it", bin.display());
         let metrics: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = self.workdir().join(format!("agent-{}.log", metrics.port()));
         let out = fs::File::create(&log).expect("agent log");
         let err = out.try_clone().expect("agent log");
-        let child = Command::new(bin)
+        let mut cmd = if in_netns {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{}", self.name)).arg("--").arg(&bin);
+            c
+        } else {
+            Command::new(&bin)
+        };
+        let child = cmd
             .arg("agent")
             .arg("--cgroup")
             .arg(&self.cgroup)
@@ -73,13 +94,30 @@ impl Sandbox {
             .stderr(Stdio::from(err))
             .spawn()
             .expect("spawn socklb agent");
-        AgentProc { child, metrics, log }
+        AgentProc { child, metrics, log, netns: in_netns.then(|| self.name.clone()) }
     }
+}
+
+/// [`http_get`] from inside a network namespace (a thread of its own
+/// enters it; setns changes only the calling thread).
+pub fn http_get_in(netns: &str, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let (netns, path) = (netns.to_string(), path.to_string());
+    thread::spawn(move || {
+        let ns = fs::File::open(format!("/run/netns/{netns}")).ok()?;
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+        http_get(addr, &path)
+    })
+    .join()
+    .ok()
+    .flatten()
 }
 
 impl AgentProc {
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        http_get(self.metrics, path)
+        match &self.netns {
+            Some(ns) => http_get_in(ns, self.metrics, path),
+            None => http_get(self.metrics, path),
+        }
     }
 
     /// Waits for `/readyz` to answer 200.

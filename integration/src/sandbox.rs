@@ -146,6 +146,14 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Removes addresses (CIDR notation) from the namespace's loopback.
+    pub fn del_addrs(&self, cidrs: &[&str]) -> Result<()> {
+        for cidr in cidrs {
+            run(Command::new("ip").args(["-n", &self.name, "addr", "del", cidr, "dev", "lo"]))?;
+        }
+        Ok(())
+    }
+
     pub fn install_options(&self) -> InstallOptions {
         InstallOptions::new(self.cgroup.clone(), self.bpffs.clone())
     }

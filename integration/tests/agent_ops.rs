@@ -161,3 +161,76 @@ fn a_missing_pin_directory_is_named_once() {
     assert_eq!(err.matches("os error 2").count(), 1, "{err}");
     assert!(err.contains("nothing-here") && err.contains("is the agent running?"), "{err}");
 }
+
+#[test]
+fn remove_mode_takes_the_datapath_off_the_node_and_reports_ready() {
+    require_root!();
+    let sb = Sandbox::new("ops-remove").expect("sandbox");
+    sb.add_addrs(&["10.244.0.1/32"]).expect("addresses");
+    sb.serve(&[sa("10.244.0.1:8080")], &[], &[]).expect("server");
+    let file = sb.workdir().join("cluster.yaml");
+    fs::write(&file, services(1)).expect("write");
+    let args = ["--from-file", file.to_str().expect("utf8")];
+    let mut agent = sb.start_agent(&args);
+    agent.wait_ready(Duration::from_secs(60));
+    assert!(sb.connect(sa("10.96.0.1:80"), 3).iter().all(|a| a.ok));
+    agent.kill();
+    // The DaemonSet rolled to `mode: remove` (SOCKLB_MODE from the ConfigMap).
+    let mut remover = sb.start_agent_env(&args, &[("SOCKLB_MODE", "remove")]);
+    remover.wait_ready(Duration::from_secs(60));
+    assert!(remover.log_text().contains("the datapath is off this node"), "{}", remover.log_text());
+    assert!(!sb.bpffs.exists(), "every pin is removed");
+    assert_eq!(socklb_integration::attached_programs(&sb.cgroup), 0);
+    let a = &sb.connect(sa("10.96.0.1:80"), 1)[0];
+    assert_eq!(a.errno, Some(ENETUNREACH), "nothing translates any more: {a:?}");
+    assert!(remover.is_running(), "it idles until the DaemonSet is deleted");
+    assert!(remover.terminate().success());
+}
+
+#[test]
+fn node_init_mounts_cgroup2_and_a_shared_bpffs_in_the_hosts_mount_namespace() {
+    require_root!();
+    let sb = Sandbox::new("ops-nodeinit").expect("sandbox");
+    // A private mount namespace stands for the host's: nothing mounted in
+    // it is seen anywhere else, and it goes away with its process.
+    let mut holder = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sleep", "600"])
+        .spawn()
+        .expect("unshare");
+    std::thread::sleep(Duration::from_millis(300));
+    let ns = format!("/proc/{}/ns/mnt", holder.id());
+    let bpffs = sb.workdir().join("host/sys/fs/bpf");
+    let cgroup2 = sb.workdir().join("host/run/socklb/cgroupv2");
+    let init = || {
+        let out = Command::new(bin_path("socklb"))
+            .args(["node-init", "--mount-ns", &ns])
+            .arg("--bpffs")
+            .arg(&bpffs)
+            .arg("--cgroup2")
+            .arg(&cgroup2)
+            .output()
+            .expect("node-init");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = init();
+    assert!(first.contains("mounted (shared)") && first.contains("cgroup2"), "{first}");
+    let mountinfo = fs::read_to_string(format!("/proc/{}/mountinfo", holder.id())).expect("mountinfo");
+    let line_of = |path: &std::path::Path| {
+        mountinfo
+            .lines()
+            .find(|l| l.split(' ').nth(4) == path.to_str())
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let bpf_line = line_of(&bpffs);
+    assert!(bpf_line.contains(" - bpf ") && bpf_line.contains("shared:"), "{bpf_line}");
+    assert!(line_of(&cgroup2).contains(" - cgroup2 "), "{mountinfo}");
+    // Not in this (the test's) mount namespace.
+    let ours = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!ours.contains(bpffs.to_str().expect("utf8")));
+    let again = init();
+    assert!(again.contains("already a shared bpffs") && again.contains("already mounted"), "{again}");
+    let _ = holder.kill();
+    let _ = holder.wait();
+}

@@ -280,27 +280,23 @@ fn a_host_process_cannot_bind_a_node_port() {
 fn bind_guard(variant: Variant) {
     let (sb, mut p) = udp_sandbox_with("bindguard", variant);
     let np = free_port();
-    let mut svc = Svc::tcp(1, "10.96.0.10:80", &["10.244.0.1:8080"]);
-    svc.frontends.push(SocketAddr::from(([127, 0, 0, 1], np)));
-    p.set(&[svc]).expect("program");
-    // Mark the loopback frontend as a NodePort and add the wildcard guard,
-    // as the agent does for every NodePort.
+    p.set(&[Svc::tcp(1, "10.96.0.10:80", &["10.244.0.1:8080"])]).expect("program");
+    // A NodePort of the service, with loopback as this node's address, as
+    // the agent writes it.
     {
         use socklb::datapath::{Datapath, MapOp};
         use socklb_common::{
-            FrontendKey, FrontendValue, PROTO_TCP, SCOPE_BIND_GUARD, SCOPE_INTERNAL, addr_from_ip,
-            frontend_flags,
+            FAMILY_V4, FAMILY_V6, NodeAddrValue, NodePortKey, NodePortValue, PROTO_TCP, addr_from_ip,
+            node_flags,
         };
-        let node_port = FrontendValue { service_id: 1, flags: frontend_flags::NODE_PORT, _pad: 0 };
-        let lo = FrontendKey {
-            addr: addr_from_ip("127.0.0.1".parse().expect("ip")),
-            port: np.to_be(),
-            proto: PROTO_TCP,
-            scope: SCOPE_INTERNAL,
-        };
-        let any = FrontendKey { addr: [0; 4], port: np.to_be(), proto: PROTO_TCP, scope: SCOPE_BIND_GUARD };
-        p.maps.apply(&MapOp::PutFrontend { key: lo, value: node_port }).expect("frontend");
-        p.maps.apply(&MapOp::PutFrontend { key: any, value: node_port }).expect("guard");
+        let value = NodePortValue { service_id: 1, flags: 0, _pad: 0 };
+        for family in [FAMILY_V4, FAMILY_V6] {
+            let key = NodePortKey { port: np.to_be(), proto: PROTO_TCP, family };
+            p.maps.apply(&MapOp::PutNodePort { key, value }).expect("nodeport");
+        }
+        let lo = NodeAddrValue { node_id: 1, flags: node_flags::THIS_NODE | node_flags::HOST_NETNS_ONLY };
+        let addr = addr_from_ip("127.0.0.1".parse().expect("ip"));
+        p.maps.apply(&MapOp::PutNodeAddr { addr, value: lo }).expect("node address");
     }
     let bind = |addr: SocketAddr, in_netns: bool| -> Option<i32> {
         let mut cmd = sb.probe_cmd("bind", in_netns);

@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use socklb_common::LAYOUT_VERSION;
 use socklb_integration::{Sandbox, probe::now_ns, require_root, sa};
 
 const NEXT: &str = "socklb-layout-next";
@@ -107,7 +108,8 @@ fn an_upgrade_across_a_map_layout_and_back_fails_no_connect_and_keeps_the_vips_o
     agent.wait_ready(Duration::from_secs(60));
     let before = generations(&sb);
     assert_eq!(before.len(), 1, "{before:?}");
-    assert!(before[0].starts_with("v2-"), "{before:?}");
+    let ours = format!("v{LAYOUT_VERSION}-");
+    assert!(before[0].starts_with(&ours), "{before:?}");
     let (mut kept, first) = Kept::open(&sb);
     assert_shows_the_vips(&first, "before");
 
@@ -125,8 +127,9 @@ fn an_upgrade_across_a_map_layout_and_back_fails_no_connect_and_keeps_the_vips_o
         assert!(log.contains("switched the datapath to this build's map layout"), "round {round}:\n{log}");
         let gens = generations(&sb);
         assert_eq!(gens.len(), 1, "round {round}: the old generation is removed: {gens:?}");
-        let want = if binary == NEXT { "v1002-" } else { "v2-" };
-        assert!(gens[0].starts_with(want), "round {round}: {gens:?}");
+        // The layout-next build's LAYOUT_VERSION is this one's plus 1000.
+        let want = if binary == NEXT { format!("v{}-", LAYOUT_VERSION + 1000) } else { ours.clone() };
+        assert!(gens[0].starts_with(&want), "round {round}: {gens:?}");
         assert_shows_the_vips(&kept.ask(), &format!("after switching to {binary}"));
         assert!(
             log.contains("SOCKLB_SOCK_STATE"),

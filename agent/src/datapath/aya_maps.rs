@@ -10,8 +10,9 @@ use std::{
 use aya::maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray};
 use socklb_common::sys;
 use socklb_common::{
-    BackendValue, Config, FrontendKey, FrontendValue, MemberKey, MemberValue, ServiceCounters, ServiceName,
-    ServiceValue, SlotKey, SlotValue, map_names,
+    Addr, BackendValue, Config, FrontendKey, FrontendValue, MemberKey, MemberValue, NodeAddrValue,
+    NodeLocalKey, NodeLocalValue, NodePortKey, NodePortValue, ServiceCounters, ServiceName, ServiceValue,
+    SlotKey, SlotValue, map_names,
 };
 
 use super::{Datapath, DatapathError, MapOp, MapState};
@@ -26,6 +27,9 @@ pub struct AyaMaps {
     counters: PerCpuArray<MapData, ServiceCounters>,
     config: Array<MapData, Config>,
     names: HashMap<MapData, u32, ServiceName>,
+    node_addrs: HashMap<MapData, Addr, NodeAddrValue>,
+    node_ports: HashMap<MapData, NodePortKey, NodePortValue>,
+    node_local: HashMap<MapData, NodeLocalKey, NodeLocalValue>,
 }
 
 fn map_io(e: MapError) -> io::Error {
@@ -66,6 +70,9 @@ impl AyaMaps {
             counters: open(dir, map_names::COUNTERS)?,
             config: open(dir, map_names::CONFIG)?,
             names: open(dir, map_names::SVC_NAMES)?,
+            node_addrs: open(dir, map_names::NODE_ADDRS)?,
+            node_ports: open(dir, map_names::NODEPORTS)?,
+            node_local: open(dir, map_names::NODE_LOCAL)?,
         })
     }
 
@@ -83,6 +90,9 @@ impl AyaMaps {
             info(map_names::BACKENDS, self.backends.map())?,
             info(map_names::MEMBERS, self.members.map())?,
             info(map_names::SVC_NAMES, self.names.map())?,
+            info(map_names::NODE_ADDRS, self.node_addrs.map())?,
+            info(map_names::NODEPORTS, self.node_ports.map())?,
+            info(map_names::NODE_LOCAL, self.node_local.map())?,
         ])
     }
 
@@ -241,6 +251,30 @@ impl AyaMaps {
             MapOp::DeleteName { .. } => {
                 delete_batch(self.names.map(), &collect!(MapOp::DeleteName { id } => *id), run)
             }
+            MapOp::PutNodeAddr { .. } => {
+                let (k, v): (Vec<Addr>, Vec<NodeAddrValue>) =
+                    collect!(MapOp::PutNodeAddr { addr, value } => (*addr, *value)).into_iter().unzip();
+                update_batch(self.node_addrs.map(), &k, &v, run)
+            }
+            MapOp::DeleteNodeAddr(_) => {
+                delete_batch(self.node_addrs.map(), &collect!(MapOp::DeleteNodeAddr(a) => *a), run)
+            }
+            MapOp::PutNodePort { .. } => {
+                let (k, v): (Vec<NodePortKey>, Vec<NodePortValue>) =
+                    collect!(MapOp::PutNodePort { key, value } => (*key, *value)).into_iter().unzip();
+                update_batch(self.node_ports.map(), &k, &v, run)
+            }
+            MapOp::DeleteNodePort(_) => {
+                delete_batch(self.node_ports.map(), &collect!(MapOp::DeleteNodePort(k) => *k), run)
+            }
+            MapOp::PutNodeLocal { .. } => {
+                let (k, v): (Vec<NodeLocalKey>, Vec<NodeLocalValue>) =
+                    collect!(MapOp::PutNodeLocal { key, value } => (*key, *value)).into_iter().unzip();
+                update_batch(self.node_local.map(), &k, &v, run)
+            }
+            MapOp::DeleteNodeLocal(_) => {
+                delete_batch(self.node_local.map(), &collect!(MapOp::DeleteNodeLocal(k) => *k), run)
+            }
         }
     }
 }
@@ -260,6 +294,12 @@ impl Datapath for AyaMaps {
             MapOp::DeleteFrontend(k) => deleted(self.frontends.remove(&k)),
             MapOp::PutName { id, ref name } => self.names.insert(id, **name, 0),
             MapOp::DeleteName { id } => deleted(self.names.remove(&id)),
+            MapOp::PutNodeAddr { addr, value } => self.node_addrs.insert(addr, value, 0),
+            MapOp::DeleteNodeAddr(addr) => deleted(self.node_addrs.remove(&addr)),
+            MapOp::PutNodePort { key, value } => self.node_ports.insert(key, value, 0),
+            MapOp::DeleteNodePort(key) => deleted(self.node_ports.remove(&key)),
+            MapOp::PutNodeLocal { key, value } => self.node_local.insert(key, value, 0),
+            MapOp::DeleteNodeLocal(key) => deleted(self.node_local.remove(&key)),
         };
         result.map_err(|e| DatapathError::Write {
             map: op.map_name(),
@@ -304,6 +344,9 @@ impl Datapath for AyaMaps {
             backends: read(&self.backends, map_names::BACKENDS)?,
             members: read(&self.members, map_names::MEMBERS)?.into_keys().collect(),
             names: read(&self.names, map_names::SVC_NAMES)?,
+            node_addrs: read(&self.node_addrs, map_names::NODE_ADDRS)?,
+            node_ports: read(&self.node_ports, map_names::NODEPORTS)?,
+            node_local: read(&self.node_local, map_names::NODE_LOCAL)?,
         })
     }
 

@@ -6,7 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use socklb_common::{
-    BackendValue, FrontendKey, FrontendValue, MemberKey, ServiceName, ServiceValue, SlotKey,
+    Addr, BackendValue, FrontendKey, FrontendValue, MemberKey, NodeAddrValue, NodeLocalKey, NodeLocalValue,
+    NodePortKey, NodePortValue, ServiceName, ServiceValue, SlotKey,
 };
 
 /// Everything the agent programs, entry for entry (affinity, counters and
@@ -19,6 +20,9 @@ pub struct MapState {
     pub backends: BTreeMap<u32, BackendValue>,
     pub members: BTreeSet<MemberKey>,
     pub names: BTreeMap<u32, ServiceName>,
+    pub node_addrs: BTreeMap<Addr, NodeAddrValue>,
+    pub node_ports: BTreeMap<NodePortKey, NodePortValue>,
+    pub node_local: BTreeMap<NodeLocalKey, NodeLocalValue>,
 }
 
 /// One map write or delete.
@@ -58,6 +62,21 @@ pub enum MapOp {
     DeleteName {
         id: u32,
     },
+    PutNodeAddr {
+        addr: Addr,
+        value: NodeAddrValue,
+    },
+    DeleteNodeAddr(Addr),
+    PutNodePort {
+        key: NodePortKey,
+        value: NodePortValue,
+    },
+    DeleteNodePort(NodePortKey),
+    PutNodeLocal {
+        key: NodeLocalKey,
+        value: NodeLocalValue,
+    },
+    DeleteNodeLocal(NodeLocalKey),
 }
 
 impl MapOp {
@@ -71,6 +90,9 @@ impl MapOp {
             Self::PutService { .. } | Self::DeleteService { .. } => m::SERVICES,
             Self::PutFrontend { .. } | Self::DeleteFrontend(_) => m::FRONTENDS,
             Self::PutName { .. } | Self::DeleteName { .. } => m::SVC_NAMES,
+            Self::PutNodeAddr { .. } | Self::DeleteNodeAddr(_) => m::NODE_ADDRS,
+            Self::PutNodePort { .. } | Self::DeleteNodePort(_) => m::NODEPORTS,
+            Self::PutNodeLocal { .. } | Self::DeleteNodeLocal(_) => m::NODE_LOCAL,
         }
     }
 
@@ -83,6 +105,9 @@ impl MapOp {
                 | Self::DeleteService { .. }
                 | Self::DeleteFrontend(_)
                 | Self::DeleteName { .. }
+                | Self::DeleteNodeAddr(_)
+                | Self::DeleteNodePort(_)
+                | Self::DeleteNodeLocal(_)
         )
     }
 }
@@ -125,6 +150,24 @@ impl MapState {
             }
             MapOp::DeleteName { id } => {
                 self.names.remove(&id);
+            }
+            MapOp::PutNodeAddr { addr, value } => {
+                self.node_addrs.insert(addr, value);
+            }
+            MapOp::DeleteNodeAddr(addr) => {
+                self.node_addrs.remove(&addr);
+            }
+            MapOp::PutNodePort { key, value } => {
+                self.node_ports.insert(key, value);
+            }
+            MapOp::DeleteNodePort(key) => {
+                self.node_ports.remove(&key);
+            }
+            MapOp::PutNodeLocal { key, value } => {
+                self.node_local.insert(key, value);
+            }
+            MapOp::DeleteNodeLocal(key) => {
+                self.node_local.remove(&key);
             }
         }
     }
@@ -185,6 +228,9 @@ pub struct DesiredState {
     pub services: BTreeMap<u32, DesiredService>,
     /// Exactly the backends the services refer to.
     pub backends: BTreeMap<u32, BackendValue>,
+    pub node_addrs: BTreeMap<Addr, NodeAddrValue>,
+    pub node_ports: BTreeMap<NodePortKey, NodePortValue>,
+    pub node_local: BTreeMap<NodeLocalKey, NodeLocalValue>,
 }
 
 impl MapState {
@@ -214,6 +260,13 @@ impl MapState {
             .filter(|(id, _)| services.values().any(|s| s.backends.contains(id)))
             .map(|(&id, &v)| (id, v))
             .collect();
-        DesiredState { frontends: self.frontends.clone(), services, backends }
+        DesiredState {
+            frontends: self.frontends.clone(),
+            services,
+            backends,
+            node_addrs: self.node_addrs.clone(),
+            node_ports: self.node_ports.clone(),
+            node_local: self.node_local.clone(),
+        }
     }
 }

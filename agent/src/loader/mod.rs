@@ -32,9 +32,9 @@ use aya::{
 pub use hooks::{HOOKS, Hook, Support};
 pub use pins::Generation;
 use socklb_common::{
-    AffinityKey, AffinityValue, BackendValue, Config, FrontendKey, FrontendValue, LAYOUT_VERSION, MemberKey,
-    MemberValue, RevNat, ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState, capacity,
-    map_names, sys,
+    Addr, AffinityKey, AffinityValue, BackendValue, Config, FrontendKey, FrontendValue, LAYOUT_VERSION,
+    MemberKey, MemberValue, NodeAddrValue, NodeLocalKey, NodeLocalValue, NodePortKey, NodePortValue, RevNat,
+    ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState, capacity, map_names, sys,
 };
 
 use crate::fs_checks::{self, FsCheckError};
@@ -117,7 +117,7 @@ const fn shared<K, V>(name: &'static str, map_type: MapType) -> MapSpec {
     MapSpec { shared_across_layouts: true, ..spec::<K, V>(name, map_type) }
 }
 
-pub const MAP_SPECS: [MapSpec; 11] = [
+pub const MAP_SPECS: [MapSpec; 14] = [
     spec::<FrontendKey, FrontendValue>(map_names::FRONTENDS, MapType::Hash),
     spec::<u32, ServiceValue>(map_names::SERVICES, MapType::Hash),
     spec::<SlotKey, SlotValue>(map_names::SLOTS, MapType::Hash),
@@ -131,6 +131,9 @@ pub const MAP_SPECS: [MapSpec; 11] = [
     shared::<i32, SockState>(map_names::SOCK_STATE, MapType::SkStorage),
     spec::<u32, ServiceName>(map_names::SVC_NAMES, MapType::Hash),
     shared::<u64, RevNat>(map_names::UDP_CONNECTED, MapType::Hash),
+    spec::<Addr, NodeAddrValue>(map_names::NODE_ADDRS, MapType::Hash),
+    spec::<NodePortKey, NodePortValue>(map_names::NODEPORTS, MapType::Hash),
+    spec::<NodeLocalKey, NodeLocalValue>(map_names::NODE_LOCAL, MapType::Hash),
 ];
 
 /// Map sizes. Only used when a map is created; a pinned map keeps its size.
@@ -143,6 +146,9 @@ pub struct Capacities {
     pub members: u32,
     pub affinity: u32,
     pub udp_connected: u32,
+    pub node_addrs: u32,
+    pub node_ports: u32,
+    pub node_local: u32,
 }
 
 impl Default for Capacities {
@@ -155,6 +161,9 @@ impl Default for Capacities {
             members: capacity::MEMBERS,
             affinity: capacity::AFFINITY,
             udp_connected: capacity::UDP_CONNECTED,
+            node_addrs: capacity::NODE_ADDRS,
+            node_ports: capacity::NODEPORTS,
+            node_local: capacity::NODE_LOCAL,
         }
     }
 }
@@ -183,6 +192,9 @@ impl Capacities {
             map_names::MEMBERS => self.members,
             map_names::AFFINITY => self.affinity,
             map_names::UDP_CONNECTED => self.udp_connected,
+            map_names::NODE_ADDRS => self.node_addrs,
+            map_names::NODEPORTS => self.node_ports,
+            map_names::NODE_LOCAL => self.node_local,
             _ => return None,
         })
     }

@@ -7,26 +7,28 @@
 //! * the cluster set is used when `internalTrafficPolicy` is Cluster or the
 //!   port is externally reachable, the local set when a policy is Local;
 //! * the ClusterIP uses the set its `internalTrafficPolicy` names;
-//! * NodePorts, external IPs and load-balancer IPs are reached from this
-//!   node's sockets with the cluster set: kube-proxy routes locally
-//!   originated traffic to external destinations through the cluster chain
-//!   ("route LOCAL traffic ... external destinations"), whatever
+//! * external IPs and load-balancer IPs are reached from this node's
+//!   sockets with the cluster set: kube-proxy routes locally originated
+//!   traffic to external destinations through the cluster chain ("route
+//!   LOCAL traffic ... external destinations"), whatever
 //!   `externalTrafficPolicy` says. With `externalTrafficPolicy: Local` they
 //!   also get an external-scope entry with the local set, which is what a
-//!   packet arriving from outside the node would get.
+//!   packet arriving from outside the node would get;
+//! * a NodePort is one entry per family, served on every node's addresses:
+//!   the cluster set on this node's addresses (the same short-circuit), and
+//!   with `externalTrafficPolicy: Local` on another node's address that
+//!   node's own endpoints, which is what its proxy would pick.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
 };
 
-use socklb_common::{
-    MAX_BACKENDS_PER_SERVICE, SCOPE_BIND_GUARD, SCOPE_EXTERNAL, SCOPE_INTERNAL, service_flags,
-};
+use socklb_common::{MAX_BACKENDS_PER_SERVICE, SCOPE_EXTERNAL, SCOPE_INTERNAL, service_flags};
 
 use super::{
-    BackendSet, Family, Frontend, FrontendKind, NodeContext, Policy, ServiceModel, SetId,
-    categorize::{Endpoint, categorize},
+    BackendSet, Family, Frontend, FrontendKind, NodeContext, NodePortFrontend, Policy, ServiceModel, SetId,
+    categorize::{Endpoint, categorize, node_local},
     problem::{Problem, ProblemKind},
     service::{ParsedService, ServicePortSpec},
     slices::ParsedSlice,
@@ -61,6 +63,7 @@ fn merged_endpoints(port: &ServicePortSpec, slices: &[&ParsedSlice], node: &str)
                     serving: e.serving,
                     terminating: e.terminating,
                     local,
+                    node: e.node_name.clone(),
                     zone_hints: e.zone_hints.clone(),
                     node_hints: e.node_hints.clone(),
                 },
@@ -83,7 +86,6 @@ pub fn build_service(
         let of_family = |ips: &[IpAddr]| -> Vec<IpAddr> {
             ips.iter().copied().filter(|ip| Family::of(ip) == family).collect()
         };
-        let node_addrs = of_family(&ctx.nodeport_addresses);
         let external_ips = of_family(&svc.external_ips);
         let lb_ips = of_family(&svc.load_balancer_ips);
 
@@ -114,7 +116,7 @@ pub fn build_service(
             };
             let mut make_set = |policy: Policy, addrs: Vec<SocketAddr>, fallback: bool| {
                 let mut flags = 0;
-                if policy == Policy::Local {
+                if policy != Policy::Cluster {
                     flags |= service_flags::LOCAL_ONLY;
                 }
                 if fallback {
@@ -169,22 +171,10 @@ pub fn build_service(
                 FrontendKind::ClusterIp,
                 internal_policy,
             ));
-            let mut externals: Vec<(SocketAddr, FrontendKind)> = Vec::new();
-            if let Some(np) = port.node_port {
-                externals
-                    .extend(node_addrs.iter().map(|a| (SocketAddr::new(*a, np), FrontendKind::NodePort)));
-            }
-            externals.extend(
-                external_ips.iter().map(|a| (SocketAddr::new(*a, port.port), FrontendKind::ExternalIp)),
-            );
-            externals
-                .extend(lb_ips.iter().map(|a| (SocketAddr::new(*a, port.port), FrontendKind::LoadBalancer)));
-            // One wildcard bind guard per NodePort (see SCOPE_BIND_GUARD).
-            let first_family = svc.cluster_ips.keys().next() == Some(&family);
-            if let (Some(np), true) = (port.node_port, first_family) {
-                let any = SocketAddr::new(IpAddr::from([0u8, 0, 0, 0]), np);
-                frontends.push((any, SCOPE_BIND_GUARD, FrontendKind::NodePort, Policy::Cluster));
-            }
+            let externals = external_ips
+                .iter()
+                .map(|a| (SocketAddr::new(*a, port.port), FrontendKind::ExternalIp))
+                .chain(lb_ips.iter().map(|a| (SocketAddr::new(*a, port.port), FrontendKind::LoadBalancer)));
             for (addr, kind) in externals {
                 frontends.push((addr, SCOPE_INTERNAL, kind, Policy::Cluster));
                 if svc.external_local {
@@ -196,10 +186,38 @@ pub fn build_service(
             let mut seen = BTreeSet::new();
             for (addr, scope, kind, policy) in frontends {
                 if !seen.insert((addr, scope)) {
-                    continue; // e.g. an external IP equal to a node address
+                    continue; // e.g. an external IP listed twice
                 }
-                used.insert(policy);
+                used.insert(policy.clone());
                 model.frontends.push(Frontend { addr, proto: port.proto, scope, kind, set: set_id(policy) });
+            }
+            let mut node_sets = Vec::new();
+            if let Some(np) = port.node_port {
+                used.insert(Policy::Cluster);
+                if svc.external_local {
+                    let mut others: Vec<&str> = endpoints
+                        .iter()
+                        .filter_map(|e| e.node.as_deref())
+                        .filter(|n| *n != ctx.node_name)
+                        .collect();
+                    others.sort_unstable();
+                    others.dedup();
+                    for node in others {
+                        if let Some((addrs, fallback)) = node_local(&endpoints, node) {
+                            let set = make_set(Policy::Node(node.to_string()), addrs, fallback);
+                            node_sets.push((node.to_string(), set.id.clone()));
+                            model.sets.push(set);
+                        }
+                    }
+                }
+                model.node_ports.push(NodePortFrontend {
+                    port: np,
+                    proto: port.proto,
+                    family,
+                    set: set_id(Policy::Cluster),
+                    external_local: svc.external_local,
+                    node_sets,
+                });
             }
             for set in [cluster, local].into_iter().flatten() {
                 if used.contains(&set.id.policy) {

@@ -19,6 +19,8 @@ pub struct Endpoint {
     pub terminating: bool,
     /// On this node.
     pub local: bool,
+    /// The node it runs on (`nodeName`), if the slice says.
+    pub node: Option<String>,
     pub zone_hints: BTreeSet<String>,
     pub node_hints: BTreeSet<String>,
 }
@@ -108,6 +110,20 @@ pub fn categorize(
     out
 }
 
+/// The endpoints another node's proxy would use for traffic that arrives
+/// there with `externalTrafficPolicy: Local`: that node's ready endpoints,
+/// else its serving-and-terminating ones. `None` when it has none (it would
+/// drop the traffic; socklb refuses it). Topology hints play no part.
+pub fn node_local(endpoints: &[Endpoint], node: &str) -> Option<(Vec<SocketAddr>, bool)> {
+    let on_node: Vec<&Endpoint> = endpoints.iter().filter(|e| e.node.as_deref() == Some(node)).collect();
+    let ready = addrs(on_node.iter().copied().filter(|e| e.ready));
+    if !ready.is_empty() {
+        return Some((ready, false));
+    }
+    let fallback = addrs(on_node.iter().copied().filter(|e| e.serving_terminating()));
+    (!fallback.is_empty()).then_some((fallback, true))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +135,7 @@ mod tests {
             serving: true,
             terminating: false,
             local: false,
+            node: None,
             zone_hints: BTreeSet::new(),
             node_hints: BTreeSet::new(),
         }
@@ -236,5 +253,19 @@ mod tests {
         unready.ready = false;
         let c = categorize(&[zoned(1, "a"), zoned(2, "b"), unready], true, false, "n1", Some("a"));
         assert_eq!(ids(&c.cluster), [1]);
+    }
+
+    #[test]
+    fn another_nodes_set_is_its_ready_endpoints_else_its_terminating_ones() {
+        let on = |n: u8, node: &str| {
+            let mut e = ep(n);
+            e.node = Some(node.into());
+            e
+        };
+        let eps = [on(1, "b"), terminating(on(2, "b")), on(3, "c"), terminating(on(4, "d"))];
+        assert_eq!(node_local(&eps, "b"), Some((vec![eps[0].addr], false)));
+        assert_eq!(node_local(&eps, "c"), Some((vec![eps[2].addr], false)));
+        assert_eq!(node_local(&eps, "d"), Some((vec![eps[3].addr], true)));
+        assert_eq!(node_local(&eps, "e"), None);
     }
 }

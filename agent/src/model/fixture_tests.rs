@@ -15,7 +15,8 @@ fn ctx() -> NodeContext {
     NodeContext {
         node_name: "node-a".into(),
         zone: Some("zone-1".into()),
-        nodeport_addresses: vec!["192.168.0.10".parse().expect("ip"), "fd00:1::10".parse().expect("ip")],
+        nodeport_addresses: nodes::NodePortAddresses::All,
+        host_addresses: vec!["192.168.0.10".parse().expect("ip"), "fd00:1::10".parse().expect("ip")],
         service_proxy_name: None,
     }
 }
@@ -43,7 +44,8 @@ fn model(yaml: &str, ctx: &NodeContext) -> (BTreeMap<ObjKey, ServiceModel>, Vec<
     (out, problems)
 }
 
-/// "addr/PROTO scope Kind -> set".
+/// "addr/PROTO scope Kind -> set", and NodePorts as "*:port/PROTO family
+/// NodePort -> set" (with "on node X -> set" for other nodes' sets).
 fn frontends(m: &ServiceModel) -> Vec<String> {
     let mut v: Vec<String> = m
         .frontends
@@ -51,12 +53,18 @@ fn frontends(m: &ServiceModel) -> Vec<String> {
         .map(|f| {
             let scope = match f.scope {
                 socklb_common::SCOPE_INTERNAL => "internal",
-                socklb_common::SCOPE_BIND_GUARD => "bind-guard",
                 _ => "external",
             };
             format!("{}/{} {scope} {} -> {}", f.addr, f.proto, f.kind, f.set)
         })
         .collect();
+    for np in &m.node_ports {
+        let policy = if np.external_local { " (external local)" } else { "" };
+        v.push(format!("*:{}/{} {} NodePort{policy} -> {}", np.port, np.proto, np.family, np.set));
+        for (node, set) in &np.node_sets {
+            v.push(format!("*:{}/{} {} NodePort on {node} -> {set}", np.port, np.proto, np.family));
+        }
+    }
     v.sort();
     v
 }
@@ -335,42 +343,42 @@ fn internal_traffic_policy_local_uses_only_this_nodes_endpoints() {
     assert!(backends(&m[&ObjKey::new("ns", "pol")], "ns/pol:80/TCP ipv4 local").is_empty());
 }
 
-// NodePorts answer on every NodePort address of the service's families, and
-// only for type NodePort or LoadBalancer.
+// A NodePort is one entry per family of the service (served on every
+// node's addresses), and only for type NodePort or LoadBalancer.
 #[test]
-fn node_ports_answer_on_each_node_address_of_the_family() {
+fn node_ports_are_one_entry_per_family() {
     let (m, _) = model(&with_spec("  type: NodePort"), &ctx());
     assert_eq!(
         frontends(&m[&ObjKey::new("ns", "pol")]),
         [
-            "0.0.0.0:30080/TCP bind-guard NodePort -> ns/pol:80/TCP ipv4 cluster",
+            "*:30080/TCP ipv4 NodePort -> ns/pol:80/TCP ipv4 cluster",
             "10.96.3.1:80/TCP internal ClusterIP -> ns/pol:80/TCP ipv4 cluster",
-            "192.168.0.10:30080/TCP internal NodePort -> ns/pol:80/TCP ipv4 cluster",
         ]
     );
     let (m, _) = model(&with_spec("  type: ClusterIP"), &ctx());
     assert_eq!(frontends(&m[&ObjKey::new("ns", "pol")]).len(), 1, "no NodePort for a ClusterIP service");
 }
 
-// kube-proxy routes node-originated traffic to a service's external
-// addresses through the cluster chain even with externalTrafficPolicy:
-// Local ("route LOCAL traffic for ... external destinations"); the external
-// scope carries the local set that outside traffic would get.
+// kube-proxy routes node-originated traffic to this node's NodePorts
+// through the cluster chain even with externalTrafficPolicy: Local ("route
+// LOCAL traffic for ... external destinations"). On another node's address
+// that node's proxy would use its own endpoints: a set per node that has
+// some (node-a is this node, so only node-b gets one).
 #[test]
-fn external_traffic_policy_local_keeps_the_cluster_set_for_this_nodes_sockets() {
+fn external_traffic_policy_local_gives_each_other_node_its_own_endpoints() {
     let (m, _) = model(&with_spec("  type: NodePort\n  externalTrafficPolicy: Local"), &ctx());
     let svc = &m[&ObjKey::new("ns", "pol")];
     assert_eq!(
         frontends(svc),
         [
-            "0.0.0.0:30080/TCP bind-guard NodePort -> ns/pol:80/TCP ipv4 cluster",
+            "*:30080/TCP ipv4 NodePort (external local) -> ns/pol:80/TCP ipv4 cluster",
+            "*:30080/TCP ipv4 NodePort on node-b -> ns/pol:80/TCP ipv4 node:node-b",
             "10.96.3.1:80/TCP internal ClusterIP -> ns/pol:80/TCP ipv4 cluster",
-            "192.168.0.10:30080/TCP external NodePort -> ns/pol:80/TCP ipv4 local",
-            "192.168.0.10:30080/TCP internal NodePort -> ns/pol:80/TCP ipv4 cluster",
         ]
     );
-    assert_eq!(backends(svc, "ns/pol:80/TCP ipv4 local"), ["10.244.0.1:8080"]);
+    assert_eq!(backends(svc, "ns/pol:80/TCP ipv4 node:node-b"), ["10.244.0.2:8080"]);
     assert_eq!(backends(svc, "ns/pol:80/TCP ipv4 cluster"), ["10.244.0.1:8080", "10.244.0.2:8080"]);
+    assert_ne!(flags(svc, "ns/pol:80/TCP ipv4 node:node-b") & socklb_common::service_flags::LOCAL_ONLY, 0);
 }
 
 // internalTrafficPolicy governs the ClusterIP; a NodePort of the same port
@@ -382,9 +390,8 @@ fn internal_local_with_a_node_port_gives_the_two_frontends_two_sets() {
     assert_eq!(
         frontends(svc),
         [
-            "0.0.0.0:30080/TCP bind-guard NodePort -> ns/pol:80/TCP ipv4 cluster",
+            "*:30080/TCP ipv4 NodePort -> ns/pol:80/TCP ipv4 cluster",
             "10.96.3.1:80/TCP internal ClusterIP -> ns/pol:80/TCP ipv4 local",
-            "192.168.0.10:30080/TCP internal NodePort -> ns/pol:80/TCP ipv4 cluster",
         ]
     );
 }
@@ -414,9 +421,8 @@ status:
     assert_eq!(
         kinds,
         [
-            "0.0.0.0:31443/TCP bind-guard NodePort -> ns/lb:443/TCP ipv4 cluster",
+            "*:31443/TCP ipv4 NodePort -> ns/lb:443/TCP ipv4 cluster",
             "10.96.4.1:443/TCP internal ClusterIP -> ns/lb:443/TCP ipv4 cluster",
-            "192.168.0.10:31443/TCP internal NodePort -> ns/lb:443/TCP ipv4 cluster",
             "198.51.100.1:443/TCP internal LoadBalancer -> ns/lb:443/TCP ipv4 cluster",
             "198.51.100.2:443/TCP internal LoadBalancer -> ns/lb:443/TCP ipv4 cluster",
             "203.0.113.7:443/TCP internal ExternalIP -> ns/lb:443/TCP ipv4 cluster",

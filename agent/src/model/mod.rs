@@ -8,6 +8,7 @@
 
 pub mod build;
 pub mod categorize;
+pub mod nodes;
 pub mod problem;
 pub mod service;
 pub mod slices;
@@ -97,18 +98,22 @@ impl fmt::Display for Proto {
 }
 
 /// Which traffic policy selected a backend set's endpoints.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Policy {
     Cluster,
     Local,
+    /// The endpoints of another node, for a NodePort with
+    /// `externalTrafficPolicy: Local` reached on that node's address.
+    Node(String),
 }
 
 impl fmt::Display for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Cluster => "cluster",
-            Self::Local => "local",
-        })
+        match self {
+            Self::Cluster => f.write_str("cluster"),
+            Self::Local => f.write_str("local"),
+            Self::Node(name) => write!(f, "node:{name}"),
+        }
     }
 }
 
@@ -192,11 +197,30 @@ pub struct Frontend {
     pub set: SetId,
 }
 
+/// A NodePort of one family: served on every node's NodePort addresses
+/// (see `nodes`), not expanded per address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodePortFrontend {
+    pub port: u16,
+    pub proto: Proto,
+    pub family: Family,
+    /// What this node's sockets get on any node's address with
+    /// `externalTrafficPolicy: Cluster`, and on this node's own addresses
+    /// always (kube-proxy's short-circuit of local traffic).
+    pub set: SetId,
+    /// `externalTrafficPolicy: Local`: on another node's address, only that
+    /// node's endpoints; a node without endpoints refuses.
+    pub external_local: bool,
+    /// For `external_local`: the set of each other node that has endpoints.
+    pub node_sets: Vec<(String, SetId)>,
+}
+
 /// Everything one Service contributes to the datapath.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceModel {
     pub sets: Vec<BackendSet>,
     pub frontends: Vec<Frontend>,
+    pub node_ports: Vec<NodePortFrontend>,
 }
 
 /// What the model needs to know about this node and this proxy.
@@ -205,8 +229,10 @@ pub struct NodeContext {
     pub node_name: String,
     /// The `topology.kubernetes.io/zone` label of this node's Node object.
     pub zone: Option<String>,
-    /// Where NodePorts are reachable.
-    pub nodeport_addresses: Vec<IpAddr>,
+    /// `--nodeport-addresses`: which addresses of the nodes serve NodePorts.
+    pub nodeport_addresses: nodes::NodePortAddresses,
+    /// This node's addresses (its interfaces), followed live.
+    pub host_addresses: Vec<IpAddr>,
     /// kube-proxy skips services labelled `service.kubernetes.io/service-proxy-name`.
     /// With a name set here, socklb serves exactly the services labelled with
     /// that name instead (a gradual migration next to kube-proxy).

@@ -124,8 +124,12 @@ pub async fn run(
             Reading::Objects(objects) => {
                 last_error = None;
                 warned_empty = false;
-                let event =
-                    SourceEvent::Replace { origin, services: objects.services, slices: objects.slices };
+                let event = SourceEvent::Replace {
+                    origin,
+                    services: objects.services,
+                    slices: objects.slices,
+                    nodes: objects.nodes,
+                };
                 if tx.send(event).await.is_err() {
                     return;
                 }

@@ -1,5 +1,5 @@
-//! The API server: kube-rs watchers for Services, EndpointSlices and this
-//! node's Node object.
+//! The API server: kube-rs watchers for Services, EndpointSlices and Nodes
+//! (every node's addresses serve NodePorts; this node's also gives its zone).
 //!
 //! * Label selectors as kube-proxy's informers: no
 //!   `service.kubernetes.io/service-proxy-name` (or ours, when a proxy name
@@ -20,15 +20,15 @@ use std::{
 };
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::{
-    core::v1::{Node, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{Api, Client, Resource, runtime::watcher};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use super::backoff::{Report, Retry, error_chain, is_transport_error};
+use super::{
+    backoff::{Report, Retry, error_chain, is_transport_error},
+    node::{IngestedNode, NodeObject, ingest_node},
+};
 use crate::{
     api_access::Advice,
     metrics::Metrics,
@@ -41,8 +41,6 @@ use crate::{
 
 /// The origin of API server objects (files use 0..n).
 pub const ORIGIN: Origin = u16::MAX;
-
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// kube-proxy's informer label selector.
 pub fn label_selector(service_proxy_name: Option<&str>) -> String {
@@ -85,7 +83,7 @@ pub async fn run(client: Client, cfg: WatchConfig, tx: mpsc::Sender<SourceEvent>
         metrics.clone(),
         move |obj| ingest_service(obj, proxy.as_deref()),
         |objs| SourceEvent::ReplaceServices { origin: ORIGIN, services: objs },
-        |obj| SourceEvent::ServiceApplied { origin: ORIGIN, service: Box::new(obj) },
+        |obj| Some(SourceEvent::ServiceApplied { origin: ORIGIN, service: Box::new(obj) }),
         |obj| SourceEvent::ServiceDeleted { key: service_key(&obj) },
     );
     let slices = watch_kind::<EndpointSlice, IngestedSlice>(
@@ -97,20 +95,23 @@ pub async fn run(client: Client, cfg: WatchConfig, tx: mpsc::Sender<SourceEvent>
         metrics.clone(),
         ingest_slice,
         |objs| SourceEvent::ReplaceSlices { origin: ORIGIN, slices: objs },
-        |obj| SourceEvent::SliceApplied { origin: ORIGIN, slice: Box::new(obj) },
+        |obj| Some(SourceEvent::SliceApplied { origin: ORIGIN, slice: Box::new(obj) }),
         |obj| SourceEvent::SliceDeleted { key: slice_key(&obj) },
     );
-    let nodes = watch_kind::<Node, Option<String>>(
+    // Every Node: NodePorts are served on every node's addresses. Only
+    // their names, addresses and zone are decoded (see `node`).
+    let _ = node_name;
+    let nodes = watch_kind::<NodeObject, Option<IngestedNode>>(
         Api::all(client),
-        watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+        watcher::Config::default(),
         "nodes",
         &access,
         tx,
         metrics,
-        |node| node.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).cloned(),
-        |zones| SourceEvent::NodeZone(zones.into_iter().next().flatten()),
-        SourceEvent::NodeZone,
-        |_| SourceEvent::NodeZone(None),
+        ingest_node,
+        |nodes| SourceEvent::ReplaceNodes { origin: ORIGIN, nodes: nodes.into_iter().flatten().collect() },
+        |node| node.map(|node| SourceEvent::NodeApplied { origin: ORIGIN, node: Box::new(node) }),
+        |node| SourceEvent::NodeDeleted { name: node.metadata.name.unwrap_or_default() },
     );
     tokio::join!(services, slices, nodes);
 }
@@ -127,7 +128,7 @@ async fn watch_kind<K, I>(
     metrics: Arc<Metrics>,
     ingest: impl Fn(&K) -> I,
     replace: impl Fn(Vec<I>) -> SourceEvent,
-    applied: impl Fn(I) -> SourceEvent,
+    applied: impl Fn(I) -> Option<SourceEvent>,
     deleted: impl Fn(K) -> SourceEvent,
 ) where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
@@ -179,7 +180,7 @@ async fn watch_kind<K, I>(
                 tracing::info!(what, objects = buffer.len(), "list complete");
                 Some(replace(std::mem::take(&mut buffer)))
             }
-            watcher::Event::Apply(obj) => Some(applied(ingest(&obj))),
+            watcher::Event::Apply(obj) => applied(ingest(&obj)),
             watcher::Event::Delete(obj) => Some(deleted(obj)),
         };
         if let Some(event) = out {

@@ -14,6 +14,7 @@ use serde_yaml_ng::Value;
 
 use crate::{
     model::{Problem, problem::ProblemKind},
+    source::node::{IngestedNode, NodeObject, ingest_node},
     store::{IngestedService, IngestedSlice, ingest_service, ingest_slice},
 };
 
@@ -21,6 +22,8 @@ use crate::{
 pub struct Objects {
     pub services: Vec<Service>,
     pub slices: Vec<EndpointSlice>,
+    /// `kind: Node` (`kubectl get nodes -o yaml`), decoded compactly.
+    pub nodes: Vec<NodeObject>,
 }
 
 /// Validated objects, ready for the store.
@@ -28,6 +31,7 @@ pub struct Objects {
 pub struct Ingested {
     pub services: Vec<IngestedService>,
     pub slices: Vec<IngestedSlice>,
+    pub nodes: Vec<IngestedNode>,
 }
 
 /// Parses and validates a file's text. JSON is streamed object by object
@@ -42,6 +46,7 @@ pub fn ingest_text(
         let (objects, problems) = parse_objects(text)?;
         out.services = objects.services.iter().map(|s| ingest_service(s, service_proxy_name)).collect();
         out.slices = objects.slices.iter().map(ingest_slice).collect();
+        out.nodes = objects.nodes.iter().filter_map(ingest_node).collect();
         return Ok((out, problems));
     }
     #[derive(serde::Deserialize)]
@@ -98,6 +103,11 @@ pub fn ingest_text(
                     decode_raw::<EndpointSlice>(raw.get(), "EndpointSlice", &ns, &name, &mut problems)
                 {
                     out.slices.push(ingest_slice(&slice));
+                }
+            }
+            ("v1", "Node") => {
+                if let Some(node) = decode_raw::<NodeObject>(raw.get(), "Node", &ns, &name, &mut problems) {
+                    out.nodes.extend(ingest_node(&node));
                 }
             }
             (api, kind) => tracing::debug!(api, kind, "ignoring object of another kind"),
@@ -194,6 +204,11 @@ fn parse_json(text: &str) -> Result<(Objects, Vec<Problem>), SyntaxError> {
                     objects.slices.push(o);
                 }
             }
+            ("v1", "Node") => {
+                if let Some(o) = decode_json(item, "Node", &ns, &name, &mut problems) {
+                    objects.nodes.push(o);
+                }
+            }
             _ => tracing::debug!(api, kind, "ignoring object of another kind"),
         }
     }
@@ -237,7 +252,7 @@ fn collect(value: Value, objects: &mut Objects, problems: &mut Vec<Problem>) {
     let kind = str_field(&value, &["kind"]).unwrap_or_default().to_string();
     let api = str_field(&value, &["apiVersion"]).unwrap_or_default().to_string();
     match (api.as_str(), kind.as_str()) {
-        (_, "List") | (_, "ServiceList") | (_, "EndpointSliceList") => {
+        (_, "List") | (_, "ServiceList") | (_, "EndpointSliceList") | (_, "NodeList") => {
             if let Some(Value::Sequence(items)) = value.get("items").cloned() {
                 for item in items {
                     collect(item, objects, problems);
@@ -252,6 +267,11 @@ fn collect(value: Value, objects: &mut Objects, problems: &mut Vec<Problem>) {
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             if let Some(slice) = decode::<EndpointSlice>(value, "EndpointSlice", problems) {
                 objects.slices.push(slice);
+            }
+        }
+        ("v1", "Node") => {
+            if let Some(node) = decode::<NodeObject>(value, "Node", problems) {
+                objects.nodes.push(node);
             }
         }
         _ => tracing::debug!(api, kind, "ignoring object of another kind"),

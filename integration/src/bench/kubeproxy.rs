@@ -47,6 +47,20 @@ pub fn iptables_restore(w: &Workload) -> String {
             "-A {svc} -m comment --comment \"{name} cluster IP\" -m {p} -p {p} -d {}/32 --dport {} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ",
             s.vip, s.port
         );
+        if let Some(np) = s.node_port {
+            // externalTrafficPolicy Cluster: KUBE-NODEPORTS -> KUBE-EXT -> KUBE-SVC.
+            let ext = format!("KUBE-EXT-{}", port_proto_hash(&name, proto));
+            let _ = writeln!(chains, ":{ext} - [0:0]");
+            let _ = writeln!(
+                rules,
+                "-A KUBE-NODEPORTS -m comment --comment {name} -m {p} -p {p} --dport {np} -j {ext}"
+            );
+            let _ = writeln!(
+                rules,
+                "-A {ext} -m comment --comment \"masquerade traffic for {name} external destinations\" -j KUBE-MARK-MASQ"
+            );
+            let _ = writeln!(rules, "-A {ext} -j {svc}");
+        }
         let n = s.endpoints.len();
         for (i, ep) in s.endpoints.iter().enumerate() {
             let endpoint = format!("{ep}:{}", s.target_port);
@@ -124,6 +138,12 @@ fn endpoint_chain(s: &super::workload::Service, ep: &std::net::Ipv4Addr) -> Stri
 
 /// The `nft -f` input for the workload: table `ip kube-proxy`.
 pub fn nftables(w: &Workload) -> String {
+    nftables_with(w, false)
+}
+
+/// [`nftables`], optionally with a `counter` at the head of every service
+/// and external chain (kube-proxy has none; tests count packets with them).
+pub fn nftables_with(w: &Workload, counters: bool) -> String {
     let mut out = String::new();
     out.push_str("add table ip kube-proxy { comment \"rules for kube-proxy\" ; }\n");
     out.push_str("flush table ip kube-proxy\n");
@@ -145,7 +165,7 @@ pub fn nftables(w: &Workload) -> String {
     out.push_str("add chain ip kube-proxy nat-postrouting { type nat hook postrouting priority 100 ; }\n");
     out.push_str("add rule ip kube-proxy nat-postrouting jump masquerading\n");
     for s in w.services() {
-        out.push_str(&service_chains(s));
+        out.push_str(&service_chains_with(s, counters));
     }
     out
 }
@@ -153,11 +173,18 @@ pub fn nftables(w: &Workload) -> String {
 /// The chains and the map element of one service (also what an incremental
 /// update of that service rewrites).
 pub fn service_chains(s: &super::workload::Service) -> String {
+    service_chains_with(s, false)
+}
+
+fn service_chains_with(s: &super::workload::Service, counters: bool) -> String {
     let mut out = String::new();
     let p = s.proto.to_lowercase();
     let svc = service_chain(s);
     let _ = writeln!(out, "add chain ip kube-proxy {svc}");
     let _ = writeln!(out, "flush chain ip kube-proxy {svc}");
+    if counters {
+        let _ = writeln!(out, "add rule ip kube-proxy {svc} ip daddr {} {p} dport {} counter", s.vip, s.port);
+    }
     let _ = writeln!(
         out,
         "add rule ip kube-proxy {svc} ip daddr {} {p} dport {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade",
@@ -185,6 +212,18 @@ pub fn service_chains(s: &super::workload::Service) -> String {
         "add element ip kube-proxy service-ips {{ {} . {p} . {} : goto {svc} }}",
         s.vip, s.port
     );
+    if let Some(np) = s.node_port {
+        // externalTrafficPolicy Cluster: masquerade, then the service chain.
+        let ext = svc.replacen("service-", "external-", 1);
+        let _ = writeln!(out, "add chain ip kube-proxy {ext}");
+        let _ = writeln!(out, "flush chain ip kube-proxy {ext}");
+        if counters {
+            let _ = writeln!(out, "add rule ip kube-proxy {ext} counter");
+        }
+        let _ = writeln!(out, "add rule ip kube-proxy {ext} jump mark-for-masquerade");
+        let _ = writeln!(out, "add rule ip kube-proxy {ext} goto {svc}");
+        let _ = writeln!(out, "add element ip kube-proxy service-nodeports {{ {p} . {np} : goto {ext} }}");
+    }
     out
 }
 

@@ -24,6 +24,8 @@ pub struct Service {
     pub port: u16,
     pub target_port: u16,
     pub endpoints: Vec<Ipv4Addr>,
+    /// A NodePort (type NodePort, externalTrafficPolicy Cluster).
+    pub node_port: Option<u16>,
 }
 
 #[derive(Clone, Debug)]
@@ -49,6 +51,7 @@ impl Workload {
                 port: TCP_PORT,
                 target_port: TCP_TARGET,
                 endpoints: (0..e).map(|j| offset(Ipv4Addr::new(10, 128, 0, 1), i * e + j)).collect(),
+                node_port: None,
             })
             .collect();
         services.push(Service {
@@ -60,6 +63,7 @@ impl Workload {
             port: UDP_PORT,
             target_port: UDP_TARGET,
             endpoints: vec![UDP_ENDPOINT],
+            node_port: None,
         });
         Self { n, e, services }
     }
@@ -111,9 +115,13 @@ impl Workload {
                 out.push(',');
             }
             first = false;
+            let (kind, node_port) = match s.node_port {
+                Some(np) => ("NodePort", format!(",\"nodePort\":{np}")),
+                None => ("ClusterIP", String::new()),
+            };
             let _ = write!(
                 out,
-                "{{\"apiVersion\":\"v1\",\"kind\":\"Service\",\"metadata\":{{\"name\":\"{}\",\"namespace\":\"{}\"}},\"spec\":{{\"clusterIP\":\"{}\",\"clusterIPs\":[\"{}\"],\"ports\":[{{\"name\":\"{}\",\"port\":{},\"protocol\":\"{}\",\"targetPort\":{}}}]}}}}",
+                "{{\"apiVersion\":\"v1\",\"kind\":\"Service\",\"metadata\":{{\"name\":\"{}\",\"namespace\":\"{}\"}},\"spec\":{{\"type\":\"{kind}\",\"clusterIP\":\"{}\",\"clusterIPs\":[\"{}\"],\"ports\":[{{\"name\":\"{}\",\"port\":{},\"protocol\":\"{}\",\"targetPort\":{}{node_port}}}]}}}}",
                 s.name, s.namespace, s.vip, s.vip, s.port_name, s.port, s.proto, s.target_port
             );
             let eps: Vec<String> = s

@@ -274,8 +274,9 @@ fn serve(
         threads.push(thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
+                let local = conn.local_addr().unwrap_or(addr);
                 thread::spawn(move || {
-                    let _ = conn.write_all(format!("{addr}\n").as_bytes());
+                    let _ = conn.write_all(format!("{local}\n").as_bytes());
                     let mut sink = Vec::new();
                     let _ = conn.read_to_end(&mut sink);
                 });
@@ -287,8 +288,11 @@ fn serve(
         threads.push(thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
+                // The address the connection arrived on (the listener's, or
+                // for a wildcard listener the one the client reached).
+                let local = conn.local_addr().unwrap_or(addr);
                 // Answer at once and close: the server side keeps TIME_WAIT.
-                let _ = conn.write_all(format!("{addr}\n").as_bytes());
+                let _ = conn.write_all(format!("{local}\n").as_bytes());
             }
         }));
     }
