@@ -90,7 +90,7 @@ echo "[demo] a client in the sandbox connects 200 times to each frontend:"
   --target "web/v4-mapped=[::ffff:10.96.0.10]:80" \
   --target "shop/cluster=10.96.0.40:80" \
   --target "shop/nodeport=192.168.50.10:30080" \
-  --target "shop/loopback=127.0.0.1:30080" \
+  --target "pod-own-loopback=127.0.0.1:30080" \
   --target "shop/external=203.0.113.10:80" \
   --target "draining=10.96.0.60:80" \
   --target "empty=10.96.0.50:80" \
@@ -98,6 +98,8 @@ echo "[demo] a client in the sandbox connects 200 times to each frontend:"
   --target "kube-dns/tcp=10.96.0.53:53" \
   --target "not-a-svc=10.96.0.99:80"
 
+echo "(empty: no endpoint, refused; pod-own-loopback: a NodePort on loopback is for host"
+echo " processes only, a pod's loopback is its own; not-a-svc: never translated)"
 echo
 echo "[demo] per-service counters from the BPF maps (/metrics):"
 curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -E '^socklb_service_(translations|refusals)_total' | sort
