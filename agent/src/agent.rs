@@ -3,7 +3,6 @@
 //! stops; only `socklb uninstall` removes it.
 
 use std::{
-    collections::BTreeSet,
     collections::HashMap,
     net::SocketAddr,
     path::PathBuf,
@@ -58,6 +57,14 @@ pub struct AgentConfig {
     /// Tests only (`SOCKLB_TEST_NO_SET_RETVAL`): load the programs for
     /// kernels without `bpf_set_retval`.
     pub without_set_retval: bool,
+    /// Tests only (`SOCKLB_TEST_FAIL_STORAGE`): the programs act as if
+    /// socket storage could not be allocated.
+    pub test_fail_storage: bool,
+    /// How long a backend that left its services waits before its sockets
+    /// are destroyed (it may be moving between EndpointSlices).
+    pub stale_socket_grace: Duration,
+    /// An unconnected UDP socket idle this long toward a VIP picks afresh.
+    pub udp_idle_timeout: Duration,
 }
 
 /// Events arriving within this quiet time are applied together.
@@ -125,13 +132,24 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
     let mut maps = AyaMaps::open_dir(&installed.maps_dir)?;
     let mut pending_switch = installed.switch;
-    let config = Config { flags: if cfg.hostns_only { config_flags::HOSTNS_ONLY } else { 0 }, _pad: 0 };
+    let mut flags = if cfg.hostns_only { config_flags::HOSTNS_ONLY } else { 0 };
+    if cfg.test_fail_storage {
+        tracing::warn!("SOCKLB_TEST_FAIL_STORAGE: every translation fails as if out of memory (tests only)");
+        flags |= config_flags::TEST_FAIL_STORAGE;
+    }
+    let config = Config {
+        flags,
+        _pad: 0,
+        udp_idle_ns: u64::try_from(cfg.udp_idle_timeout.as_nanos()).unwrap_or(u64::MAX),
+    };
     if maps.read_config()? != config {
         maps.write_config(config)?;
     }
     tracing::info!(
         hostns_only = cfg.hostns_only,
         destroy_stale_sockets = cfg.destroy_stale_sockets,
+        stale_socket_grace = %humantime::format_duration(cfg.stale_socket_grace),
+        udp_idle_timeout = %humantime::format_duration(cfg.udp_idle_timeout),
         "datapath settings"
     );
     for (map, cap) in maps.capacities()? {
@@ -162,6 +180,27 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         tokio::spawn(http::serve(listener, metrics.clone()));
     }
 
+    // Expired session-affinity entries, off the event loop.
+    {
+        let (bpffs, metrics) = (cfg.bpffs.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(crate::affinity::SWEEP_EVERY);
+            loop {
+                every.tick().await;
+                let (bpffs, metrics) = (bpffs.clone(), metrics.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    let dir = loader::pins::active_dir(&bpffs);
+                    match crate::affinity::sweep(&dir, crate::affinity::monotonic_ns()) {
+                        Ok(n) => {
+                            metrics.affinity_expired.inc_by(n as u64);
+                        }
+                        Err(e) => tracing::debug!(error = %e, "affinity expiry"),
+                    }
+                })
+                .await;
+            }
+        });
+    }
     let (tx, mut rx) = mpsc::channel::<SourceEvent>(4096);
     // This node's addresses, followed live (NodePorts on new addresses).
     tokio::spawn(source::netlink::run(tx.clone()));
@@ -393,25 +432,43 @@ fn become_ready(cfg: &mut LoopConfig, complete: bool) -> bool {
     }
 }
 
-/// Destroys stale sockets off the event loop, one sweep at a time.
+/// Destroys stale sockets off the event loop, one sweep at a time, after
+/// `--stale-socket-grace`.
 ///
-/// A sweep walks every socket of every network namespace in the cgroup, so
-/// it can take longer than the gap between two syncs. Backends doomed
-/// meanwhile are queued and coalesced (a set: its size is bounded by the
-/// backends that exist), and a backend that rejoins its service before its
-/// sweep is taken off the queue. Memory and threads stay bounded however
-/// fast endpoints churn.
+/// A doomed backend waits out the grace (an endpoint that moves between
+/// EndpointSlices is missing for a moment); one that rejoins its service
+/// meanwhile is taken off the queue (`stale::StaleQueue`). A sweep walks
+/// every socket of every network namespace in the cgroup, on a few threads
+/// (`stale::SWEEP_WORKERS`); backends that come due while one runs are
+/// swept by the next. Memory and threads stay bounded however fast
+/// endpoints churn.
 fn stale_socket_handler(cfg: &AgentConfig, metrics: Arc<Metrics>) -> DoomedHandler {
-    let queue: Arc<std::sync::Mutex<BTreeSet<Doomed>>> = Arc::default();
+    let queue = Arc::new(std::sync::Mutex::new(stale::StaleQueue::new(cfg.stale_socket_grace)));
     let wake = Arc::new(tokio::sync::Notify::new());
     let (cgroup, bpffs) = (cfg.cgroup.clone(), cfg.bpffs.clone());
     {
         let (queue, wake) = (queue.clone(), wake.clone());
         tokio::spawn(async move {
             loop {
-                wake.notified().await;
+                let next = match queue.lock() {
+                    Ok(q) => q.next_due(),
+                    Err(_) => return,
+                };
+                // Wait for the next backend's grace to end, or for news.
+                match next {
+                    Some(at) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                            _ = wake.notified() => continue,
+                        }
+                    }
+                    None => {
+                        wake.notified().await;
+                        continue;
+                    }
+                }
                 let batch: Vec<Doomed> = match queue.lock() {
-                    Ok(mut q) => std::mem::take(&mut *q).into_iter().collect(),
+                    Ok(mut q) => q.take_due(Instant::now()),
                     Err(_) => return,
                 };
                 if batch.is_empty() {
@@ -442,10 +499,8 @@ fn stale_socket_handler(cfg: &AgentConfig, metrics: Arc<Metrics>) -> DoomedHandl
     }
     Arc::new(move |doomed: &[Doomed], revived: &[Doomed]| {
         if let Ok(mut q) = queue.lock() {
-            q.extend(doomed.iter().copied());
-            for r in revived {
-                q.remove(r);
-            }
+            q.doomed(doomed, Instant::now());
+            q.revived(revived);
         }
         wake.notify_one();
     })

@@ -233,7 +233,11 @@ impl PinnedCounters {
         Self { bpffs: bpffs.to_owned(), maps: Mutex::new(None) }
     }
 
-    fn rows(&self) -> Result<Vec<(ServiceLabels, u64, u64)>, DatapathError> {
+    /// Runs `read` on the maps of the active generation.
+    fn with_maps<T: Default>(
+        &self,
+        read: impl FnOnce(&AyaMaps) -> Result<T, DatapathError>,
+    ) -> Result<T, DatapathError> {
         let mut guard = self.maps.lock().map_err(|_| DatapathError::Read {
             map: socklb_common::map_names::COUNTERS,
             source: std::io::Error::other("lock poisoned"),
@@ -243,11 +247,19 @@ impl PinnedCounters {
         if guard.as_ref().is_none_or(|m| m.1 != dir) {
             *guard = Some(AyaMapsDebug(AyaMaps::open_dir(&dir)?, dir));
         }
-        let Some(maps) = guard.as_ref() else {
-            return Ok(Vec::new());
-        };
-        let names = maps.0.read_names()?;
-        let counters = maps.0.read_counters()?;
+        match guard.as_ref() {
+            Some(maps) => read(&maps.0),
+            None => Ok(T::default()),
+        }
+    }
+
+    fn rows(&self) -> Result<Vec<(ServiceLabels, u64, u64)>, DatapathError> {
+        self.with_maps(Self::rows_of)
+    }
+
+    fn rows_of(maps: &AyaMaps) -> Result<Vec<(ServiceLabels, u64, u64)>, DatapathError> {
+        let names = maps.read_names()?;
+        let counters = maps.read_counters()?;
         let mut sums: BTreeMap<ServiceLabels, (u64, u64)> = BTreeMap::new();
         for (id, name) in &names {
             let Some(parts) = SetName::parse(name.as_str()) else {
@@ -271,6 +283,13 @@ impl CounterSource for PinnedCounters {
     fn read(&self) -> Vec<(ServiceLabels, u64, u64)> {
         self.rows().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "reading datapath counters");
+            Vec::new()
+        })
+    }
+
+    fn events(&self) -> Vec<(&'static str, u64)> {
+        self.with_maps(|m| m.read_stats()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading datapath events");
             Vec::new()
         })
     }
@@ -516,6 +535,8 @@ pub struct Status {
     pub programs: crate::loader::Support,
     pub hooks: Vec<HookStatus>,
     pub maps: Vec<MapStatus>,
+    /// The datapath's event counters (`socklb_common::stats`).
+    pub events: Vec<(&'static str, u64)>,
     pub features: Vec<crate::features::Feature>,
 }
 
@@ -548,7 +569,9 @@ pub fn status(cgroup: &Path, bpffs: &Path) -> Status {
             }
         })
         .collect();
-    let state = AyaMaps::open(bpffs).and_then(|m| m.read_state()).ok();
+    let opened = AyaMaps::open(bpffs).ok();
+    let state = opened.as_ref().and_then(|m| m.read_state().ok());
+    let events = opened.as_ref().and_then(|m| m.read_stats().ok()).unwrap_or_default();
     let maps = crate::loader::MAP_SPECS
         .iter()
         .map(|spec| {
@@ -575,6 +598,7 @@ pub fn status(cgroup: &Path, bpffs: &Path) -> Status {
         programs: crate::loader::hooks::probe(false),
         hooks,
         maps,
+        events,
         features: crate::features::detect(),
     }
 }
@@ -620,6 +644,12 @@ pub fn render_status(s: &Status) -> String {
             _ => "-".into(),
         };
         out.push_str(&format!("{:<21} {:<9} {:<9} {}\n", m.map, entries, cap, fill));
+    }
+    if !s.events.is_empty() {
+        out.push_str("\nDATAPATH EVENT        COUNT\n");
+        for (event, n) in &s.events {
+            out.push_str(&format!("{event:<21} {n}\n"));
+        }
     }
     out.push_str("\nFEATURE                                   AVAILABLE  DETAIL\n");
     for f in &s.features {

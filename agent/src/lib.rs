@@ -7,6 +7,7 @@
 //! drives that flow; [`agent`] runs it with its sources, signals and HTTP.
 #![forbid(unsafe_code)]
 
+pub mod affinity;
 pub mod agent;
 pub mod api_access;
 pub mod datapath;

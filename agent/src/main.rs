@@ -109,6 +109,27 @@ struct AgentArgs {
     /// left their service, so clients reconnect instead of hanging.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     destroy_stale_sockets: bool,
+    /// How long a backend that left its services waits before the sockets
+    /// translated to it are destroyed: the EndpointSlice controller moves an
+    /// endpoint between slices in two writes, and a healthy pod must not
+    /// lose its connections in between.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    stale_socket_grace: Duration,
+    /// An unconnected UDP socket that was idle toward a VIP for this long
+    /// picks its backend afresh (kube-proxy's UDP conntrack entries expire
+    /// after 30 s idle), so long-lived sockets spread onto new backends.
+    /// 0s: keep the backend while it stays in the service.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    udp_idle_timeout: Duration,
+    /// Capacity of the session-affinity table (client network namespace ×
+    /// service). Live entries are never evicted; expired ones are removed;
+    /// a full table leaves new clients unpinned (counted).
+    #[arg(long, default_value_t = socklb_common::capacity::AFFINITY)]
+    max_affinity: u32,
+    /// Capacity of the unconnected-UDP reverse table (socket × backend); a
+    /// send that does not fit is refused (ENOBUFS) and counted.
+    #[arg(long, default_value_t = socklb_common::capacity::UDP_REV)]
+    max_udp_reverse: u32,
     /// Capacity for backend sets (one per service port, family and
     /// traffic policy); frontends get twice as much. Used when the maps
     /// are created; pinned maps keep their size until `socklb uninstall`.
@@ -240,6 +261,10 @@ fn run(cli: Cli) -> Result<()> {
                 destroy_stale_sockets,
                 max_services,
                 max_backends,
+                stale_socket_grace,
+                udp_idle_timeout,
+                max_affinity,
+                max_udp_reverse,
             } = *args;
             init_logs(log_format);
             let k8s_api_server = match k8s_api_server.as_deref() {
@@ -260,13 +285,16 @@ fn run(cli: Cli) -> Result<()> {
                 resync,
                 api_retry_max,
                 health_timeout,
-                capacities: Capacities::sized(max_services, max_backends),
+                capacities: Capacities::sized(max_services, max_backends).with(max_affinity, max_udp_reverse),
                 service_proxy_name,
                 hostns_only,
                 destroy_stale_sockets,
                 // Only the kernel tests set it, to test the programs that
                 // old kernels get on this one.
                 without_set_retval: std::env::var_os("SOCKLB_TEST_NO_SET_RETVAL").is_some(),
+                test_fail_storage: std::env::var_os("SOCKLB_TEST_FAIL_STORAGE").is_some(),
+                stale_socket_grace,
+                udp_idle_timeout,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -49,6 +49,16 @@ pub struct ServiceLabels {
 pub trait CounterSource: Send + Sync + std::fmt::Debug + 'static {
     /// (labels, translations, refusals), one row per service port.
     fn read(&self) -> Vec<(ServiceLabels, u64, u64)>;
+
+    /// The datapath's events (`socklb_common::stats`): (label, count).
+    fn events(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    pub event: String,
 }
 
 #[derive(Debug)]
@@ -56,10 +66,23 @@ struct DatapathCounters(Arc<Mutex<Option<Box<dyn CounterSource>>>>);
 
 impl Collector for DatapathCounters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let rows = match self.0.lock() {
-            Ok(guard) => guard.as_ref().map(|s| s.read()).unwrap_or_default(),
-            Err(_) => Vec::new(),
+        let (rows, events) = match self.0.lock() {
+            Ok(guard) => guard.as_ref().map(|s| (s.read(), s.events())).unwrap_or_default(),
+            Err(_) => (Vec::new(), Vec::new()),
         };
+        let mut family = encoder.encode_descriptor(
+            "socklb_datapath_events",
+            "Datapath events: connects and datagrams refused to fail closed (storage_failed, select_gone, \
+             udp_reverse_full), clients left unpinned (affinity_full), UDP sockets re-balanced after idling \
+             (udp_idle_repick)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (event, count) in &events {
+            let labels = EventLabel { event: (*event).to_string() };
+            let metric = family.encode_family(&labels)?;
+            ConstCounter::new(*count).encode(metric)?;
+        }
         for (name, help, pick) in [
             (
                 "socklb_service_translations",
@@ -108,6 +131,7 @@ pub struct Metrics {
     pub syncs: Counter,
     pub stale_sockets_destroyed: Counter,
     pub network_programming: Histogram,
+    pub affinity_expired: Counter,
     pub health: Health,
     counter_source: Arc<Mutex<Option<Box<dyn CounterSource>>>>,
 }
@@ -199,6 +223,12 @@ impl Metrics {
             "Time from an EndpointSlice change (endpoints.kubernetes.io/last-change-trigger-time) to the datapath programmed",
             network_programming.clone(),
         );
+        let affinity_expired = Counter::default();
+        registry.register(
+            "socklb_affinity_expired",
+            "Session-affinity entries removed because their client was idle past the timeout",
+            affinity_expired.clone(),
+        );
         let counter_source = Arc::new(Mutex::new(None));
         registry.register_collector(Box::new(DatapathCounters(counter_source.clone())));
         Self {
@@ -220,6 +250,7 @@ impl Metrics {
             syncs,
             stale_sockets_destroyed,
             network_programming,
+            affinity_expired,
             health: Health::default(),
             counter_source,
         }

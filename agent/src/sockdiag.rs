@@ -1,6 +1,7 @@
 //! Just enough of NETLINK_SOCK_DIAG to find the sockets socklb translated
 //! and destroy them: a dump of TCP and UDP sockets that also returns each
-//! socket's `SOCK_STATE` storage (INET_DIAG_REQ_SK_BPF_STORAGES), and
+//! socket's storage (`SOCK_TCP`, and the `SOCK_STATE` of layouts 1-3;
+//! INET_DIAG_REQ_SK_BPF_STORAGES), and
 //! `SOCK_DESTROY` (CONFIG_INET_DIAG_DESTROY) for one socket.
 //!
 //! Written out here because the netlink crates do not model SOCK_DESTROY
@@ -11,13 +12,13 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, OwnedFd, RawFd},
 };
 
 use nix::sys::socket::{
     AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto, socket,
 };
-use socklb_common::{RevNat, SOCK_REV_ENTRIES};
+use socklb_common::RevNat;
 
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -70,8 +71,9 @@ pub struct DiagSocket {
     pub protocol: u8,
     pub state: u8,
     pub id: SockId,
-    /// Its `SOCK_STATE` storage, when it has one.
-    pub storage: Option<[RevNat; SOCK_REV_ENTRIES]>,
+    /// The reverse translations in its socket storage (`SOCK_TCP`, and the
+    /// `SOCK_STATE` of layouts 1-3), when it has any.
+    pub storage: Vec<RevNat>,
 }
 
 impl DiagSocket {
@@ -126,12 +128,14 @@ fn request(
     b
 }
 
-/// The nested attribute asking for a map's socket storage.
-fn storage_request(map_fd: RawFd) -> Vec<u8> {
+/// The nested attribute asking for these maps' socket storage.
+fn storage_request(map_fds: &[RawFd]) -> Vec<u8> {
     let mut inner = Vec::new();
-    push_u16(&mut inner, 8);
-    push_u16(&mut inner, SK_DIAG_BPF_STORAGE_REQ_MAP_FD);
-    push_u32(&mut inner, map_fd as u32);
+    for fd in map_fds {
+        push_u16(&mut inner, 8);
+        push_u16(&mut inner, SK_DIAG_BPF_STORAGE_REQ_MAP_FD);
+        push_u32(&mut inner, *fd as u32);
+    }
     let mut outer = Vec::new();
     push_u16(&mut outer, (4 + inner.len()) as u16);
     push_u16(&mut outer, INET_DIAG_REQ_SK_BPF_STORAGES | NLA_F_NESTED);
@@ -161,22 +165,32 @@ fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
-/// Decodes the `SockState` bytes of a storage reply.
-pub fn decode_sock_state(v: &[u8]) -> Option<[RevNat; SOCK_REV_ENTRIES]> {
-    let mut out = [RevNat::default(); SOCK_REV_ENTRIES];
-    for (i, e) in out.iter_mut().enumerate() {
-        let b = v.get(i * 48..i * 48 + 48)?;
+/// Decodes a storage value: one [`RevNat`] (`SOCK_TCP`), or the four of a
+/// layout 1-3 `SOCK_STATE`.
+pub fn decode_storage(v: &[u8]) -> Vec<RevNat> {
+    let count = match v.len() {
+        48 => 1,
+        200 => 4,
+        _ => 0,
+    };
+    let mut out = Vec::new();
+    for i in 0..count {
+        let Some(b) = v.get(i * 48..i * 48 + 48) else { break };
         let word = |at: usize| u32_at(b, at).unwrap_or(0);
-        e.vip = [word(0), word(4), word(8), word(12)];
-        e.backend = [word(16), word(20), word(24), word(28)];
-        e.vip_port = u16_at(b, 32)?;
-        e.backend_port = u16_at(b, 34)?;
-        e.service_id = word(36);
-        e.backend_id = word(40);
-        e.proto = b[44];
-        e.valid = b[45];
+        let half = |at: usize| u16_at(b, at).unwrap_or(0);
+        out.push(RevNat {
+            vip: [word(0), word(4), word(8), word(12)],
+            backend: [word(16), word(20), word(24), word(28)],
+            vip_port: half(32),
+            backend_port: half(34),
+            service_id: word(36),
+            backend_id: word(40),
+            proto: b[44],
+            valid: b[45],
+            _pad: 0,
+        });
     }
-    Some(out)
+    out
 }
 
 fn parse_diag(payload: &[u8]) -> Option<DiagSocket> {
@@ -184,7 +198,7 @@ fn parse_diag(payload: &[u8]) -> Option<DiagSocket> {
     let state = *payload.get(1)?;
     let mut raw = [0u8; 48];
     raw.copy_from_slice(payload.get(4..52)?);
-    let mut storage = None;
+    let mut storage = Vec::new();
     for (ty, body) in attrs(payload.get(DIAG_MSG..)?) {
         if ty != INET_DIAG_SK_BPF_STORAGES {
             continue;
@@ -195,7 +209,7 @@ fn parse_diag(payload: &[u8]) -> Option<DiagSocket> {
             }
             for (ty, value) in attrs(one) {
                 if ty == SK_DIAG_BPF_STORAGE_MAP_VALUE {
-                    storage = decode_sock_state(value);
+                    storage.extend(decode_storage(value));
                 }
             }
         }
@@ -231,7 +245,7 @@ const UDP_CONNECTED_STATE: u32 = 1 << 1;
 pub fn dump(
     family: u8,
     protocol: u8,
-    map_fd: impl AsFd,
+    map_fds: &[std::os::fd::BorrowedFd<'_>],
     mut visit: impl FnMut(DiagSocket),
 ) -> io::Result<()> {
     let fd = open()?;
@@ -243,7 +257,7 @@ pub fn dump(
         protocol,
         states,
         &SockId { raw: [0; 48] },
-        &storage_request(map_fd.as_fd().as_raw_fd()),
+        &storage_request(&map_fds.iter().map(|f| f.as_raw_fd()).collect::<Vec<_>>()),
     );
     send(&fd, &msg)?;
     let mut buf = vec![0u8; 64 * 1024];
@@ -301,7 +315,8 @@ pub fn destroy_probe() -> io::Result<()> {
     let mut raw = [0u8; 48];
     raw[0..2].copy_from_slice(&1u16.to_be_bytes());
     raw[2..4].copy_from_slice(&1u16.to_be_bytes());
-    let probe = DiagSocket { family: AF_INET, protocol: 6, state: 0, id: SockId { raw }, storage: None };
+    let probe =
+        DiagSocket { family: AF_INET, protocol: 6, state: 0, id: SockId { raw }, storage: Vec::new() };
     match destroy(&probe) {
         Err(e) if e.raw_os_error() == Some(2) => Ok(()),
         Ok(()) => Ok(()),
@@ -322,7 +337,7 @@ mod tests {
             6,
             0xff,
             &SockId { raw: [0; 48] },
-            &storage_request(7),
+            &storage_request(&[7]),
         );
         assert_eq!(msg.len(), 16 + 56 + 12);
         assert_eq!(u32_at(&msg, 0), Some(84));
@@ -362,8 +377,10 @@ mod tests {
 
         let s = parse_diag(&diag).expect("parses");
         assert_eq!(s.peer(), "10.244.0.1:8080".parse().expect("addr"));
-        let storage = s.storage.expect("storage");
-        assert_eq!(storage[0].service_id, 7);
-        assert_eq!(storage[0].valid, 1);
+        assert_eq!(s.storage.len(), 4, "a layout 1-3 SOCK_STATE holds four entries");
+        assert_eq!(s.storage[0].service_id, 7);
+        assert_eq!(s.storage[0].valid, 1);
+        assert_eq!(decode_storage(&[0u8; 48]).len(), 1, "a SOCK_TCP value is one entry");
+        assert!(decode_storage(&[0u8; 17]).is_empty());
     }
 }

@@ -9,7 +9,7 @@
 //! the backend for it, and its peer is that backend: sockets a client opened
 //! to the backend's address directly are never touched, nor are sockets to
 //! backends that are still present. For TCP the record is the socket's
-//! `SOCK_STATE` storage, which sock_diag returns with each socket; for UDP
+//! `SOCK_TCP` storage, which sock_diag returns with each socket; for UDP
 //! (whose sock_diag replies carry no storage) it is `UDP_CONNECTED`, keyed by
 //! the socket cookie and cleared when the socket closes.
 //!
@@ -23,7 +23,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs, io,
     net::SocketAddr,
-    os::unix::fs::MetadataExt,
+    os::{fd::AsFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
@@ -38,6 +38,63 @@ pub struct Doomed {
     pub service_id: u32,
     pub backend: SocketAddr,
     pub proto: u8,
+}
+
+/// Backends waiting out the grace period before their sockets are
+/// destroyed.
+///
+/// The EndpointSlice controller moves an endpoint from one slice to another
+/// in two writes; a watcher sees the removal first, and for a moment the
+/// backend looks deleted. So a doomed backend waits `grace`; every sync in
+/// between reports the backends that rejoined their service (revived), which
+/// leave the queue. Only those still absent when their time comes are swept.
+#[derive(Debug)]
+pub struct StaleQueue {
+    grace: std::time::Duration,
+    pending: BTreeMap<Doomed, std::time::Instant>,
+}
+
+impl StaleQueue {
+    pub fn new(grace: std::time::Duration) -> Self {
+        Self { grace, pending: BTreeMap::new() }
+    }
+
+    /// Backends that left their services at `now` (a backend already
+    /// waiting keeps its first deadline).
+    pub fn doomed(&mut self, doomed: &[Doomed], now: std::time::Instant) {
+        for d in doomed {
+            self.pending.entry(*d).or_insert(now + self.grace);
+        }
+    }
+
+    /// Backends that are members again: nothing to destroy.
+    pub fn revived(&mut self, revived: &[Doomed]) {
+        for r in revived {
+            self.pending.remove(r);
+        }
+    }
+
+    /// When the next backend is due.
+    pub fn next_due(&self) -> Option<std::time::Instant> {
+        self.pending.values().min().copied()
+    }
+
+    /// The backends whose grace is over at `now`.
+    pub fn take_due(&mut self, now: std::time::Instant) -> Vec<Doomed> {
+        let due: Vec<Doomed> = self.pending.iter().filter(|(_, t)| **t <= now).map(|(d, _)| *d).collect();
+        for d in &due {
+            self.pending.remove(d);
+        }
+        due
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -85,9 +142,9 @@ fn is_doomed(s: &sockdiag::DiagSocket, doomed: &BTreeSet<Doomed>, udp: Option<&U
             && backend == peer
             && doomed.contains(&Doomed { service_id: e.service_id, backend, proto: s.protocol })
     };
-    match (&s.storage, udp) {
-        (Some(entries), _) => entries.iter().any(matches),
-        (None, Some(map)) if s.protocol == socklb_common::PROTO_UDP => {
+    match (s.storage.as_slice(), udp) {
+        (entries, _) if !entries.is_empty() => entries.iter().any(matches),
+        (_, Some(map)) if s.protocol == socklb_common::PROTO_UDP => {
             map.get(&s.cookie(), 0).is_ok_and(|e| matches(&e))
         }
         _ => false,
@@ -96,18 +153,18 @@ fn is_doomed(s: &sockdiag::DiagSocket, doomed: &BTreeSet<Doomed>, udp: Option<&U
 
 /// Destroys the doomed sockets of the calling thread's network namespace.
 fn sweep_here(
-    map: &MapData,
+    maps: &[&MapData],
     udp: Option<&UdpConnected>,
     doomed: &BTreeSet<Doomed>,
     report: &mut TerminateReport,
 ) {
-    let fd = map.fd();
+    let fds: Vec<std::os::fd::BorrowedFd<'_>> = maps.iter().map(|m| m.fd().as_fd()).collect();
     for family in sockdiag::FAMILIES {
         for proto in [socklb_common::PROTO_TCP, socklb_common::PROTO_UDP] {
             // Sockets are destroyed after the dump: destroying during it
             // would disturb the kernel's walk.
             let mut stale = Vec::new();
-            let dumped = sockdiag::dump(family, proto, fd, |s| {
+            let dumped = sockdiag::dump(family, proto, &fds, |s| {
                 if is_doomed(&s, doomed, udp) {
                     stale.push(s);
                 }
@@ -128,42 +185,57 @@ fn sweep_here(
     }
 }
 
+/// How many namespaces are swept at once (threads), however many there are.
+pub const SWEEP_WORKERS: usize = 4;
+
 /// Destroys, in every network namespace of the cgroup's processes, the
 /// sockets translated to a doomed backend. Blocking; run it off the loop.
+/// At most [`SWEEP_WORKERS`] threads work through the namespaces.
 pub fn terminate(cgroup: &Path, bpffs: &Path, doomed: &[Doomed]) -> TerminateReport {
     let mut report = TerminateReport::default();
     if doomed.is_empty() {
         return report;
     }
     let doomed: BTreeSet<Doomed> = doomed.iter().copied().collect();
-    let map = match MapData::from_pin(map_pin(bpffs, map_names::SOCK_STATE)) {
+    let tcp = match MapData::from_pin(map_pin(bpffs, map_names::SOCK_TCP)) {
         Ok(m) => m,
         Err(e) => {
-            report.errors.push(format!("opening {}: {e}", map_names::SOCK_STATE));
+            report.errors.push(format!("opening {}: {e}", map_names::SOCK_TCP));
             return report;
         }
     };
+    // Sockets from layouts 1-3 carry their translation in SOCK_STATE.
+    let legacy = MapData::from_pin(map_pin(bpffs, map_names::SOCK_STATE)).ok();
+    let maps: Vec<&MapData> = std::iter::once(&tcp).chain(legacy.as_ref()).collect();
     let udp: Option<UdpConnected> = MapData::from_pin(map_pin(bpffs, map_names::UDP_CONNECTED))
         .and_then(|m| HashMap::try_from(Map::HashMap(m)))
         .inspect_err(|e| report.errors.push(format!("opening {}: {e}", map_names::UDP_CONNECTED)))
         .ok();
     let namespaces = namespaces_of(cgroup);
     report.namespaces = namespaces.len();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = SWEEP_WORKERS.min(namespaces.len());
     let results: Vec<TerminateReport> = std::thread::scope(|scope| {
-        let handles: Vec<_> = namespaces
-            .iter()
-            .map(|ns| {
-                let (map, doomed, udp) = (&map, &doomed, udp.as_ref());
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let (maps, doomed, udp, next, namespaces) =
+                    (&maps, &doomed, udp.as_ref(), &next, &namespaces);
                 scope.spawn(move || {
                     let mut r = TerminateReport::default();
-                    // setns(CLONE_NEWNET) changes only this thread's namespace.
-                    let entered = fs::File::open(ns).and_then(|f| {
-                        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
-                    });
-                    match entered {
-                        Ok(()) => sweep_here(map, udp, doomed, &mut r),
-                        // The process left meanwhile: its namespace may be gone.
-                        Err(e) => r.errors.push(format!("entering {}: {e}", ns.display())),
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(ns) = namespaces.get(i) else { break };
+                        // setns(CLONE_NEWNET) changes only this thread's
+                        // namespace; the next one replaces it.
+                        let entered = fs::File::open(ns).and_then(|f| {
+                            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+                                .map_err(io::Error::from)
+                        });
+                        match entered {
+                            Ok(()) => sweep_here(maps, udp, doomed, &mut r),
+                            // The process left meanwhile: its namespace may be gone.
+                            Err(e) => r.errors.push(format!("entering {}: {e}", ns.display())),
+                        }
                     }
                     r
                 })
@@ -176,4 +248,37 @@ pub fn terminate(cgroup: &Path, bpffs: &Path, doomed: &[Doomed]) -> TerminateRep
         report.errors.extend(r.errors);
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn d(n: u8) -> Doomed {
+        Doomed { service_id: 1, backend: SocketAddr::from(([10, 0, 0, n], 80)), proto: 6 }
+    }
+
+    #[test]
+    fn a_backend_that_rejoins_within_the_grace_is_never_swept() {
+        let t0 = Instant::now();
+        let mut q = StaleQueue::new(Duration::from_secs(2));
+        q.doomed(&[d(1), d(2)], t0);
+        // The slice move's second write: backend 1 is back 300 ms later.
+        q.revived(&[d(1)]);
+        assert!(q.take_due(t0 + Duration::from_millis(1999)).is_empty());
+        assert_eq!(q.take_due(t0 + Duration::from_secs(2)), [d(2)]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_repeated_doom_keeps_the_first_deadline() {
+        let t0 = Instant::now();
+        let mut q = StaleQueue::new(Duration::from_secs(2));
+        q.doomed(&[d(1)], t0);
+        q.doomed(&[d(1)], t0 + Duration::from_secs(1));
+        assert_eq!(q.next_due(), Some(t0 + Duration::from_secs(2)));
+        assert_eq!(q.len(), 1);
+    }
 }

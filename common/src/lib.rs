@@ -18,10 +18,15 @@
 //! SLOTS       hash      SlotKey{service_id,generation,idx}  -> SlotValue{backend_id}
 //! BACKENDS    hash      backend_id u32                     -> BackendValue{addr,port,proto,flags}
 //! MEMBERS     hash      MemberKey{service_id,backend_id}   -> MemberValue (backend is in the active set)
-//! AFFINITY    lru hash  AffinityKey{netns_cookie,service}  -> AffinityValue{backend_id,last_used}
+//! AFFINITY    hash      AffinityKey{netns_cookie,service}  -> AffinityValue{backend_id,last_used} (agent expires)
 //! COUNTERS    percpu array, index service_id               -> ServiceCounters{translations,refused}
 //! CONFIG      array[1]                                     -> Config{flags}
-//! SOCK_STATE  sk_storage, per socket                       -> SockState{rev-NAT entries}
+//! SOCK_TCP    sk_storage, per connected socket             -> RevNat (the one reverse translation)
+//! SOCK_UDP    sk_storage, per unconnected UDP socket       -> UdpSockState{sticky backends per VIP}
+//! UDP_REV     hash      UdpRevKey{cookie,backend,port}     -> UdpRevValue{vip,port,seq} (unconnected UDP replies)
+//! UDP_REV_IDX hash      UdpIndexKey{cookie,seq}            -> UdpIndexValue{backend,port} (to clean up on close)
+//! STATS       percpu array, index stats::*                 -> u64 (datapath events)
+//! SOCK_STATE  sk_storage, per socket                       -> SockState (layout 1-3; read only, for sockets from then)
 //! SVC_NAMES   hash      service_id u32                     -> ServiceName (agent only: what the id is)
 //! UDP_CONNECTED hash    socket cookie u64                  -> RevNat (translated connected UDP sockets)
 //! NODE_ADDRS  hash      Addr (a node's address)            -> NodeAddrValue{node_id,flags}
@@ -71,10 +76,10 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// only once they are filled, instead of misreading the old maps. The
 /// agent pins each generation under `<bpffs>/v<LAYOUT_VERSION>-<seq>/`.
 #[cfg(not(feature = "layout-next"))]
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// A test build with a different layout (see the `layout-next` feature).
 #[cfg(feature = "layout-next")]
-pub const LAYOUT_VERSION: u32 = 1003;
+pub const LAYOUT_VERSION: u32 = 1004;
 
 /// Names of the maps in the object file; also the file names of their pins.
 pub mod map_names {
@@ -92,9 +97,14 @@ pub mod map_names {
     pub const NODE_ADDRS: &str = "SOCKLB_NODE_ADDRS";
     pub const NODEPORTS: &str = "SOCKLB_NODEPORTS";
     pub const NODE_LOCAL: &str = "SOCKLB_NODE_LOCAL";
+    pub const SOCK_TCP: &str = "SOCKLB_SOCK_TCP";
+    pub const SOCK_UDP: &str = "SOCKLB_SOCK_UDP";
+    pub const UDP_REV: &str = "SOCKLB_UDP_REV";
+    pub const UDP_REV_INDEX: &str = "SOCKLB_UDP_REV_IDX";
+    pub const STATS: &str = "SOCKLB_STATS";
 
     /// Every map, in the order `socklb list` and `status` show them.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 19] = [
         FRONTENDS,
         SERVICES,
         SLOTS,
@@ -109,6 +119,11 @@ pub mod map_names {
         NODE_ADDRS,
         NODEPORTS,
         NODE_LOCAL,
+        SOCK_TCP,
+        SOCK_UDP,
+        UDP_REV,
+        UDP_REV_INDEX,
+        STATS,
     ];
 }
 
@@ -126,8 +141,13 @@ pub mod capacity {
     pub const SLOTS: u32 = 2_097_152;
     /// Service memberships (as many as slots).
     pub const MEMBERS: u32 = 2_097_152;
-    /// Session-affinity entries (LRU: clients that went quiet are evicted).
-    pub const AFFINITY: u32 = 65_536;
+    /// Session-affinity entries (client network namespace × service). Not
+    /// an LRU: a live entry is never evicted; the agent removes expired
+    /// ones, and a full table leaves new clients unpinned (counted).
+    pub const AFFINITY: u32 = 262_144;
+    /// Reverse translations of unconnected UDP (socket × backend), and
+    /// their index.
+    pub const UDP_REV: u32 = 262_144;
     /// Connected UDP sockets that were translated (removed when they close).
     pub const UDP_CONNECTED: u32 = 262_144;
     /// NodePort addresses of every node.
@@ -227,6 +247,37 @@ pub mod service_flags {
 pub mod config_flags {
     /// Translate only sockets in the host network namespace.
     pub const HOSTNS_ONLY: u32 = 1 << 0;
+    /// Tests only: behave as if socket storage could not be allocated, to
+    /// exercise failing closed.
+    pub const TEST_FAIL_STORAGE: u32 = 1 << 31;
+}
+
+/// Indices of `STATS`: datapath events the agent exports as counters.
+pub mod stats {
+    /// Socket storage could not be allocated: the connect or send was
+    /// refused (ENOBUFS), never translated without a way back.
+    pub const STORAGE_FAILED: u32 = 0;
+    /// The service changed under the program more often than it retries:
+    /// refused (EAGAIN) rather than letting the VIP go out untranslated.
+    pub const SELECT_GONE: u32 = 1;
+    /// The unconnected-UDP reverse table was full: the send was refused
+    /// (ENOBUFS).
+    pub const UDP_REVERSE_FULL: u32 = 2;
+    /// The affinity table was full: a client went unpinned.
+    pub const AFFINITY_FULL: u32 = 3;
+    /// An unconnected UDP socket idle past `udp_idle_ns` toward a VIP was
+    /// load-balanced afresh.
+    pub const UDP_IDLE_REPICK: u32 = 4;
+    /// Every index, with its metric label.
+    pub const ALL: [(u32, &str); 5] = [
+        (STORAGE_FAILED, "storage_failed"),
+        (SELECT_GONE, "select_gone"),
+        (UDP_REVERSE_FULL, "udp_reverse_full"),
+        (AFFINITY_FULL, "affinity_full"),
+        (UDP_IDLE_REPICK, "udp_idle_repick"),
+    ];
+    /// The size of the array.
+    pub const LEN: u32 = 8;
 }
 
 /// Flags of a node address (`NODE_ADDRS`).
@@ -468,6 +519,10 @@ pub struct ServiceCounters {
 pub struct Config {
     pub flags: u32,
     pub _pad: u32,
+    /// An unconnected UDP socket idle this long toward a VIP picks its
+    /// backend afresh (kube-proxy's UDP conntrack entries expire after 30 s
+    /// idle). 0: never.
+    pub udp_idle_ns: u64,
 }
 
 /// One reverse translation remembered by a socket: replies from (or the peer)
@@ -489,20 +544,104 @@ pub struct RevNat {
     pub _pad: u16,
 }
 
-/// How many reverse translations an unconnected UDP socket keeps (it may send
-/// to several services). A connected socket uses entry 0 only.
+/// Entries of the layout 1-3 socket storage ([`SockState`]).
 pub const SOCK_REV_ENTRIES: usize = 4;
 
-/// Value of `SOCK_STATE`: socket-local storage, freed with the socket, so it
-/// cannot be evicted by other sockets' pressure (unlike an LRU map).
+/// Value of `SOCK_STATE`, the socket storage of layouts 1-3: a ring of four
+/// reverse translations per socket. No longer written; the reverse hooks
+/// still read it, so that sockets established before an upgrade keep their
+/// VIP (`getpeername`, `recvmsg`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SockState {
     pub entries: [RevNat; SOCK_REV_ENTRIES],
-    /// Round-robin index of the entry an unconnected send replaces next.
     pub next: u32,
     pub _pad: u32,
 }
+
+/// How many VIPs an unconnected UDP socket remembers its backend for
+/// (stickiness; replies are translated back through `UDP_REV` whatever the
+/// number of VIPs).
+pub const UDP_STICKY_ENTRIES: usize = 8;
+
+/// The backend an unconnected UDP socket uses for one VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UdpSticky {
+    pub vip: Addr,
+    pub backend: Addr,
+    /// Network order.
+    pub vip_port: u16,
+    /// Network order.
+    pub backend_port: u16,
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// Non-zero when in use.
+    pub valid: u32,
+    /// `bpf_ktime_get_ns` of the last send.
+    pub last_used_ns: u64,
+}
+
+/// Value of `SOCK_UDP`: only sockets that send unconnected datagrams to
+/// VIPs have it (TCP sockets carry only the 48-byte [`RevNat`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UdpSockState {
+    pub sticky: [UdpSticky; UDP_STICKY_ENTRIES],
+    /// The next `UDP_REV_IDX` sequence number of this socket.
+    pub next_seq: u32,
+    pub _pad: u32,
+}
+
+/// Key of `UDP_REV`: a reply from `backend:port` to socket `cookie`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UdpRevKey {
+    pub cookie: u64,
+    pub backend: Addr,
+    /// Network order.
+    pub backend_port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Value of `UDP_REV`: the VIP the latest datagram to that backend was
+/// sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UdpRevValue {
+    pub vip: Addr,
+    /// Network order.
+    pub vip_port: u16,
+    pub _pad: u16,
+    /// Its `UDP_REV_IDX` entry.
+    pub seq: u32,
+}
+
+/// Key of `UDP_REV_IDX`: the `seq`-th reverse entry of socket `cookie`.
+/// `sock_release` walks a closing socket's entries by sequence number and
+/// deletes them (a hash cannot be searched by cookie).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UdpIndexKey {
+    pub cookie: u64,
+    pub seq: u32,
+    pub _pad: u32,
+}
+
+/// Value of `UDP_REV_IDX`: which `UDP_REV` entry that is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UdpIndexValue {
+    pub backend: Addr,
+    /// Network order.
+    pub backend_port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// How far `sock_release` walks a socket's reverse entries: a socket that
+/// talked to more backends than this over its life leaves the rest to the
+/// agent's clean-up of closed sockets.
+pub const UDP_REV_WALK: u32 = 1024;
 
 // Layouts: a change here changes the pinned maps, which the agent checks
 // against these sizes before it adopts them.
@@ -522,7 +661,6 @@ const _: () = {
     assert!(size_of::<AffinityKey>() == 16 && align_of::<AffinityKey>() == 8);
     assert!(size_of::<AffinityValue>() == 16);
     assert!(size_of::<ServiceCounters>() == 16);
-    assert!(size_of::<Config>() == 8);
     assert!(size_of::<RevNat>() == 48);
     assert!(size_of::<SockState>() == 48 * SOCK_REV_ENTRIES + 8);
     assert!(size_of::<ServiceName>() == SERVICE_NAME_LEN);
@@ -531,6 +669,13 @@ const _: () = {
     assert!(size_of::<NodePortValue>() == 8);
     assert!(size_of::<NodeLocalKey>() == 8);
     assert!(size_of::<NodeLocalValue>() == 4);
+    assert!(size_of::<UdpSticky>() == 56 && align_of::<UdpSticky>() == 8);
+    assert!(size_of::<UdpSockState>() == 56 * UDP_STICKY_ENTRIES + 8);
+    assert!(size_of::<UdpRevKey>() == 32);
+    assert!(size_of::<UdpRevValue>() == 24);
+    assert!(size_of::<UdpIndexKey>() == 16);
+    assert!(size_of::<UdpIndexValue>() == 24);
+    assert!(size_of::<Config>() == 16);
 };
 
 #[cfg(feature = "user")]
@@ -561,6 +706,12 @@ mod pod {
     unsafe impl aya::Pod for NodePortValue {}
     unsafe impl aya::Pod for NodeLocalKey {}
     unsafe impl aya::Pod for NodeLocalValue {}
+    unsafe impl aya::Pod for UdpSticky {}
+    unsafe impl aya::Pod for UdpSockState {}
+    unsafe impl aya::Pod for UdpRevKey {}
+    unsafe impl aya::Pod for UdpRevValue {}
+    unsafe impl aya::Pod for UdpIndexKey {}
+    unsafe impl aya::Pod for UdpIndexValue {}
 }
 
 #[cfg(test)]

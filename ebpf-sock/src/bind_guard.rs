@@ -12,10 +12,14 @@ use aya_ebpf::{
     programs::SockContext,
 };
 use socklb_common::{
-    Addr, FAMILY_V4, FAMILY_V6, NodePortKey, PROTO_TCP, PROTO_UDP, family_of, node_flags, v4_mapped,
+    Addr, FAMILY_V4, FAMILY_V6, NodePortKey, PROTO_TCP, PROTO_UDP, UdpSockState, family_of, node_flags,
+    v4_mapped,
 };
 
-use crate::maps::{NODE_ADDRS, NODEPORTS, SOCK_STATE, UDP_CONNECTED};
+use crate::{
+    maps::{NODE_ADDRS, NODEPORTS, SOCK_TCP, SOCK_UDP, UDP_CONNECTED},
+    udp_rev,
+};
 
 const AF_INET6: u32 = 10;
 
@@ -97,20 +101,35 @@ fn check(ctx: &SockContext, addr: Addr, wildcard: bool, retval: bool) -> i32 {
     0
 }
 
-/// `sock_release`: forget a closing UDP socket's entry in `UDP_CONNECTED`.
-/// Sockets socklb never translated have no storage and cost a pointer test.
+/// `sock_release`: forget a closing UDP socket's `UDP_CONNECTED` entry and
+/// its unconnected reverse entries. Sockets socklb never translated have no
+/// storage and cost a pointer test or two.
 #[cgroup_sock(sock_release)]
 pub fn sl_release(ctx: SockContext) -> i32 {
     // SAFETY: reading a field of the context.
     if unsafe { (*ctx.sock).protocol } as u8 != PROTO_UDP {
         return ALLOW;
     }
-    let map = core::ptr::from_ref(&SOCK_STATE).cast_mut().cast();
+    let sk = ctx.sock.cast();
+    let tcp = core::ptr::from_ref(&SOCK_TCP).cast_mut().cast();
     // SAFETY: in cgroup sock programs the context is the socket.
-    let state = unsafe { bpf_sk_storage_get(map, ctx.sock.cast(), core::ptr::null_mut(), 0) };
-    if !state.is_null() {
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+    let connected = unsafe { bpf_sk_storage_get(tcp, sk, core::ptr::null_mut(), 0) };
+    let udp = core::ptr::from_ref(&SOCK_UDP).cast_mut().cast();
+    // SAFETY: as above.
+    let unconnected = unsafe { bpf_sk_storage_get(udp, sk, core::ptr::null_mut(), 0) };
+    if connected.is_null() && unconnected.is_null() {
+        return ALLOW;
+    }
+    // SAFETY: plain helper call on this program's socket.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    if !connected.is_null() {
         let _ = UDP_CONNECTED.remove(cookie);
+    }
+    if !unconnected.is_null() {
+        let state: *mut UdpSockState = unconnected.cast();
+        // SAFETY: this socket's storage.
+        let next_seq = unsafe { (*state).next_seq };
+        udp_rev::release(cookie, next_seq);
     }
     ALLOW
 }

@@ -13,7 +13,9 @@ mod programs;
 #[cfg(target_arch = "bpf")]
 mod select;
 #[cfg(target_arch = "bpf")]
-mod sock_state;
+mod sock_storage;
+#[cfg(target_arch = "bpf")]
+mod udp_rev;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

@@ -3,13 +3,14 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, SkStorage},
+    btf_maps::{Array, HashMap, PerCpuArray, SkStorage},
     macros::btf_map,
 };
 use socklb_common::{
     Addr, AffinityKey, AffinityValue, BackendValue, Config, FrontendKey, FrontendValue, MemberKey,
     MemberValue, NodeAddrValue, NodeLocalKey, NodeLocalValue, NodePortKey, NodePortValue, RevNat,
-    ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState, capacity,
+    ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState, UdpIndexKey, UdpIndexValue,
+    UdpRevKey, UdpRevValue, UdpSockState, capacity, stats,
 };
 
 // Hash maps are not preallocated: a node with 50 services should not pay
@@ -35,9 +36,12 @@ pub static BACKENDS: HashMap<u32, BackendValue, { capacity::BACKENDS as usize },
 pub static MEMBERS: HashMap<MemberKey, MemberValue, { capacity::MEMBERS as usize }, NO_PREALLOC> =
     HashMap::new();
 
+/// Not an LRU: a live client's entry is never evicted by other clients.
+/// The agent removes expired entries; a full table leaves a new client
+/// unpinned (counted in `STATS`).
 #[btf_map(name = "SOCKLB_AFFINITY")]
-pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { capacity::AFFINITY as usize }> =
-    LruHashMap::new();
+pub static AFFINITY: HashMap<AffinityKey, AffinityValue, { capacity::AFFINITY as usize }, NO_PREALLOC> =
+    HashMap::new();
 
 #[btf_map(name = "SOCKLB_COUNTERS")]
 pub static COUNTERS: PerCpuArray<ServiceCounters, { capacity::SERVICES as usize }> = PerCpuArray::new();
@@ -45,8 +49,30 @@ pub static COUNTERS: PerCpuArray<ServiceCounters, { capacity::SERVICES as usize 
 #[btf_map(name = "SOCKLB_CONFIG")]
 pub static CONFIG: Array<Config, 1> = Array::new();
 
+/// The socket storage of layouts 1-3, read only (see `sock_storage`).
 #[btf_map(name = "SOCKLB_SOCK_STATE")]
 pub static SOCK_STATE: SkStorage<SockState> = SkStorage::new();
+
+/// A connected socket's reverse translation.
+#[btf_map(name = "SOCKLB_SOCK_TCP")]
+pub static SOCK_TCP: SkStorage<RevNat> = SkStorage::new();
+
+/// An unconnected UDP socket's backend per VIP.
+#[btf_map(name = "SOCKLB_SOCK_UDP")]
+pub static SOCK_UDP: SkStorage<UdpSockState> = SkStorage::new();
+
+/// Unconnected UDP reverse translations and their index (see `udp_rev`).
+#[btf_map(name = "SOCKLB_UDP_REV")]
+pub static UDP_REV: HashMap<UdpRevKey, UdpRevValue, { capacity::UDP_REV as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map(name = "SOCKLB_UDP_REV_IDX")]
+pub static UDP_REV_INDEX: HashMap<UdpIndexKey, UdpIndexValue, { capacity::UDP_REV as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+/// Datapath events (`socklb_common::stats`), per CPU.
+#[btf_map(name = "SOCKLB_STATS")]
+pub static STATS: PerCpuArray<u64, { stats::LEN as usize }> = PerCpuArray::new();
 
 /// Written and read by the agent only; declared here so that it is created
 /// and pinned with the rest.

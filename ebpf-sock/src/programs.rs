@@ -3,7 +3,14 @@
 //! * `connect4/6`: translate a VIP destination to a backend and remember the
 //!   pair in the socket's storage (TCP, and connected UDP).
 //! * `sendmsg4/6`: the same per unconnected UDP datagram; a socket keeps its
-//!   backend while that backend stays in the service.
+//!   backend per VIP while that backend stays in the service and the socket
+//!   is not idle toward it for longer than `udp_idle_ns`; every (socket,
+//!   backend) pair gets a reverse entry (`udp_rev`).
+//!
+//! Failing closed: a connect or datagram that cannot record its way back
+//! (no socket storage, a full reverse table), or whose service kept
+//! changing under the program, is refused with an error the application
+//! retries (ENOBUFS, EAGAIN), never sent to the VIP untranslated.
 //! * `getpeername4/6`, `recvmsg4/6`: show the VIP instead of the backend,
 //!   but only while the peer is still the backend that was recorded.
 //!
@@ -12,19 +19,20 @@
 //! later getpeername can never return an old VIP.
 
 use aya_ebpf::{
-    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use socklb_common::{
-    Addr, FrontendKey, NodeLocalKey, NodePortKey, PROTO_TCP, PROTO_UDP, RevNat, SCOPE_INTERNAL, config_flags,
-    family_of, is_v4_mapped, node_flags, nodeport_flags, v4_mapped,
+    Addr, FrontendKey, NodeLocalKey, NodePortKey, PROTO_TCP, PROTO_UDP, RevNat, SCOPE_INTERNAL,
+    UDP_STICKY_ENTRIES, UdpSticky, config_flags, family_of, is_v4_mapped, node_flags, nodeport_flags, stats,
+    v4_mapped,
 };
 
 use crate::{
     maps::{CONFIG, FRONTENDS, NODE_ADDRS, NODE_LOCAL, NODEPORTS, UDP_CONNECTED},
-    select::{Selection, count, select, still_member},
-    sock_state,
+    select::{Selection, count, event, select, still_member},
+    sock_storage, udp_rev,
 };
 
 /// Return value that lets the syscall go on.
@@ -32,6 +40,11 @@ const ALLOW: i32 = 1;
 /// kube-proxy rejects connects to a service without endpoints; callers of
 /// connect() and sendmsg() know how to handle this error.
 const ECONNREFUSED: i32 = 111;
+/// Failing closed, with errors applications retry: no memory for the way
+/// back (socket storage, the UDP reverse table) ...
+const ENOBUFS: i32 = 105;
+/// ... and a service that kept changing under the program.
+const EAGAIN: i32 = 11;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Family {
@@ -92,22 +105,22 @@ pub fn sl_sendmsg6_compat(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn sl_getpeer4(ctx: SockAddrContext) -> i32 {
-    restore_vip(&ctx, Family::V4)
+    restore_vip(&ctx, Family::V4, false)
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn sl_getpeer6(ctx: SockAddrContext) -> i32 {
-    restore_vip(&ctx, Family::V6)
+    restore_vip(&ctx, Family::V6, false)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn sl_recvmsg4(ctx: SockAddrContext) -> i32 {
-    restore_vip(&ctx, Family::V4)
+    restore_vip(&ctx, Family::V4, true)
 }
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn sl_recvmsg6(ctx: SockAddrContext) -> i32 {
-    restore_vip(&ctx, Family::V6)
+    restore_vip(&ctx, Family::V6, true)
 }
 
 #[inline(always)]
@@ -125,17 +138,19 @@ fn on_connect(ctx: &SockAddrContext, family: Family, refusal: Refusal) -> i32 {
         Lookup::Service(id) => id,
         Lookup::Refuse(id) => {
             count(id, true);
-            return refuse(refusal);
+            return refuse(refusal, ECONNREFUSED);
         }
         Lookup::Miss => {
-            if let Some(state) = sock_state::get(ctx, false) {
-                sock_state::forget(state);
-                if key.proto == PROTO_UDP {
-                    let _ = UDP_CONNECTED.remove(socket_cookie(ctx));
-                }
+            if sock_storage::forget(ctx) && key.proto == PROTO_UDP {
+                let _ = UDP_CONNECTED.remove(socket_cookie(ctx));
             }
             return ALLOW;
         }
+    };
+    // Fail closed: without room for the way back, no translation.
+    let Some(state) = sock_storage::tcp(ctx, true) else {
+        event(stats::STORAGE_FAILED);
+        return refuse(refusal, ENOBUFS);
     };
     match select(service_id, netns_cookie(ctx)) {
         Selection::Backend { id, backend } => {
@@ -143,9 +158,8 @@ fn on_connect(ctx: &SockAddrContext, family: Family, refusal: Refusal) -> i32 {
                 return ALLOW;
             }
             let rev = rev_nat(&key, service_id, id, &backend.addr, backend.port);
-            if let Some(state) = sock_state::get(ctx, true) {
-                sock_state::record_connected(state, &rev);
-            }
+            // SAFETY: `state` is this socket's storage.
+            unsafe { *state = rev };
             if key.proto == PROTO_UDP {
                 // Best effort: a full map only means this socket is not
                 // destroyed if its backend leaves.
@@ -156,9 +170,12 @@ fn on_connect(ctx: &SockAddrContext, family: Family, refusal: Refusal) -> i32 {
         }
         Selection::NoBackends => {
             count(service_id, true);
-            refuse(refusal)
+            refuse(refusal, ECONNREFUSED)
         }
-        Selection::Gone => ALLOW,
+        Selection::Gone => {
+            event(stats::SELECT_GONE);
+            refuse(refusal, EAGAIN)
+        }
     }
 }
 
@@ -171,46 +188,76 @@ fn on_sendmsg(ctx: &SockAddrContext, family: Family, refusal: Refusal) -> i32 {
         Lookup::Service(id) => id,
         Lookup::Refuse(id) => {
             count(id, true);
-            return refuse(refusal);
+            return refuse(refusal, ECONNREFUSED);
         }
         Lookup::Miss => return ALLOW,
     };
-    let state = sock_state::get(ctx, true);
-    // Keep the socket's backend while it stays in the service.
-    if let Some(state) = state
-        && let Some(i) = sock_state::find_by_vip(state, &key.addr, key.port, key.proto)
-        && i < socklb_common::SOCK_REV_ENTRIES
-    {
-        // SAFETY: `state` is this socket's storage; `i` is in bounds.
-        let e = unsafe { (*state).entries[i] };
-        if e.service_id == service_id
-            && let Some(b) = still_member(service_id, e.backend_id)
+    let Some(state) = sock_storage::udp(ctx, true) else {
+        event(stats::STORAGE_FAILED);
+        return refuse(refusal, ENOBUFS);
+    };
+    // SAFETY: a helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let idle_ns = CONFIG.get(0).map_or(0, |c| c.udp_idle_ns);
+    let slot = sock_storage::sticky_slot(state, &key.addr, key.port);
+    if slot >= UDP_STICKY_ENTRIES {
+        return ALLOW;
+    }
+    // Keep the socket's backend while it stays in the service, unless the
+    // socket was idle toward this VIP for longer than kube-proxy's UDP
+    // conntrack entries live: then it is load-balanced afresh.
+    // SAFETY: `state` is this socket's storage; `slot` is in bounds.
+    let e = unsafe { (*state).sticky[slot] };
+    let mut chosen: Option<(u32, Addr, u16)> = None;
+    if e.valid != 0 && e.vip == key.addr && e.vip_port == key.port && e.service_id == service_id {
+        if idle_ns != 0 && now.saturating_sub(e.last_used_ns) > idle_ns {
+            event(stats::UDP_IDLE_REPICK);
+        } else if let Some(b) = still_member(service_id, e.backend_id)
             && b.addr == e.backend
             && b.port == e.backend_port
-            && set_destination(ctx, family, &b.addr, b.port)
         {
-            count(service_id, false);
-            return ALLOW;
+            chosen = Some((e.backend_id, b.addr, b.port));
         }
     }
-    match select(service_id, netns_cookie(ctx)) {
-        Selection::Backend { id, backend } => {
-            if !set_destination(ctx, family, &backend.addr, backend.port) {
-                return ALLOW;
+    if chosen.is_none() {
+        match select(service_id, netns_cookie(ctx)) {
+            Selection::Backend { id, backend } => chosen = Some((id, backend.addr, backend.port)),
+            Selection::NoBackends => {
+                count(service_id, true);
+                return refuse(refusal, ECONNREFUSED);
             }
-            if let Some(state) = state {
-                let rev = rev_nat(&key, service_id, id, &backend.addr, backend.port);
-                sock_state::record_sent(state, &rev);
+            Selection::Gone => {
+                event(stats::SELECT_GONE);
+                return refuse(refusal, EAGAIN);
             }
-            count(service_id, false);
-            ALLOW
         }
-        Selection::NoBackends => {
-            count(service_id, true);
-            refuse(refusal)
-        }
-        Selection::Gone => ALLOW,
     }
+    let Some((backend_id, addr, port)) = chosen else {
+        return ALLOW;
+    };
+    // The way back first: a datagram is never translated without one.
+    if udp_rev::record(state, socket_cookie(ctx), &addr, port, &key.addr, key.port).is_err() {
+        event(stats::UDP_REVERSE_FULL);
+        return refuse(refusal, ENOBUFS);
+    }
+    if !set_destination(ctx, family, &addr, port) {
+        return ALLOW;
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*state).sticky[slot] = UdpSticky {
+            vip: key.addr,
+            backend: addr,
+            vip_port: key.port,
+            backend_port: port,
+            service_id,
+            backend_id,
+            valid: 1,
+            last_used_ns: now,
+        };
+    }
+    count(service_id, false);
+    ALLOW
 }
 
 /// What a destination is.
@@ -262,16 +309,21 @@ fn lookup(ctx: &SockAddrContext, key: &FrontendKey) -> Lookup {
 
 /// getpeername and recvmsg: the address in the context is the peer (or the
 /// datagram's source). Show the VIP if it is the backend this socket was
-/// translated to.
+/// translated to: the connected socket's entry, else (recvmsg on an
+/// unconnected UDP socket) the reverse entry of that backend.
 #[inline(always)]
-fn restore_vip(ctx: &SockAddrContext, family: Family) -> i32 {
-    let Some(state) = sock_state::get(ctx, false) else {
-        return ALLOW;
-    };
+fn restore_vip(ctx: &SockAddrContext, family: Family, datagram: bool) -> i32 {
     // SAFETY: reading the address fields of the context.
     let (peer, port) = unsafe { (destination(ctx, family), (*ctx.sock_addr).user_port as u16) };
-    if let Some(rev) = sock_state::find_by_backend(state, &peer, port) {
+    if let Some(rev) = sock_storage::connected_vip(ctx, &peer, port) {
         set_destination(ctx, family, &rev.vip, rev.vip_port);
+        return ALLOW;
+    }
+    if datagram
+        && sock_storage::udp(ctx, false).is_some()
+        && let Some((vip, vip_port)) = udp_rev::lookup(socket_cookie(ctx), &peer, port)
+    {
+        set_destination(ctx, family, &vip, vip_port);
     }
     ALLOW
 }
@@ -373,12 +425,13 @@ fn in_host_netns(ctx: &SockAddrContext) -> bool {
     netns_cookie(ctx) == host
 }
 
+/// Refuses the syscall with `errno` (EPERM for the compat programs).
 #[inline(always)]
-fn refuse(refusal: Refusal) -> i32 {
+fn refuse(refusal: Refusal, errno: i32) -> i32 {
     if refusal == Refusal::Retval {
         // SAFETY: plain helper call. Returning 0 with the retval set makes
-        // the syscall fail with ECONNREFUSED instead of the default EPERM.
-        unsafe { bpf_set_retval(-ECONNREFUSED) };
+        // the syscall fail with `errno` instead of the default EPERM.
+        unsafe { bpf_set_retval(-errno) };
     }
     0
 }

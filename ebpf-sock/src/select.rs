@@ -4,10 +4,10 @@
 use aya_ebpf::helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use socklb_common::{
     AffinityKey, AffinityValue, BackendValue, MemberKey, SELECT_RETRIES, ServiceCounters, ServiceValue,
-    SlotKey, service_flags,
+    SlotKey, service_flags, stats,
 };
 
-use crate::maps::{AFFINITY, BACKENDS, COUNTERS, MEMBERS, SERVICES, SLOTS};
+use crate::maps::{AFFINITY, BACKENDS, COUNTERS, MEMBERS, SERVICES, SLOTS, STATS};
 
 pub enum Selection {
     Backend {
@@ -86,8 +86,20 @@ fn affine_backend(service_id: u32, netns_cookie: u64, svc: &ServiceValue) -> Opt
 fn remember_affinity(service_id: u32, netns_cookie: u64, backend_id: u32) {
     let key = AffinityKey { netns_cookie, service_id, _pad: 0 };
     let value = AffinityValue { last_used_ns: unsafe { bpf_ktime_get_ns() }, backend_id, _pad: 0 };
-    // An LRU insert only fails on a broken map; affinity is then best effort.
-    let _ = AFFINITY.insert(key, value, 0);
+    // A full table leaves this client unpinned (live entries are never
+    // evicted); the agent expires old ones.
+    if AFFINITY.insert(key, value, 0).is_err() {
+        event(stats::AFFINITY_FULL);
+    }
+}
+
+/// Counts one datapath event (`socklb_common::stats`).
+#[inline(always)]
+pub fn event(index: u32) {
+    if let Some(c) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot of this CPU; programs do not migrate.
+        unsafe { *c += 1 };
+    }
 }
 
 /// Counts one translation or refusal for the service.

@@ -335,7 +335,7 @@ fn host_namespace_only_mode_leaves_pod_sockets_alone() {
     p.set(&[Svc::tcp(1, "127.96.0.10:80", &[&backend.to_string()])]).expect("program");
     AyaMaps::open(&sb.bpffs)
         .expect("maps")
-        .write_config(Config { flags: config_flags::HOSTNS_ONLY, _pad: 0 })
+        .write_config(Config { flags: config_flags::HOSTNS_ONLY, ..Default::default() })
         .expect("config");
 
     let host = {

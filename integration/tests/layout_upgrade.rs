@@ -132,7 +132,7 @@ fn an_upgrade_across_a_map_layout_and_back_fails_no_connect_and_keeps_the_vips_o
         assert!(gens[0].starts_with(&want), "round {round}: {gens:?}");
         assert_shows_the_vips(&kept.ask(), &format!("after switching to {binary}"));
         assert!(
-            log.contains("SOCKLB_SOCK_STATE"),
+            log.contains("SOCKLB_SOCK_TCP") && log.contains("SOCKLB_UDP_REV"),
             "round {round}: the socket storage is shared with the new maps:\n{log}"
         );
     }

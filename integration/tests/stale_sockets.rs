@@ -1,8 +1,9 @@
 //! Stale sockets: when a backend is deleted from a service, the agent
 //! destroys the sockets it translated to that backend (TCP reset, connected
-//! UDP error), within two seconds; sockets to surviving backends, sockets
-//! opened directly to the backend's address, and sockets to a backend that
-//! is merely terminating are left alone.
+//! UDP error) once `--stale-socket-grace` has passed; sockets to surviving
+//! backends, sockets opened directly to the backend's address, sockets to a
+//! backend that is merely terminating, and sockets to a backend that moves
+//! from one EndpointSlice to another are left alone.
 
 use std::{
     fs,
@@ -47,6 +48,23 @@ items:
   ports: [{{name: sql, port: 5432}}, {{name: dns, port: 5353, protocol: UDP}}]
 "#,
         eps.join("\n")
+    )
+}
+
+/// The same service with its endpoints split over two slices (the
+/// EndpointSlice controller repacking them): `a` in db-1, `b` in db-2.
+fn two_slices(a: &[&str], b: &[&str]) -> String {
+    let slice = |name: &str, addrs: &[&str]| {
+        let eps: Vec<String> = addrs.iter().map(|a| format!("{{addresses: [{a}]}}")).collect();
+        format!(
+            "- {{apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {{name: {name}, namespace: default, labels: {{kubernetes.io/service-name: db}}}}, addressType: IPv4, endpoints: [{}], ports: [{{name: sql, port: 5432}}, {{name: dns, port: 5353, protocol: UDP}}]}}\n",
+            eps.join(", ")
+        )
+    };
+    format!(
+        "apiVersion: v1\nkind: List\nitems:\n- {{apiVersion: v1, kind: Service, metadata: {{name: db, namespace: default}}, spec: {{clusterIP: 10.96.0.10, ports: [{{name: sql, port: 5432, targetPort: 5432}}, {{name: dns, port: 53, protocol: UDP, targetPort: 5353}}]}}}}\n{}{}",
+        slice("db-1", a),
+        slice("db-2", b)
     )
 }
 
@@ -189,4 +207,85 @@ fn with_the_flag_off_stale_sockets_are_left_alone() {
     let h = hold(&sb, "10.96.0.10:5432");
     write(&file, &cluster(&[]));
     assert!(h.broken_within(Duration::from_secs(2)).is_none(), "destroyed although the flag is off");
+}
+
+/// Holds TCP and connected UDP sockets through the VIP until each backend
+/// has at least one of each.
+fn hold_both(sb: &Sandbox) -> (Vec<Held>, Vec<Held>) {
+    let start = Instant::now();
+    let mut tcp: Vec<Held> = Vec::new();
+    while !(tcp.iter().any(|h| h.backend == "10.244.0.1:5432")
+        && tcp.iter().any(|h| h.backend == "10.244.0.2:5432"))
+    {
+        assert!(start.elapsed() < Duration::from_secs(60), "could not reach both backends");
+        tcp.push(hold(sb, "10.96.0.10:5432"));
+    }
+    let mut udp: Vec<Held> = Vec::new();
+    while !(udp.iter().any(|h| h.backend == "10.244.0.1:5353")
+        && udp.iter().any(|h| h.backend == "10.244.0.2:5353"))
+    {
+        assert!(start.elapsed() < Duration::from_secs(60), "could not reach both UDP backends");
+        udp.push(hold_proto(sb, "10.96.0.10:53", "udp"));
+    }
+    (tcp, udp)
+}
+
+#[test]
+fn an_endpoint_moving_between_slices_keeps_its_connections_and_a_deletion_still_ends_them() {
+    require_root!();
+    let sb = Sandbox::new("stale-move").expect("sandbox");
+    sb.add_addrs(&["10.244.0.1/32", "10.244.0.2/32"]).expect("addresses");
+    sb.serve(
+        &[],
+        &[sa("10.244.0.1:5353"), sa("10.244.0.2:5353")],
+        &[sa("10.244.0.1:5432"), sa("10.244.0.2:5432")],
+    )
+    .expect("servers");
+    let file = sb.workdir().join("cluster.yaml");
+    write(&file, &two_slices(&["10.244.0.1", "10.244.0.2"], &[]));
+    let mut agent = sb.start_agent(&["--from-file", file.to_str().expect("utf8")]);
+    agent.wait_ready(Duration::from_secs(60));
+    let (tcp, udp) = hold_both(&sb);
+
+    // The controller moves 10.244.0.1 from db-1 to db-2 in two writes; the
+    // first is seen alone for 300 ms, then for 1.5 s (the grace is 2 s).
+    for gap in [Duration::from_millis(300), Duration::from_millis(1500)] {
+        write(&file, &two_slices(&["10.244.0.2"], &[]));
+        thread::sleep(gap);
+        write(&file, &two_slices(&["10.244.0.2"], &["10.244.0.1"]));
+        // Past the grace: nothing may have broken (a break would be queued
+        // on the holder's channel by now).
+        thread::sleep(Duration::from_millis(2500));
+        for h in tcp.iter().chain(&udp) {
+            assert!(
+                h.broken_within(Duration::from_millis(10)).is_none(),
+                "gap {gap:?}: a connection to {} was lost although its pod only moved slices",
+                h.backend
+            );
+        }
+        // Back to the first layout for the next round.
+        write(&file, &two_slices(&["10.244.0.1", "10.244.0.2"], &[]));
+        thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        agent.get("/metrics").map(|(_, m)| m.contains("socklb_stale_sockets_destroyed_total 0")),
+        Some(true)
+    );
+
+    // A real deletion: the sockets go, but only after the grace.
+    write(&file, &two_slices(&["10.244.0.2"], &[]));
+    let deleted = Instant::now();
+    for h in tcp.iter().chain(&udp).filter(|h| h.backend.starts_with("10.244.0.1:")) {
+        let ev =
+            h.broken_within(Duration::from_secs(30)).expect("the deleted backend's socket was not destroyed");
+        assert!(ev.errno.is_some(), "aborted, not closed: {ev:?}");
+    }
+    assert!(
+        deleted.elapsed() >= Duration::from_millis(1500),
+        "destroyed before the grace: {:?}",
+        deleted.elapsed()
+    );
+    for h in tcp.iter().chain(&udp).filter(|h| h.backend.starts_with("10.244.0.2:")) {
+        assert!(h.broken_within(Duration::from_millis(300)).is_none(), "a surviving backend's socket broke");
+    }
 }

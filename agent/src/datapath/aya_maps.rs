@@ -30,6 +30,7 @@ pub struct AyaMaps {
     node_addrs: HashMap<MapData, Addr, NodeAddrValue>,
     node_ports: HashMap<MapData, NodePortKey, NodePortValue>,
     node_local: HashMap<MapData, NodeLocalKey, NodeLocalValue>,
+    stats: PerCpuArray<MapData, u64>,
 }
 
 fn map_io(e: MapError) -> io::Error {
@@ -73,6 +74,7 @@ impl AyaMaps {
             node_addrs: open(dir, map_names::NODE_ADDRS)?,
             node_ports: open(dir, map_names::NODEPORTS)?,
             node_local: open(dir, map_names::NODE_LOCAL)?,
+            stats: open(dir, map_names::STATS)?,
         })
     }
 
@@ -107,6 +109,18 @@ impl AyaMaps {
             .iter()
             .collect::<Result<BTreeMap<_, _>, _>>()
             .map_err(|e| DatapathError::Read { map: map_names::SVC_NAMES, source: map_io(e) })
+    }
+
+    /// The datapath's event counters (`socklb_common::stats`), summed over
+    /// CPUs, with their labels.
+    pub fn read_stats(&self) -> Result<Vec<(&'static str, u64)>, DatapathError> {
+        let err = |e| DatapathError::Read { map: map_names::STATS, source: map_io(e) };
+        let mut out = Vec::new();
+        for (index, label) in socklb_common::stats::ALL {
+            let per_cpu = self.stats.get(&index, 0).map_err(err)?;
+            out.push((label, per_cpu.iter().sum()));
+        }
+        Ok(out)
     }
 
     /// One frontend entry, if the maps hold it.

@@ -34,7 +34,8 @@ pub use pins::Generation;
 use socklb_common::{
     Addr, AffinityKey, AffinityValue, BackendValue, Config, FrontendKey, FrontendValue, LAYOUT_VERSION,
     MemberKey, MemberValue, NodeAddrValue, NodeLocalKey, NodeLocalValue, NodePortKey, NodePortValue, RevNat,
-    ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState, capacity, map_names, sys,
+    ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState, UdpIndexKey, UdpIndexValue,
+    UdpRevKey, UdpRevValue, UdpSockState, capacity, map_names, sys,
 };
 
 use crate::fs_checks::{self, FsCheckError};
@@ -117,23 +118,29 @@ const fn shared<K, V>(name: &'static str, map_type: MapType) -> MapSpec {
     MapSpec { shared_across_layouts: true, ..spec::<K, V>(name, map_type) }
 }
 
-pub const MAP_SPECS: [MapSpec; 14] = [
+pub const MAP_SPECS: [MapSpec; 19] = [
     spec::<FrontendKey, FrontendValue>(map_names::FRONTENDS, MapType::Hash),
     spec::<u32, ServiceValue>(map_names::SERVICES, MapType::Hash),
     spec::<SlotKey, SlotValue>(map_names::SLOTS, MapType::Hash),
     spec::<u32, BackendValue>(map_names::BACKENDS, MapType::Hash),
     spec::<MemberKey, MemberValue>(map_names::MEMBERS, MapType::Hash),
-    spec::<AffinityKey, AffinityValue>(map_names::AFFINITY, MapType::LruHash),
+    spec::<AffinityKey, AffinityValue>(map_names::AFFINITY, MapType::Hash),
     spec::<u32, ServiceCounters>(map_names::COUNTERS, MapType::PerCpuArray),
     spec::<u32, Config>(map_names::CONFIG, MapType::Array),
     // Reverse translations of live sockets: what getpeername and recvmsg
-    // of established sockets read. Nothing could refill them.
+    // of established sockets read. Nothing could refill them. (SOCK_STATE
+    // is layouts 1-3's, read only now.)
     shared::<i32, SockState>(map_names::SOCK_STATE, MapType::SkStorage),
     spec::<u32, ServiceName>(map_names::SVC_NAMES, MapType::Hash),
     shared::<u64, RevNat>(map_names::UDP_CONNECTED, MapType::Hash),
     spec::<Addr, NodeAddrValue>(map_names::NODE_ADDRS, MapType::Hash),
     spec::<NodePortKey, NodePortValue>(map_names::NODEPORTS, MapType::Hash),
     spec::<NodeLocalKey, NodeLocalValue>(map_names::NODE_LOCAL, MapType::Hash),
+    shared::<i32, RevNat>(map_names::SOCK_TCP, MapType::SkStorage),
+    shared::<i32, UdpSockState>(map_names::SOCK_UDP, MapType::SkStorage),
+    shared::<UdpRevKey, UdpRevValue>(map_names::UDP_REV, MapType::Hash),
+    shared::<UdpIndexKey, UdpIndexValue>(map_names::UDP_REV_INDEX, MapType::Hash),
+    spec::<u32, u64>(map_names::STATS, MapType::PerCpuArray),
 ];
 
 /// Map sizes. Only used when a map is created; a pinned map keeps its size.
@@ -149,6 +156,7 @@ pub struct Capacities {
     pub node_addrs: u32,
     pub node_ports: u32,
     pub node_local: u32,
+    pub udp_reverse: u32,
 }
 
 impl Default for Capacities {
@@ -164,12 +172,14 @@ impl Default for Capacities {
             node_addrs: capacity::NODE_ADDRS,
             node_ports: capacity::NODEPORTS,
             node_local: capacity::NODE_LOCAL,
+            udp_reverse: capacity::UDP_REV,
         }
     }
 }
 
 impl Capacities {
-    /// Sizes from the two operator-facing numbers.
+    /// Sizes from the operator-facing numbers (`--max-affinity` and
+    /// `--max-udp-reverse` are taken as given, see [`Self::with`]).
     pub fn sized(max_services: u32, max_backends: u32) -> Self {
         let services = max_services.max(2);
         let backends = max_backends.max(1);
@@ -181,6 +191,11 @@ impl Capacities {
             members: backends.saturating_mul(2),
             ..Self::default()
         }
+    }
+
+    /// These capacities with the affinity and UDP reverse tables sized.
+    pub fn with(self, affinity: u32, udp_reverse: u32) -> Self {
+        Self { affinity: affinity.max(1), udp_reverse: udp_reverse.max(1), ..self }
     }
 
     fn max_entries(&self, map: &str) -> Option<u32> {
@@ -195,6 +210,7 @@ impl Capacities {
             map_names::NODE_ADDRS => self.node_addrs,
             map_names::NODEPORTS => self.node_ports,
             map_names::NODE_LOCAL => self.node_local,
+            map_names::UDP_REV | map_names::UDP_REV_INDEX => self.udp_reverse,
             _ => return None,
         })
     }

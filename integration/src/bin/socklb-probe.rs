@@ -105,6 +105,26 @@ enum Cmd {
         #[arg(long)]
         udp: SocketAddr,
     },
+    /// One unconnected UDP socket talking to many destinations: print, per
+    /// reply, where it came from (recvfrom) and which backend sent it.
+    UdpMulti {
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(long = "to", required = true)]
+        to: Vec<SocketAddr>,
+        /// Send to every destination first, then read every reply (replies
+        /// in flight together); otherwise one request at a time.
+        #[arg(long)]
+        burst: bool,
+        /// Repeat this many times.
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
+        /// Pause between rounds (the socket stays idle).
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
+    },
     /// Connect many times to each target and print, per target, which
     /// backends answered, their shares and what getpeername reported.
     Table {
@@ -208,6 +228,10 @@ fn main() -> Result<()> {
                 Proto::Tcp => hold(to, max_ms),
                 Proto::Udp => hold_udp(to, max_ms),
             }
+        }
+        Cmd::UdpMulti { cgroup, netns, to, burst, rounds, pause_ms } => {
+            join(cgroup.as_ref(), netns.as_deref())?;
+            udp_multi(&to, burst, rounds, pause_ms)
         }
         Cmd::Keep { cgroup, netns, tcp, udp } => {
             join(cgroup.as_ref(), netns.as_deref())?;
@@ -568,5 +592,48 @@ fn keep(tcp: SocketAddr, udp: SocketAddr) -> Result<()> {
         println!("{}", check(&stream));
         std::io::stdout().flush()?;
     }
+    Ok(())
+}
+
+/// See `Cmd::UdpMulti`.
+fn udp_multi(to: &[SocketAddr], burst: bool, rounds: u32, pause_ms: u64) -> Result<()> {
+    let v6 = to.iter().any(SocketAddr::is_ipv6);
+    let sock = UdpSocket::bind(if v6 { "[::]:0" } else { "0.0.0.0:0" })?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = [0u8; 512];
+    let print =
+        |to: Option<&SocketAddr>, round: u32, reply: std::io::Result<(usize, SocketAddr)>, buf: &[u8]| {
+            let line = match reply {
+                Ok((n, from)) => serde_json::json!({"round": round, "to": to.map(ToString::to_string),
+                "from": from.to_string(), "backend": String::from_utf8_lossy(&buf[..n]).trim()}),
+                Err(e) => serde_json::json!({"round": round, "to": to.map(ToString::to_string),
+                "error": e.to_string(), "errno": e.raw_os_error()}),
+            };
+            println!("{line}");
+        };
+    for round in 0..rounds {
+        if round > 0 && pause_ms > 0 {
+            thread::sleep(Duration::from_millis(pause_ms));
+        }
+        if burst {
+            let mut sent = 0;
+            for t in to {
+                match sock.send_to(b"?", t) {
+                    Ok(_) => sent += 1,
+                    Err(e) => print(Some(t), round, Err(e), &buf),
+                }
+            }
+            for _ in 0..sent {
+                let reply = sock.recv_from(&mut buf);
+                print(None, round, reply, &buf.clone());
+            }
+        } else {
+            for t in to {
+                let reply = sock.send_to(b"?", t).and_then(|_| sock.recv_from(&mut buf));
+                print(Some(t), round, reply, &buf.clone());
+            }
+        }
+    }
+    std::io::stdout().flush()?;
     Ok(())
 }
