@@ -1,4 +1,4 @@
-# Multi-stage: build socklb (the eBPF object is built by agent/build.rs with
+# Multi-stage: build socklb (the eBPF object is built by crates/bpf/build.rs with
 # nightly and bpf-linker, exactly as scripts/setup.sh installs them), then a
 # slim runtime image with the binary alone.
 #

@@ -14,18 +14,23 @@ use anyhow::{Context, Result};
 use socklb_common::{Config, FrontendKey, config_flags};
 use tokio::{signal::unix::SignalKind, sync::mpsc};
 
-use crate::{
-    api_access,
-    datapath::aya_maps::AyaMaps,
-    http,
-    inspect::PinnedCounters,
+use socklb_bpf::{
+    affinity,
     loader::{self, Capacities, Generation, InstallOptions},
-    metrics::{MapLabel, Metrics},
+    maps::AyaMaps,
+    stale::{self, Doomed},
+};
+use socklb_k8s::{
     model::{NodeContext, nodes::NodePortAddresses},
+    store::SourceEvent,
+};
+
+use crate::{
+    api_access, http,
+    inspect::PinnedCounters,
+    metrics::{MapLabel, Metrics},
     reconcile::{Limits, Reconciler},
     source,
-    stale::{self, Doomed},
-    store::SourceEvent,
 };
 
 /// Everything `socklb agent` is told.
@@ -184,13 +189,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     {
         let (bpffs, metrics) = (cfg.bpffs.clone(), metrics.clone());
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(crate::affinity::SWEEP_EVERY);
+            let mut every = tokio::time::interval(affinity::SWEEP_EVERY);
             loop {
                 every.tick().await;
                 let (bpffs, metrics) = (bpffs.clone(), metrics.clone());
                 let _ = tokio::task::spawn_blocking(move || {
                     let dir = loader::pins::active_dir(&bpffs);
-                    match crate::affinity::sweep(&dir, crate::affinity::monotonic_ns()) {
+                    match affinity::sweep(&dir, affinity::monotonic_ns()) {
                         Ok(n) => {
                             metrics.affinity_expired.inc_by(n as u64);
                         }

@@ -6,11 +6,11 @@ use std::{collections::BTreeMap, net::SocketAddr, path::Path, sync::Mutex};
 use serde::Serialize;
 use socklb_common::{SCOPE_EXTERNAL, ServiceCounters, frontend_flags, ip_from_addr, service_flags};
 
-use crate::{
-    datapath::{Datapath, DatapathError, MapState, aya_maps::AyaMaps},
-    metrics::{CounterSource, ServiceLabels},
-    model::SetName,
-};
+use socklb_bpf::{features, loader, maps::AyaMaps};
+use socklb_k8s::model::SetName;
+use socklb_lb::datapath::{Datapath, DatapathError, MapState};
+
+use crate::metrics::{CounterSource, ServiceLabels};
 
 /// One frontend and what it reaches.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -243,7 +243,7 @@ impl PinnedCounters {
             source: std::io::Error::other("lock poisoned"),
         })?;
         // A layout switch moves the maps to another generation: follow it.
-        let dir = crate::loader::pins::active_dir(&self.bpffs);
+        let dir = loader::pins::active_dir(&self.bpffs);
         if guard.as_ref().is_none_or(|m| m.1 != dir) {
             *guard = Some(AyaMapsDebug(AyaMaps::open_dir(&dir)?, dir));
         }
@@ -532,20 +532,20 @@ pub struct Status {
     /// The generation of maps the programs use (see `loader::pins`).
     pub generation: Option<String>,
     /// Which program each hook gets on this kernel, and what is missing.
-    pub programs: crate::loader::Support,
+    pub programs: loader::Support,
     pub hooks: Vec<HookStatus>,
     pub maps: Vec<MapStatus>,
     /// The datapath's event counters (`socklb_common::stats`).
     pub events: Vec<(&'static str, u64)>,
-    pub features: Vec<crate::features::Feature>,
+    pub features: Vec<features::Feature>,
 }
 
 /// What is attached and pinned, and what the kernel offers.
 pub fn status(cgroup: &Path, bpffs: &Path) -> Status {
     use std::os::{fd::AsFd, unix::fs::MetadataExt};
     let cgroup_id = std::fs::metadata(cgroup).ok().map(|m| m.ino());
-    let links = crate::loader::links_dir(bpffs);
-    let hooks = crate::loader::HOOKS
+    let links = loader::links_dir(bpffs);
+    let hooks = loader::HOOKS
         .iter()
         .map(|h| {
             let pin = links.join(h.name);
@@ -572,10 +572,10 @@ pub fn status(cgroup: &Path, bpffs: &Path) -> Status {
     let opened = AyaMaps::open(bpffs).ok();
     let state = opened.as_ref().and_then(|m| m.read_state().ok());
     let events = opened.as_ref().and_then(|m| m.read_stats().ok()).unwrap_or_default();
-    let maps = crate::loader::MAP_SPECS
+    let maps = loader::MAP_SPECS
         .iter()
         .map(|spec| {
-            let pin = crate::loader::map_pin(bpffs, spec.name);
+            let pin = loader::map_pin(bpffs, spec.name);
             let data = aya::maps::MapData::from_pin(&pin).ok();
             let capacity = data.as_ref().and_then(|d| d.info().ok()).map(|i| i.max_entries());
             let entries = state.as_ref().and_then(|st| match spec.name {
@@ -591,15 +591,15 @@ pub fn status(cgroup: &Path, bpffs: &Path) -> Status {
         })
         .collect();
     Status {
-        kernel: crate::features::kernel_release(),
+        kernel: features::kernel_release(),
         cgroup: cgroup.display().to_string(),
         bpffs: bpffs.display().to_string(),
-        generation: crate::loader::pins::active_generation(bpffs).map(|g| g.name()),
-        programs: crate::loader::hooks::probe(false),
+        generation: loader::pins::active_generation(bpffs).map(|g| g.name()),
+        programs: loader::hooks::probe(false),
         hooks,
         maps,
         events,
-        features: crate::features::detect(),
+        features: features::detect(),
     }
 }
 

@@ -7,12 +7,15 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use socklb::{
     agent::{self, AgentConfig},
-    api_access,
-    datapath::{Datapath, aya_maps::AyaMaps},
-    fs_checks, http, inspect,
-    loader::{self, Capacities},
-    model::nodes::NodePortAddresses,
+    api_access, http, inspect,
 };
+use socklb_bpf::{
+    fs_checks,
+    loader::{self, Capacities},
+    maps::AyaMaps,
+};
+use socklb_k8s::model::nodes::NodePortAddresses;
+use socklb_lb::datapath::Datapath;
 
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf/socklb";
 
@@ -338,8 +341,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::NodeInit { mount_ns, bpffs, cgroup2 } => {
             // Single-threaded here: entering a mount namespace needs it.
-            let opts = socklb::node_init::NodeInit { mount_ns, bpffs, cgroup2 };
-            let report = socklb::node_init::run(&opts)?;
+            let opts = socklb_bpf::node_init::NodeInit { mount_ns, bpffs, cgroup2 };
+            let report = socklb_bpf::node_init::run(&opts)?;
             println!(
                 "bpffs {}: {}; cgroup2 {}: {}",
                 opts.bpffs.display(),

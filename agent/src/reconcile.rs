@@ -11,19 +11,22 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use crate::{
-    datapath::{Datapath, DatapathError, DesiredState, MapState},
-    ids::IdAllocator,
-    metrics::{KindLabel, MapLabel, Metrics},
+use socklb_bpf::stale::Doomed;
+use socklb_k8s::{
     model::{
         BackendSet, NodeContext, ObjKey, Problem, ServiceModel, SetId, build_service,
         service::ServiceOutcome, slices::ParsedSlice,
     },
-    plan::{self, ExecReport, OpFailure},
-    render::{Renderer, Touched},
-    stale::Doomed,
     store::{SourceEvent, Store},
 };
+use socklb_lb::{
+    datapath::{Datapath, DatapathError, DesiredState, MapState},
+    ids::IdAllocator,
+    plan::{self, ExecReport, OpFailure},
+    render::{Renderer, Touched},
+};
+
+use crate::metrics::{KindLabel, MapLabel, Metrics};
 
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -124,7 +127,7 @@ impl Reconciler {
             self.ctx.zone = me.zone.clone();
             self.store.mark_all_dirty();
         }
-        if self.ctx.nodeport_addresses == crate::model::nodes::NodePortAddresses::Primary
+        if self.ctx.nodeport_addresses == socklb_k8s::model::nodes::NodePortAddresses::Primary
             && !self.store.nodes().contains_key(&self.ctx.node_name)
             && !std::mem::replace(&mut self.warned_no_node, true)
         {

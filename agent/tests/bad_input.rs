@@ -12,14 +12,12 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use socklb::{
-    datapath::fake::SharedFake,
     inspect::frontend_rows,
     metrics::Metrics,
-    model::NodeContext,
     reconcile::{Limits, Reconciler},
-    source::yaml::ingest_text,
-    store::SourceEvent,
 };
+use socklb_k8s::{decode::files::ingest_text, model::NodeContext, store::SourceEvent};
+use socklb_lb::datapath::fake::SharedFake;
 
 fn node() -> NodeContext {
     NodeContext {

@@ -1,4 +1,4 @@
-//! The cargo-fuzz target's body (`socklb::fuzzing::run_objects`) in the
+//! The cargo-fuzz target's body (`fuzz/src/pipeline.rs`) in the
 //! suite: every seed of `fuzz/seeds/objects` and `examples/cluster.yaml`,
 //! plus byte-level mutations of them like the fuzzer's own (truncation,
 //! flipped, inserted and removed bytes, spliced halves). The fuzzer itself needs
@@ -8,7 +8,10 @@
 use std::{fs, path::PathBuf};
 
 use proptest::prelude::*;
-use socklb::fuzzing::run_objects;
+#[path = "../../fuzz/src/pipeline.rs"]
+mod pipeline;
+
+use pipeline::run_objects;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -5,15 +5,17 @@
 use std::{path::Path, sync::Arc};
 
 use socklb::{
-    datapath::fake::SharedFake,
     inspect::dump_maps,
     metrics::Metrics,
-    model::NodeContext,
     reconcile::{Limits, Reconciler},
-    source::node::ingest_node,
-    source::yaml::parse_objects,
+};
+use socklb_k8s::{
+    decode::files::parse_objects,
+    decode::node::ingest_node,
+    model::NodeContext,
     store::{SourceEvent, ingest_service, ingest_slice},
 };
+use socklb_lb::datapath::fake::SharedFake;
 
 fn node() -> NodeContext {
     NodeContext {

@@ -7,14 +7,12 @@ use std::{
 };
 
 use socklb::{
-    datapath::fake::SharedFake,
     http,
     metrics::Metrics,
-    model::NodeContext,
     reconcile::{Limits, Reconciler},
-    source::yaml::parse_objects,
-    store::SourceEvent,
 };
+use socklb_k8s::{decode::files::parse_objects, model::NodeContext, store::SourceEvent};
+use socklb_lb::datapath::fake::SharedFake;
 
 fn example_sync(metrics: Arc<Metrics>) -> Reconciler {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cluster.yaml"))
@@ -156,10 +154,8 @@ fn network_programming_duration_counts_from_the_slice_trigger_time() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn healthz_fails_when_changes_wait_past_the_health_timeout() {
-    use socklb::{
-        agent::{LoopConfig, drive},
-        datapath::faulty::{FaultyDatapath, RandomFaults},
-    };
+    use socklb::agent::{LoopConfig, drive};
+    use socklb_lb::datapath::faulty::{FaultyDatapath, RandomFaults};
     let metrics = Arc::new(Metrics::new());
     metrics.health.set_timeout(std::time::Duration::from_millis(300));
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cluster.yaml"))

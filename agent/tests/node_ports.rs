@@ -4,16 +4,19 @@
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use socklb::{
-    datapath::fake::SharedFake,
     metrics::Metrics,
+    reconcile::{Limits, Reconciler},
+};
+use socklb_k8s::{
+    decode::files::parse_objects,
+    decode::node::IngestedNode,
     model::{
         NodeContext,
         nodes::{NodeInfo, NodePortAddresses},
     },
-    reconcile::{Limits, Reconciler},
-    source::{node::IngestedNode, yaml::parse_objects},
     store::{SourceEvent, ingest_service, ingest_slice},
 };
+use socklb_lb::datapath::fake::SharedFake;
 
 const NODES: usize = 5_000;
 const NODE_PORTS: usize = 1_000;

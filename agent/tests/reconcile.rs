@@ -8,17 +8,17 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use proptest::prelude::*;
 use socklb::{
     agent::{LoopConfig, drive},
+    metrics::Metrics,
+    reconcile::{Limits, Reconciler},
+};
+use socklb_k8s::{decode::files::parse_objects, model::NodeContext, store::SourceEvent};
+use socklb_lb::{
     datapath::{
         Datapath, DatapathError, MapOp, MapState,
         fake::SharedFake,
         faulty::{FaultyDatapath, RandomFaults},
     },
-    metrics::Metrics,
-    model::NodeContext,
     plan,
-    reconcile::{Limits, Reconciler},
-    source::yaml::parse_objects,
-    store::SourceEvent,
 };
 
 fn node() -> NodeContext {
@@ -324,11 +324,11 @@ fn to_source(ev: &Ev) -> SourceEvent {
             SourceEvent::service(0, &service(*i, ports, *local, *node_port), None)
         }
         Ev::DeleteService(i) => {
-            SourceEvent::ServiceDeleted { key: socklb::model::ObjKey::new("ns", format!("s{i}")) }
+            SourceEvent::ServiceDeleted { key: socklb_k8s::model::ObjKey::new("ns", format!("s{i}")) }
         }
         Ev::Slice { i, n, endpoints } => SourceEvent::slice(0, &slice(*i, *n, endpoints)),
         Ev::DeleteSlice(i, n) => {
-            SourceEvent::SliceDeleted { key: socklb::model::ObjKey::new("ns", format!("s{i}-{n}")) }
+            SourceEvent::SliceDeleted { key: socklb_k8s::model::ObjKey::new("ns", format!("s{i}-{n}")) }
         }
     }
 }
@@ -353,7 +353,7 @@ impl Datapath for Faulty {
 /// The desired state without ids: per frontend, the set's name, flags and
 /// backends.
 fn canonical(
-    d: &socklb::datapath::DesiredState,
+    d: &socklb_lb::datapath::DesiredState,
 ) -> std::collections::BTreeMap<
     socklb_common::FrontendKey,
     (String, u16, u16, Vec<socklb_common::BackendValue>),

@@ -4,12 +4,13 @@
 use std::{collections::BTreeMap, net::SocketAddr, path::Path};
 
 use anyhow::{Result, bail};
-use socklb::{
-    datapath::{Datapath, DesiredService, DesiredState, MapState, aya_maps::AyaMaps},
-    plan::{self, ExecReport},
-};
+use socklb_bpf::maps::AyaMaps;
 use socklb_common::{
     BackendValue, FrontendKey, FrontendValue, PROTO_TCP, SCOPE_INTERNAL, addr_from_ip, frontend_flags,
+};
+use socklb_lb::{
+    datapath::{Datapath, DesiredService, DesiredState, MapState},
+    plan::{self, ExecReport},
 };
 
 /// One service for the test: its frontends and its backends.

@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use socklb::loader::{InstallOptions, InstallReport};
+use socklb_bpf::loader::{InstallOptions, InstallReport};
 
 use crate::probe::{Attempt, parse_attempts};
 
@@ -96,7 +96,7 @@ pub fn bin_path(name: &str) -> PathBuf {
 impl Sandbox {
     pub fn new(tag: &str) -> Result<Self> {
         let name = format!("socklb-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let cg2 = socklb::fs_checks::cgroup2_mount()?;
+        let cg2 = socklb_bpf::fs_checks::cgroup2_mount()?;
         let workdir = std::env::temp_dir().join(&name);
         let bpffs_mount = workdir.join("bpffs");
         let mut sb = Self {
@@ -165,7 +165,7 @@ impl Sandbox {
 
     /// [`Sandbox::install`] with other options (the compat programs, say).
     pub fn install_with(&self, opts: &InstallOptions) -> Result<InstallReport> {
-        let installed = socklb::loader::install(opts)?;
+        let installed = socklb_bpf::loader::install(opts)?;
         anyhow::ensure!(installed.switch.is_none(), "a sandbox starts with no other layout serving");
         Ok(installed.report)
     }
@@ -301,7 +301,7 @@ impl Drop for Sandbox {
         }
         // 2. Detach the programs and remove the pins.
         if self.bpffs.exists() {
-            if let Err(e) = socklb::loader::uninstall(&self.cgroup, &self.bpffs) {
+            if let Err(e) = socklb_bpf::loader::uninstall(&self.cgroup, &self.bpffs) {
                 eprintln!("cleanup: uninstall {}: {e}", self.bpffs.display());
             }
         }

@@ -11,12 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use socklb::datapath::{Datapath, aya_maps::AyaMaps};
 use socklb_integration::{
     Sandbox,
     probe::{by_backend, now_ns},
     require_root, sa,
 };
+use {socklb_bpf::maps::AyaMaps, socklb_lb::datapath::Datapath};
 
 fn cluster(endpoints: &[&str]) -> String {
     let eps: Vec<String> =

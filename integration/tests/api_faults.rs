@@ -11,13 +11,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use socklb::datapath::{Datapath, MapState, aya_maps::AyaMaps};
+use socklb_bpf::maps::AyaMaps;
 use socklb_integration::{
     Sandbox,
     apiserver::{FakeApiServer, Faults, Kind, objects},
     probe::{Attempt, by_backend},
     require_root, sa, soak,
 };
+use socklb_lb::datapath::{Datapath, MapState};
 
 const ENETUNREACH: i32 = 101;
 /// The issue asks for a 30 s absence.

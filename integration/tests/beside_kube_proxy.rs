@@ -228,7 +228,7 @@ fn beside(layout: Layout) {
 
     // The counters do count: without socklb, kube-proxy serves the VIPs.
     drop(agent);
-    socklb::loader::uninstall(&sb.cgroup, &sb.bpffs).expect("uninstall");
+    socklb_bpf::loader::uninstall(&sb.cgroup, &sb.bpffs).expect("uninstall");
     let s1 = w.service(1);
     let attempts = sb.connect(SocketAddr::from((s1.vip, s1.port)), 5);
     assert!(attempts.iter().all(|a| a.ok), "{layout:?}: kube-proxy alone: {attempts:?}");

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, net::SocketAddr, process::Command, thread, time::Duration};
 
-use socklb::datapath::aya_maps::AyaMaps;
+use socklb_bpf::maps::AyaMaps;
 use socklb_common::{Config, config_flags};
 use socklb_integration::{
     Programmer, Sandbox, Svc,
@@ -284,11 +284,11 @@ fn bind_guard(variant: Variant) {
     // A NodePort of the service, with loopback as this node's address, as
     // the agent writes it.
     {
-        use socklb::datapath::{Datapath, MapOp};
         use socklb_common::{
             FAMILY_V4, FAMILY_V6, NodeAddrValue, NodePortKey, NodePortValue, PROTO_TCP, addr_from_ip,
             node_flags,
         };
+        use socklb_lb::datapath::{Datapath, MapOp};
         let value = NodePortValue { service_id: 1, flags: 0, _pad: 0 };
         for family in [FAMILY_V4, FAMILY_V6] {
             let key = NodePortKey { port: np.to_be(), proto: PROTO_TCP, family };

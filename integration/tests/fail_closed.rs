@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeSet, net::SocketAddr, process::Command, time::Duration};
 
-use socklb::{affinity, datapath::aya_maps::AyaMaps, loader::pins};
+use socklb_bpf::{affinity, loader::pins, maps::AyaMaps};
 use socklb_integration::{
     Programmer, Sandbox, Svc,
     agent::free_port,
@@ -102,11 +102,11 @@ fn own_loopback(loopback: std::net::IpAddr) {
     let vip = if loopback.is_ipv4() { "10.96.6.9:80" } else { "[fd00:96::6:9]:80" };
     p.set(&[Svc::tcp(1, vip, &[&backend.to_string()])]).expect("program");
     {
-        use socklb::datapath::{Datapath, MapOp};
         use socklb_common::{
             FAMILY_V4, FAMILY_V6, NodeAddrValue, NodePortKey, NodePortValue, PROTO_TCP, addr_from_ip,
             node_flags,
         };
+        use socklb_lb::datapath::{Datapath, MapOp};
         let family = if loopback.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 };
         let key = NodePortKey { port: node_port.to_be(), proto: PROTO_TCP, family };
         p.maps

@@ -10,13 +10,14 @@ use std::{
 };
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use socklb::datapath::{Datapath, MapState, aya_maps::AyaMaps};
+use socklb_bpf::maps::AyaMaps;
 use socklb_integration::{
     Sandbox, UPGRADE_OBJECT,
     apiserver::{FakeApiServer, objects},
     probe::now_ns,
     require_root, sa, soak,
 };
+use socklb_lb::datapath::{Datapath, MapState};
 
 /// Seconds of load in the restart test (the issue asks for 20; soak.sh
 /// asks for more).

@@ -188,7 +188,7 @@ fn the_datapath_outlives_its_loader_and_a_new_loader_adopts_the_pins() {
         .status()
         .expect("run installer");
     assert!(status.success());
-    assert_eq!(attached_programs(&sb.cgroup), socklb::loader::HOOKS.len(), "one program per hook");
+    assert_eq!(attached_programs(&sb.cgroup), socklb_bpf::loader::HOOKS.len(), "one program per hook");
 
     {
         let mut p = Programmer::open(&sb.bpffs).expect("maps");
@@ -200,11 +200,11 @@ fn the_datapath_outlives_its_loader_and_a_new_loader_adopts_the_pins() {
     // A second load adopts: no second attachment, nothing lost.
     let report = sb.install().expect("second install");
     assert!(
-        report.links.iter().all(|(_, action)| *action == socklb::loader::LinkAction::Adopted),
+        report.links.iter().all(|(_, action)| *action == socklb_bpf::loader::LinkAction::Adopted),
         "{report:?}"
     );
     assert!(report.maps_created.is_empty(), "{report:?}");
-    assert_eq!(attached_programs(&sb.cgroup), socklb::loader::HOOKS.len(), "still one program per hook");
+    assert_eq!(attached_programs(&sb.cgroup), socklb_bpf::loader::HOOKS.len(), "still one program per hook");
     let p = Programmer::open(&sb.bpffs).expect("maps");
     assert_eq!(p.mirror.frontends.len(), 1, "map contents survive");
     assert!(sb.connect(sa("10.96.0.10:80"), 5).iter().all(|a| a.ok));
@@ -218,14 +218,14 @@ fn uninstall_detaches_and_removes_the_pins() {
     assert!(sb.connect(sa("10.96.0.10:80"), 3).iter().all(|a| a.ok));
     drop(p);
 
-    let report = socklb::loader::uninstall(&sb.cgroup, &sb.bpffs).expect("uninstall");
-    assert_eq!(report.links_detached.len(), socklb::loader::HOOKS.len());
+    let report = socklb_bpf::loader::uninstall(&sb.cgroup, &sb.bpffs).expect("uninstall");
+    assert_eq!(report.links_detached.len(), socklb_bpf::loader::HOOKS.len());
     assert!(!sb.bpffs.exists(), "pin directory removed");
     assert_eq!(attached_programs(&sb.cgroup), 0);
     let a = &sb.connect(sa("10.96.0.10:80"), 1)[0];
     assert_eq!(a.errno, Some(ENETUNREACH), "the VIP is untranslated again: {a:?}");
     // Running it again is harmless.
-    socklb::loader::uninstall(&sb.cgroup, &sb.bpffs).expect("second uninstall");
+    socklb_bpf::loader::uninstall(&sb.cgroup, &sb.bpffs).expect("second uninstall");
 }
 
 #[test]
@@ -234,7 +234,7 @@ fn a_path_that_is_not_cgroup_v2_is_refused_by_name() {
     let sb = Sandbox::new("tcp-notcg").expect("sandbox");
     let mut opts = sb.install_options();
     opts.cgroup = std::env::temp_dir();
-    let err = socklb::loader::install(&opts).err().expect("tmp is not a cgroup");
+    let err = socklb_bpf::loader::install(&opts).err().expect("tmp is not a cgroup");
     let text = err.to_string();
     assert!(text.contains("is not a cgroup v2 directory"), "{text}");
     assert!(text.contains(&std::env::temp_dir().display().to_string()), "{text}");
@@ -259,7 +259,7 @@ fn a_full_slots_map_leaves_the_previous_version_serving_on_the_real_maps() {
     // Room for four slots: three live ones leave no room for a new set of three.
     let mut opts = sb.install_options();
     opts.capacities.slots = 4;
-    socklb::loader::install(&opts).expect("install");
+    socklb_bpf::loader::install(&opts).expect("install");
     let mut p = Programmer::open(&sb.bpffs).expect("maps");
     let old = ["10.244.0.1:8080", "10.244.0.2:8080", "10.244.0.3:8080"];
     p.set(&[Svc::tcp(1, "10.96.0.10:80", &old), Svc::tcp(2, "10.96.0.20:80", &[])]).expect("program");
@@ -278,7 +278,7 @@ fn a_full_slots_map_leaves_the_previous_version_serving_on_the_real_maps() {
     let two = sb.connect(sa("10.96.0.20:80"), 5);
     assert!(two.iter().all(|a| a.ok && a.backend.as_deref() == Some("10.244.0.1:8080")), "{two:?}");
     // The maps hold no half-written generation.
-    let state = socklb::datapath::Datapath::read_state(&p.maps).expect("read");
+    let state = socklb_lb::datapath::Datapath::read_state(&p.maps).expect("read");
     assert!(state.slots.len() <= 4);
     assert_eq!(state.active_backends(1).map(|v| v.len()), Some(3));
 }

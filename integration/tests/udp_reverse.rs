@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, net::SocketAddr, process::Command, thread, time::Duration};
 
 use aya::maps::{HashMap, Map, MapData};
-use socklb::{datapath::aya_maps::AyaMaps, loader::map_pin};
+use socklb_bpf::{loader::map_pin, maps::AyaMaps};
 use socklb_common::{Config, UdpIndexKey, UdpIndexValue, UdpRevKey, UdpRevValue, map_names};
 use socklb_integration::{Programmer, Sandbox, Svc, require_root, sa, sandbox::bin_path};
 

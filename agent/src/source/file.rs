@@ -22,11 +22,10 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::yaml::{Ingested, ingest_text};
-use crate::{
-    metrics::Metrics,
-    store::{Origin, SourceEvent},
-};
+use socklb_k8s::decode::files::{Ingested, ingest_text};
+use socklb_k8s::store::{Origin, SourceEvent};
+
+use crate::metrics::Metrics;
 
 /// How often the file's metadata is checked: a stat() every 20 ms costs
 /// next to nothing and bounds the event-to-datapath latency of an edit.

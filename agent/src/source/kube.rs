@@ -25,19 +25,17 @@ use kube::{Api, Client, Resource, runtime::watcher};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use super::{
-    backoff::{Report, Retry, error_chain, is_transport_error},
-    node::{IngestedNode, NodeObject, ingest_node},
-};
-use crate::{
-    api_access::Advice,
-    metrics::Metrics,
+use socklb_k8s::{
+    decode::node::{IngestedNode, NodeObject, ingest_node},
     model::service::{LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME},
     store::{
         IngestedService, IngestedSlice, Origin, SourceEvent, ingest_service, ingest_slice, service_key,
         slice_key,
     },
 };
+
+use super::backoff::{Report, Retry, error_chain, is_transport_error};
+use crate::{api_access::Advice, metrics::Metrics};
 
 /// The origin of API server objects (files use 0..n).
 pub const ORIGIN: Origin = u16::MAX;

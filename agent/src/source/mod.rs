@@ -4,5 +4,3 @@ pub mod backoff;
 pub mod file;
 pub mod kube;
 pub mod netlink;
-pub mod node;
-pub mod yaml;

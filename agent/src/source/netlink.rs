@@ -19,7 +19,7 @@ use nix::sys::socket::{
 };
 use tokio::sync::mpsc;
 
-use crate::{netaddr, store::SourceEvent};
+use socklb_k8s::store::SourceEvent;
 
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 const RTMGRP_IPV6_IFADDR: u32 = 0x100;
@@ -32,7 +32,7 @@ pub const SETTLE: Duration = Duration::from_millis(100);
 /// read on a thread of its own (a blocking read costs nothing while
 /// nothing changes).
 pub async fn run(tx: mpsc::Sender<SourceEvent>) {
-    let first = netaddr::host_addresses();
+    let first = host_addresses();
     if tx.send(SourceEvent::HostAddresses(first.clone())).await.is_err() {
         return;
     }
@@ -71,7 +71,7 @@ fn follow(mut last: Vec<IpAddr>, tx: &mpsc::Sender<SourceEvent>) {
         if tx.is_closed() {
             return;
         }
-        let now = netaddr::host_addresses();
+        let now = host_addresses();
         if now != last {
             tracing::info!(addresses = ?now, "this node's addresses changed");
             last = now.clone();
@@ -89,7 +89,40 @@ fn subscribe() -> std::io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Every address of this host's interfaces, without IPv6 link-local ones
+/// (they need a scope id, which a NodePort frontend cannot carry).
+pub fn host_addresses() -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+        .map(|addrs| {
+            addrs
+                .filter_map(|a| a.address)
+                .filter_map(|s| {
+                    if let Some(v4) = s.as_sockaddr_in() {
+                        Some(IpAddr::V4(v4.ip()))
+                    } else {
+                        s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+                    }
+                })
+                .filter(|ip| !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// This node's addresses (for the first render, before the task reports).
 pub fn current() -> Vec<IpAddr> {
-    netaddr::host_addresses()
+    host_addresses()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_host_has_a_loopback_address() {
+        assert!(host_addresses().iter().any(IpAddr::is_loopback));
+    }
 }

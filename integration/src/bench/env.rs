@@ -70,7 +70,7 @@ impl Env {
 
     pub fn create(run_id: &str, tag: &str) -> Result<Self> {
         let tag = format!("socklb-bench-{run_id}-{tag}");
-        let cg2 = socklb::fs_checks::cgroup2_mount()?;
+        let cg2 = socklb_bpf::fs_checks::cgroup2_mount()?;
         let workdir = std::env::temp_dir().join(&tag);
         let bpffs_mount = workdir.join("bpffs");
         let env = Self {
@@ -196,7 +196,7 @@ impl Drop for Env {
             let _ = c.wait();
         }
         if self.bpffs.exists() {
-            let _ = socklb::loader::uninstall(&self.cgroup, &self.bpffs);
+            let _ = socklb_bpf::loader::uninstall(&self.cgroup, &self.bpffs);
         }
         let _ = nix::mount::umount2(&self.bpffs_mount, nix::mount::MntFlags::MNT_DETACH);
         let _ = fs::remove_dir_all(&self.workdir);
@@ -275,7 +275,7 @@ pub fn cleanup(run_id: &str) {
             }
         }
     }
-    let Ok(cg2) = socklb::fs_checks::cgroup2_mount() else { return };
+    let Ok(cg2) = socklb_bpf::fs_checks::cgroup2_mount() else { return };
     if let Ok(entries) = fs::read_dir(&cg2) {
         for e in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)) {
             let cgroup = e.path();
@@ -283,7 +283,7 @@ pub fn cleanup(run_id: &str) {
                 procs.lines().filter_map(|l| l.trim().parse().ok()).for_each(kill);
             }
             let work = std::env::temp_dir().join(e.file_name());
-            let _ = socklb::loader::uninstall(&cgroup, &work.join("bpffs/socklb"));
+            let _ = socklb_bpf::loader::uninstall(&cgroup, &work.join("bpffs/socklb"));
             let _ = nix::mount::umount2(&work.join("bpffs"), nix::mount::MntFlags::MNT_DETACH);
             let _ = fs::remove_dir_all(&work);
             // Agents outside the cgroup (they run in the host namespace).

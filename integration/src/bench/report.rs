@@ -197,7 +197,7 @@ fn machine() -> String {
     };
     format!(
         "- CPU: {cpu} ({cpus} vCPU)\n- Kernel: {}\n- {}\n- {}\n- socklb {}\n- IPVS: not measured; this kernel has `CONFIG_IP_VS` unset.\n",
-        socklb::features::kernel_release(),
+        socklb_bpf::features::kernel_release(),
         version("iptables", "--version"),
         version("nft", "--version"),
         env!("CARGO_PKG_VERSION"),

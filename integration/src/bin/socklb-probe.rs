@@ -257,8 +257,8 @@ fn main() -> Result<()> {
             Err(err).with_context(|| format!("exec {}", command[0]))
         }
         Cmd::Install { cgroup, bpffs } => {
-            let opts = socklb::loader::InstallOptions::new(cgroup, bpffs);
-            let report = socklb::loader::install(&opts)?.report;
+            let opts = socklb_bpf::loader::InstallOptions::new(cgroup, bpffs);
+            let report = socklb_bpf::loader::install(&opts)?.report;
             println!("{report:?}");
             Ok(())
         }

@@ -1,6 +1,6 @@
 //! Builds the eBPF programs (crate `ebpf-sock`) for the BPF target with the
 //! nightly toolchain and bpf-linker, and leaves the object in OUT_DIR, from
-//! where `src/loader.rs` embeds it into the `socklb` binary.
+//! where `src/loader` embeds it (and so into the `socklb` binary).
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
@@ -8,7 +8,7 @@ use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
-    let root = Path::new(&manifest_dir).join("../ebpf-sock");
+    let root = Path::new(&manifest_dir).join("../../ebpf-sock");
     let root = root.to_str().context("ebpf-sock path is not UTF-8")?;
     println!("cargo:rerun-if-env-changed=PATH");
     if std::env::var_os("AYA_BUILD_SKIP").is_none() && which_bpf_linker().is_none() {

@@ -9,7 +9,7 @@ use super::{
     slices::parse_slice,
     *,
 };
-use crate::source::yaml::parse_objects;
+use crate::decode::files::parse_objects;
 
 fn ctx() -> NodeContext {
     NodeContext {

@@ -16,14 +16,15 @@ use socklb_common::{
     NodeLocalValue, NodePortKey, NodePortValue, ServiceName, addr_from_ip, node_flags, nodeport_flags,
 };
 
+use socklb_k8s::model::{
+    Family, NodeContext, ObjKey, Problem, ServiceModel, SetId,
+    nodes::{NodeInfo, nodeport_addresses},
+    problem::ProblemKind,
+};
+
 use crate::{
     datapath::{DesiredService, DesiredState, MapState},
     ids::IdAllocator,
-    model::{
-        Family, NodeContext, ObjKey, Problem, ServiceModel, SetId,
-        nodes::{NodeInfo, nodeport_addresses},
-        problem::ProblemKind,
-    },
 };
 
 /// What a render step changed: the plan only needs to look at these.

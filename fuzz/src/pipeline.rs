@@ -1,19 +1,18 @@
 //! The whole pipeline on untrusted text, for the cargo-fuzz target in
-//! `fuzz/` and for the suite's replay of its seeds (`agent/tests/fuzz_replay.rs`):
+//! `fuzz/` and for the suite's replay of its seeds (`agent/tests/fuzz_replay.rs`).
+//! Both include this file by path, so it is no part of any production crate:
 //! ingest (YAML or JSON), model, render, plan, and execute into a fake
 //! datapath. Nothing here may panic; errors and problems are the expected
 //! outcome for most inputs.
 
 use std::sync::Arc;
 
-use crate::{
-    datapath::fake::SharedFake,
+use socklb::{
     metrics::Metrics,
-    model::NodeContext,
     reconcile::{Limits, Reconciler},
-    source::yaml::ingest_text,
-    store::SourceEvent,
 };
+use socklb_k8s::{decode::files::ingest_text, model::NodeContext, store::SourceEvent};
+use socklb_lb::datapath::fake::SharedFake;
 
 /// What one input led to, so that callers can check more than "no panic".
 #[derive(Debug, Default, PartialEq, Eq)]

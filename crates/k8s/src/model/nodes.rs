@@ -11,7 +11,7 @@
 use std::{collections::BTreeMap, fmt, net::IpAddr, str::FromStr};
 
 use super::NodeContext;
-use crate::netaddr::{self, Cidr, CidrError};
+use crate::cidr::{self, Cidr, CidrError};
 
 /// `--nodeport-addresses`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -100,7 +100,7 @@ pub fn nodeport_addresses(
     }
     let mine: Vec<IpAddr> = match &ctx.nodeport_addresses {
         NodePortAddresses::All => ctx.host_addresses.clone(),
-        NodePortAddresses::Cidrs(cidrs) => netaddr::nodeport_addresses(cidrs, &ctx.host_addresses),
+        NodePortAddresses::Cidrs(cidrs) => cidr::nodeport_addresses(cidrs, &ctx.host_addresses),
         NodePortAddresses::Primary => {
             nodes.get(&ctx.node_name).map(|n| n.addresses.clone()).unwrap_or_default()
         }

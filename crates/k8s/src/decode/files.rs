@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use crate::{
+    decode::node::{IngestedNode, NodeObject, ingest_node},
     model::{Problem, problem::ProblemKind},
-    source::node::{IngestedNode, NodeObject, ingest_node},
     store::{IngestedService, IngestedSlice, ingest_service, ingest_slice},
 };
 

@@ -15,8 +15,8 @@ use socklb_common::{
     SlotKey, SlotValue, map_names,
 };
 
-use super::{Datapath, DatapathError, MapOp, MapState};
 use crate::loader::pins::active_dir;
+use socklb_lb::datapath::{Datapath, DatapathError, MapOp, MapState};
 
 pub struct AyaMaps {
     frontends: HashMap<MapData, FrontendKey, FrontendValue>,

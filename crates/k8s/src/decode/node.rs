@@ -26,9 +26,9 @@ pub struct NodeObject {
     pub zone: Option<String>,
 }
 
-impl kube::Resource for NodeObject {
+impl kube_core::Resource for NodeObject {
     type DynamicType = ();
-    type Scope = kube::core::ClusterResourceScope;
+    type Scope = kube_core::ClusterResourceScope;
 
     fn kind(_: &()) -> Cow<'_, str> {
         "Node".into()

@@ -5,7 +5,6 @@
 //! * [`fake::FakeDatapath`]: an in-memory map set with the same semantics.
 //! * [`faulty::FaultyDatapath`]: wraps another and fails chosen writes.
 
-pub mod aya_maps;
 pub mod fake;
 pub mod faulty;
 pub mod state;

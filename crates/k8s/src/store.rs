@@ -19,7 +19,7 @@ use crate::model::{
     service::{ServiceOutcome, parse_service},
     slices::{LABEL_SERVICE_NAME, ParsedSlice, parse_slice},
 };
-use crate::{model::nodes::NodeInfo, source::node::IngestedNode};
+use crate::{decode::node::IngestedNode, model::nodes::NodeInfo};
 
 /// Which source an object came from: each `--from-file` is one origin, the
 /// API server another. A relist replaces only its own origin's objects.

@@ -112,7 +112,7 @@ impl IdAllocator {
         }
         for (k, v) in &state.node_local {
             let name = state.names.get(&v.service_id).and_then(|n| {
-                crate::model::SetName::parse(n.as_str())
+                socklb_k8s::model::SetName::parse(n.as_str())
                     .and_then(|p| p.policy.strip_prefix("node:"))
                     .map(str::to_string)
             });

@@ -1,0 +1,4 @@
+//! Decoding objects into the forms the store keeps.
+
+pub mod files;
+pub mod node;
