@@ -28,8 +28,8 @@ use socklb_k8s::{
 use crate::{
     api_access, http,
     inspect::PinnedCounters,
-    metrics::{MapLabel, Metrics},
-    reconcile::{Limits, Reconciler},
+    metrics::Metrics,
+    reconcile::{Limits, Reconciler, SyncReport},
     source,
 };
 
@@ -53,7 +53,13 @@ pub struct AgentConfig {
     pub health_timeout: Duration,
     /// `--k8s-api-server`: replaces the configured API server address.
     pub k8s_api_server: Option<::http::Uri>,
+    /// Sizes of the tables the programs fill (affinity, UDP reverse); the
+    /// agent's own maps follow what it programs.
     pub capacities: Capacities,
+    /// `--max-services` and `--max-backends`: how far the maps may grow.
+    pub limits: Limits,
+    /// Export counters per Service port (the series grow with the cluster).
+    pub per_service_metrics: bool,
     pub service_proxy_name: Option<String>,
     /// Translate only sockets in the host network namespace.
     pub hostns_only: bool,
@@ -72,11 +78,10 @@ pub struct AgentConfig {
     pub udp_idle_timeout: Duration,
 }
 
-/// Events arriving within this quiet time are applied together.
-const DEBOUNCE_QUIET: Duration = Duration::from_millis(10);
-/// ...but a steady stream of events is applied at least this often.
-const DEBOUNCE_MAX: Duration = Duration::from_millis(100);
-/// After a failed sync, try again after this long.
+/// The most events one sync takes (more wait for the next, so that a flood
+/// cannot hold the datapath back for long).
+const MAX_BATCH: usize = 16_384;
+/// Before the agent is ready: how soon to try a sync that did not complete.
 const RETRY: Duration = Duration::from_secs(1);
 
 /// What the agent does on this node.
@@ -98,12 +103,14 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         return remove(&cfg, listeners, metrics).await;
     }
 
-    let installed = loader::install(&InstallOptions {
+    let install = InstallOptions {
         cgroup: cfg.cgroup.clone(),
         bpffs: cfg.bpffs.clone(),
         capacities: cfg.capacities,
         without_set_retval: cfg.without_set_retval,
-    })?;
+        fresh_generation: false,
+    };
+    let installed = loader::install(&install)?;
     let report = &installed.report;
     let compat: Vec<&str> = report.support.choices.iter().filter(|c| c.compat).map(|c| c.hook).collect();
     tracing::info!(
@@ -135,7 +142,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     for (map, pinned, asked) in &report.size_mismatches {
         tracing::warn!(map, pinned, asked, "a pinned map keeps its size; run `socklb uninstall` to resize");
     }
-    let mut maps = AyaMaps::open_dir(&installed.maps_dir)?;
+    let mut maps = AyaMaps::open_dir(&installed.maps_dir)?.with_growth(install.clone());
     let mut pending_switch = installed.switch;
     let mut flags = if cfg.hostns_only { config_flags::HOSTNS_ONLY } else { 0 };
     if cfg.test_fail_storage {
@@ -157,16 +164,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         udp_idle_timeout = %humantime::format_duration(cfg.udp_idle_timeout),
         "datapath settings"
     );
-    for (map, cap) in maps.capacities()? {
-        metrics.map_capacity.get_or_create(&MapLabel { map: map.into() }).set(i64::from(cap));
-    }
-    metrics.set_counter_source(Box::new(PinnedCounters::new(&cfg.bpffs)));
+    let set_labels = cfg.per_service_metrics.then(Default::default);
+    metrics.set_counter_source(Box::new(PinnedCounters::new(&cfg.bpffs, set_labels.clone())));
     metrics.health.set_timeout(cfg.health_timeout);
     {
         let (cgroup, bpffs) = (cfg.cgroup.clone(), cfg.bpffs.clone());
         metrics.health.set_datapath_check(Box::new(move || loader::check_attached(&cgroup, &bpffs)));
     }
-    let limits = Limits { max_services: maps.service_id_limit()?, max_backends: cfg.capacities.backends };
     let ctx = NodeContext {
         node_name: cfg.node_name.clone(),
         zone: None,
@@ -179,7 +183,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     // whether the server is an address the datapath translates is read
     // from them.
     let api = if cfg.from_files.is_empty() { Some(api_client(&cfg, &maps).await?) } else { None };
-    let mut reconciler = Reconciler::new(Box::new(maps), ctx, &limits, metrics.clone())?;
+    let mut reconciler = Reconciler::new(Box::new(maps), ctx, &cfg.limits, metrics.clone())?;
+    if let Some(labels) = set_labels {
+        reconciler.publish_set_labels(labels);
+    }
 
     for listener in listeners {
         tokio::spawn(http::serve(listener, metrics.clone()));
@@ -261,7 +268,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             }
         }) as BeforeReady
     });
-    let mut loop_cfg = LoopConfig { expected, resync: cfg.resync, on_doomed, before_ready };
+    let (sets_tx, sets_rx) = mpsc::channel(4);
+    if let Ok(mut q) = metrics.sets_query.lock() {
+        *q = Some(sets_tx);
+    }
+    let mut loop_cfg =
+        LoopConfig { expected, resync: cfg.resync, on_doomed, before_ready, sets_queries: Some(sets_rx) };
     drive(&mut reconciler, &mut rx, &mut loop_cfg, &metrics, shutdown).await;
     tracing::info!("stopping; the datapath stays attached (socklb uninstall removes it)");
     Ok(())
@@ -313,12 +325,18 @@ pub struct LoopConfig {
     pub on_doomed: Option<DoomedHandler>,
     /// See [`BeforeReady`]: the switch to a new map layout.
     pub before_ready: Option<BeforeReady>,
+    /// `/sets` requests, answered between syncs.
+    pub sets_queries: Option<mpsc::Receiver<tokio::sync::oneshot::Sender<String>>>,
 }
 
-/// The agent's event loop: batches source events, syncs once every source
-/// has delivered its initial state (never before: a partial initial state
-/// must not prune a live datapath), resyncs periodically, retries failures,
-/// and returns when `shutdown` completes or every source is gone.
+/// The agent's event loop: takes every event that has arrived and syncs
+/// them at once (a lone event is applied without waiting; what arrives
+/// while a sync runs is taken together by the next). It syncs only once
+/// every source has delivered its initial state (never before: a partial
+/// initial state must not prune a live datapath), retries failed Services
+/// when their backoff ends, reads the maps back a chunk at a time between
+/// events (resync), and returns when `shutdown` completes or every source
+/// is gone.
 pub async fn drive(
     reconciler: &mut Reconciler,
     rx: &mut mpsc::Receiver<SourceEvent>,
@@ -332,31 +350,43 @@ pub async fn drive(
     resync.tick().await;
     let mut synced: HashMap<&'static str, usize> = HashMap::new();
     let mut all_synced = false;
-    let mut oldest: Option<Instant> = None;
-    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut not_ready_retry: Option<tokio::time::Instant> = None;
+    let mut queries = cfg.sets_queries.take();
 
     loop {
+        let retry_at = if all_synced {
+            reconciler
+                .next_retry()
+                .map(tokio::time::Instant::from_std)
+                .into_iter()
+                .chain(not_ready_retry)
+                .min()
+        } else {
+            None
+        };
         tokio::select! {
+            biased;
+            _ = &mut shutdown => return,
             event = rx.recv() => {
                 let Some(event) = event else {
                     tracing::error!("every source stopped");
                     return;
                 };
-                oldest.get_or_insert_with(Instant::now);
+                let first_at = Instant::now();
                 if all_synced {
-                    metrics.health.queued(Instant::now());
+                    metrics.health.queued(first_at);
                 }
-                let batch_end = Instant::now() + DEBOUNCE_MAX;
                 let mut next = Some(event);
+                let mut taken = 0;
                 while let Some(event) = next.take() {
                     if let SourceEvent::Synced(part) = &event {
                         *synced.entry(part).or_default() += 1;
                     }
                     reconciler.apply_event(event);
-                    if Instant::now() >= batch_end {
-                        break;
+                    taken += 1;
+                    if taken < MAX_BATCH {
+                        next = rx.try_recv().ok();
                     }
-                    next = tokio::time::timeout(DEBOUNCE_QUIET, rx.recv()).await.ok().flatten();
                 }
                 if !all_synced {
                     all_synced = cfg.expected.iter().all(|(k, n)| synced.get(k).copied().unwrap_or(0) >= *n);
@@ -365,55 +395,73 @@ pub async fn drive(
                     }
                 }
                 let report = reconciler.sync();
-                if let (Some(f), false) =
-                    (&cfg.on_doomed, report.doomed.is_empty() && report.revived.is_empty())
-                {
-                    f(&report.doomed, &report.revived);
-                }
-                if let Some(t) = oldest.take() {
-                    metrics.event_to_datapath.observe(t.elapsed().as_secs_f64());
-                }
-                retry_at = (!report.complete).then(|| tokio::time::Instant::now() + RETRY);
-                if report.complete {
-                    metrics.health.synced();
-                } else {
-                    metrics.health.queued(Instant::now());
-                }
-                if !metrics.is_ready() && become_ready(cfg, report.complete) {
-                    metrics.set_ready();
-                    tracing::info!(ops = report.ops_applied, complete = report.complete, "first full sync programmed; ready");
-                } else if !metrics.is_ready() {
-                    retry_at = Some(tokio::time::Instant::now() + RETRY);
+                after_sync(reconciler, cfg, metrics, &report, &mut not_ready_retry);
+                metrics.event_to_datapath.observe(first_at.elapsed().as_secs_f64());
+            }
+            query = async { queries.as_mut()?.recv().await }, if queries.is_some() => {
+                match query {
+                    Some(reply) => {
+                        let _ = reply.send(reconciler.set_names());
+                    }
+                    None => queries = None,
                 }
             }
             _ = async { tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)).await }, if retry_at.is_some() => {
+                not_ready_retry = None;
                 let report = reconciler.sync();
-                retry_at = (!report.complete).then(|| tokio::time::Instant::now() + RETRY);
-                if report.complete {
-                    metrics.health.synced();
-                }
-                if all_synced && !metrics.is_ready() {
-                    if become_ready(cfg, report.complete) {
-                        metrics.set_ready();
-                        tracing::info!(ops = report.ops_applied, "first full sync programmed; ready");
-                    } else {
-                        retry_at = Some(tokio::time::Instant::now() + RETRY);
-                    }
-                }
+                after_sync(reconciler, cfg, metrics, &report, &mut not_ready_retry);
             }
             _ = resync.tick(), if all_synced => {
-                match reconciler.resync() {
-                    Ok(drift) => tracing::debug!(drift, "resync"),
-                    Err(e) => tracing::warn!(error = %e, "resync could not read the maps"),
+                reconciler.start_resync();
+            }
+            // A chunk of the resync, when no event waits (biased order).
+            _ = std::future::ready(()), if reconciler.resyncing() => {
+                match reconciler.resync_step() {
+                    Ok(Some(found)) => tracing::debug!(found, "resync round done"),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "resync could not read the maps");
+                        reconciler.stop_resync();
+                    }
                 }
                 if reconciler.needs_retry() {
                     metrics.health.queued(Instant::now());
-                    retry_at = Some(tokio::time::Instant::now() + RETRY);
                 }
+                tokio::task::yield_now().await;
             }
-            _ = &mut shutdown => return,
         }
     }
+}
+
+/// Bookkeeping after a sync: stale sockets, health, readiness.
+fn after_sync(
+    reconciler: &Reconciler,
+    cfg: &mut LoopConfig,
+    metrics: &Metrics,
+    report: &SyncReport,
+    not_ready_retry: &mut Option<tokio::time::Instant>,
+) {
+    if let (Some(f), false) = (&cfg.on_doomed, report.doomed.is_empty() && report.revived.is_empty()) {
+        f(&report.doomed, &report.revived);
+    }
+    if report.complete {
+        metrics.health.synced();
+    } else {
+        metrics.health.queued(Instant::now());
+    }
+    if !metrics.is_ready() {
+        if become_ready(cfg, report.complete) {
+            metrics.set_ready();
+            tracing::info!(
+                ops = report.ops_applied,
+                complete = report.complete,
+                "first full sync programmed; ready"
+            );
+        } else {
+            *not_ready_retry = Some(tokio::time::Instant::now() + RETRY);
+        }
+    }
+    let _ = reconciler;
 }
 
 /// Whether the agent may report ready after a first sync: at once, or, with

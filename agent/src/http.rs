@@ -10,12 +10,16 @@ use crate::metrics::Metrics;
 pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
 pub const METRICS: &str = "/metrics";
+/// Which Service each backend set id belongs to (the kernel keeps no
+/// names): one `id<TAB>namespace/name:port/PROTO family policy` line each.
+pub const SETS: &str = "/sets";
 
 pub fn router(metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route(HEALTHZ, get(healthz))
         .route(READYZ, get(readyz))
         .route(METRICS, get(metrics_text))
+        .route(SETS, get(sets))
         .with_state(metrics)
 }
 
@@ -40,6 +44,21 @@ async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
 async fn metrics_text(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     let body = tokio::task::spawn_blocking(move || m.encode()).await.unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+}
+
+async fn sets(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    let tx = m.sets_query.lock().ok().and_then(|g| g.clone());
+    let Some(tx) = tx else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no agent loop\n".to_string());
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if tx.send(reply).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the agent loop stopped\n".to_string());
+    }
+    match answer.await {
+        Ok(text) => (StatusCode::OK, text),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "no answer\n".to_string()),
+    }
 }
 
 /// Binds first (so a taken port is an error at start), then serves.

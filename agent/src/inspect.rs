@@ -1,16 +1,41 @@
-//! Reading the pinned maps back for people: `socklb list` and the
-//! per-service counters behind `/metrics`.
+//! Reading the pinned maps back for people: `socklb list`, `explain`,
+//! `status`, and the counters behind `/metrics`.
+//!
+//! The kernel keeps no names: which Service a set belongs to comes from the
+//! agent (`/sets`), as [`SetNames`]; without an agent, sets show by id.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::Path, sync::Mutex};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 use serde::Serialize;
-use socklb_common::{SCOPE_EXTERNAL, ServiceCounters, frontend_flags, ip_from_addr, service_flags};
+use socklb_common::{SCOPE_EXTERNAL, SetCounters, SetState, frontend_flags, ip_from_addr, set_flags};
 
 use socklb_bpf::{features, loader, maps::AyaMaps};
-use socklb_k8s::model::SetName;
 use socklb_lb::datapath::{Datapath, DatapathError, MapState};
 
 use crate::metrics::{CounterSource, ServiceLabels};
+
+/// Set ids to their Services' names (`namespace/name:port/PROTO family
+/// policy`), as the agent's `/sets` lists them.
+pub type SetNames = BTreeMap<u32, String>;
+
+/// Parses the agent's `/sets` answer.
+pub fn parse_set_names(text: &str) -> SetNames {
+    text.lines()
+        .filter_map(|l| {
+            let (id, name) = l.split_once('\t')?;
+            Some((id.trim().parse().ok()?, name.trim().to_string()))
+        })
+        .collect()
+}
+
+fn set_name(names: &SetNames, id: u32) -> String {
+    names.get(&id).cloned().unwrap_or_else(|| format!("set {id}"))
+}
 
 /// One frontend and what it reaches.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -20,7 +45,7 @@ pub struct FrontendRow {
     pub protocol: String,
     pub kind: String,
     pub scope: String,
-    pub service_id: u32,
+    pub set_id: u32,
     pub flags: Vec<String>,
     pub backends: Vec<String>,
     pub translations: u64,
@@ -57,22 +82,28 @@ fn proto(n: u8) -> String {
 /// The rows of `socklb list`, sorted by service then frontend: every
 /// frontend, every NodePort (on every node's addresses) and every other
 /// node's set for `externalTrafficPolicy: Local` NodePorts.
-pub fn frontend_rows(state: &MapState, counters: &BTreeMap<u32, ServiceCounters>) -> Vec<FrontendRow> {
-    let row = |service_id: u32, frontend: String, protocol: String, kind: String, scope: &str| {
-        let svc = state.services.get(&service_id);
-        let name = state.names.get(&service_id).map(|n| n.as_str().to_string()).unwrap_or_default();
-        let (backends, mut flags, _) = describe_set(state, service_id);
-        if svc.is_some_and(|s| s.count == 0) {
+pub fn frontend_rows(
+    state: &MapState,
+    counters: &BTreeMap<u32, SetCounters>,
+    names: &SetNames,
+) -> Vec<FrontendRow> {
+    let row = |set_id: u32, frontend: String, protocol: String, kind: String, scope: &str| {
+        let set = state.sets.get(&set_id).map(|e| SetState::unpack(e.state));
+        let (backends, mut flags) = describe_set(state, set_id);
+        if set.is_some_and(|s| s.count == 0) {
             flags.push("no-endpoints:refused".into());
         }
-        let c = counters.get(&service_id).copied().unwrap_or_default();
+        if set.is_none() {
+            flags.push("set-missing".into());
+        }
+        let c = counters.get(&set_id).copied().unwrap_or_default();
         FrontendRow {
-            service: name,
+            service: set_name(names, set_id),
             frontend,
             protocol,
             kind,
             scope: scope.into(),
-            service_id,
+            set_id,
             flags,
             backends,
             translations: c.translations,
@@ -84,7 +115,7 @@ pub fn frontend_rows(state: &MapState, counters: &BTreeMap<u32, ServiceCounters>
         .iter()
         .map(|(k, f)| {
             let frontend = SocketAddr::new(ip_from_addr(&k.addr), u16::from_be(k.port)).to_string();
-            row(f.service_id, frontend, proto(k.proto), kind(f.flags).into(), scope_name(k.scope))
+            row(f.set_id, frontend, proto(k.proto), kind(f.flags).into(), scope_name(k.scope))
         })
         .collect();
     let addresses =
@@ -93,13 +124,13 @@ pub fn frontend_rows(state: &MapState, counters: &BTreeMap<u32, ServiceCounters>
         let any = if k.family == socklb_common::FAMILY_V4 { "*" } else { "[*]" };
         let frontend = format!("{any}:{}", u16::from_be(k.port));
         let kind = format!("NodePort ({} node addresses)", addresses(k.family));
-        rows.push(row(np.service_id, frontend, proto(k.proto), kind, "internal"));
+        rows.push(row(np.set_id, frontend, proto(k.proto), kind, "internal"));
     }
     for (k, v) in &state.node_local {
-        let port = state.node_ports.iter().find(|(_, np)| np.service_id == k.service_id);
+        let port = state.node_ports.iter().find(|(_, np)| np.set_id == k.set_id);
         let Some((nk, _)) = port else { continue };
         let frontend = format!("node {}:{}", k.node_id, u16::from_be(nk.port));
-        rows.push(row(v.service_id, frontend, proto(nk.proto), "NodePort (another node)".into(), "internal"));
+        rows.push(row(v.set_id, frontend, proto(nk.proto), "NodePort (another node)".into(), "internal"));
     }
     rows.sort_by(|a, b| (&a.service, &a.frontend, &a.scope).cmp(&(&b.service, &b.frontend, &b.scope)));
     rows
@@ -110,7 +141,7 @@ pub fn frontend_rows(state: &MapState, counters: &BTreeMap<u32, ServiceCounters>
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct SetRow {
     pub service: String,
-    pub service_id: u32,
+    pub set_id: u32,
     pub flags: Vec<String>,
     pub backends: Vec<String>,
     pub translations: u64,
@@ -131,10 +162,10 @@ pub fn set_rows(frontends: &[FrontendRow]) -> Vec<SetRow> {
     let mut out: Vec<SetRow> = Vec::new();
     let mut index: BTreeMap<u32, usize> = BTreeMap::new();
     for f in frontends {
-        let i = *index.entry(f.service_id).or_insert_with(|| {
+        let i = *index.entry(f.set_id).or_insert_with(|| {
             out.push(SetRow {
                 service: f.service.clone(),
-                service_id: f.service_id,
+                set_id: f.set_id,
                 flags: f.flags.clone(),
                 backends: f.backends.clone(),
                 translations: f.translations,
@@ -213,11 +244,16 @@ pub fn render_table(rows: &[SetRow]) -> String {
     out
 }
 
-/// Reads the per-service counters of the pinned maps at scrape time.
+/// Per-service labels of each set id, published by the agent with
+/// `--per-service-metrics`.
+pub type SetLabels = Arc<Mutex<BTreeMap<u32, ServiceLabels>>>;
+
+/// Reads the counters of the pinned maps at scrape time.
 #[derive(Debug)]
 pub struct PinnedCounters {
     bpffs: std::path::PathBuf,
     maps: Mutex<Option<AyaMapsDebug>>,
+    labels: Option<SetLabels>,
 }
 
 struct AyaMapsDebug(AyaMaps, std::path::PathBuf);
@@ -229,8 +265,8 @@ impl std::fmt::Debug for AyaMapsDebug {
 }
 
 impl PinnedCounters {
-    pub fn new(bpffs: &Path) -> Self {
-        Self { bpffs: bpffs.to_owned(), maps: Mutex::new(None) }
+    pub fn new(bpffs: &Path, labels: Option<SetLabels>) -> Self {
+        Self { bpffs: bpffs.to_owned(), maps: Mutex::new(None), labels }
     }
 
     /// Runs `read` on the maps of the active generation.
@@ -242,7 +278,8 @@ impl PinnedCounters {
             map: socklb_common::map_names::COUNTERS,
             source: std::io::Error::other("lock poisoned"),
         })?;
-        // A layout switch moves the maps to another generation: follow it.
+        // Growth or a layout switch moves the maps to another generation:
+        // follow it.
         let dir = loader::pins::active_dir(&self.bpffs);
         if guard.as_ref().is_none_or(|m| m.1 != dir) {
             *guard = Some(AyaMapsDebug(AyaMaps::open_dir(&dir)?, dir));
@@ -252,39 +289,36 @@ impl PinnedCounters {
             None => Ok(T::default()),
         }
     }
-
-    fn rows(&self) -> Result<Vec<(ServiceLabels, u64, u64)>, DatapathError> {
-        self.with_maps(Self::rows_of)
-    }
-
-    fn rows_of(maps: &AyaMaps) -> Result<Vec<(ServiceLabels, u64, u64)>, DatapathError> {
-        let names = maps.read_names()?;
-        let counters = maps.read_counters()?;
-        let mut sums: BTreeMap<ServiceLabels, (u64, u64)> = BTreeMap::new();
-        for (id, name) in &names {
-            let Some(parts) = SetName::parse(name.as_str()) else {
-                continue;
-            };
-            let labels = ServiceLabels {
-                namespace: parts.namespace.into(),
-                name: parts.name.into(),
-                port: parts.port.into(),
-            };
-            let c = counters.get(id).copied().unwrap_or_default();
-            let e = sums.entry(labels).or_default();
-            e.0 += c.translations;
-            e.1 += c.refused;
-        }
-        Ok(sums.into_iter().map(|(l, (t, r))| (l, t, r)).collect())
-    }
 }
 
 impl CounterSource for PinnedCounters {
+    fn totals(&self) -> (u64, u64) {
+        self.with_maps(|m| m.read_counters())
+            .map(|c| c.values().fold((0, 0), |(t, r), c| (t + c.translations, r + c.refused)))
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "reading datapath counters");
+                (0, 0)
+            })
+    }
+
     fn read(&self) -> Vec<(ServiceLabels, u64, u64)> {
-        self.rows().unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "reading datapath counters");
-            Vec::new()
-        })
+        let Some(labels) = &self.labels else { return Vec::new() };
+        let counters = match self.with_maps(|m| m.read_counters()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading datapath counters");
+                return Vec::new();
+            }
+        };
+        let Ok(labels) = labels.lock() else { return Vec::new() };
+        let mut sums: BTreeMap<&ServiceLabels, (u64, u64)> = BTreeMap::new();
+        for (id, l) in labels.iter() {
+            let c = counters.get(id).copied().unwrap_or_default();
+            let e = sums.entry(l).or_default();
+            e.0 += c.translations;
+            e.1 += c.refused;
+        }
+        sums.into_iter().map(|(l, (t, r))| (l.clone(), t, r)).collect()
     }
 
     fn events(&self) -> Vec<(&'static str, u64)> {
@@ -295,59 +329,58 @@ impl CounterSource for PinnedCounters {
     }
 }
 
-/// Every map entry the agent writes, one sorted line each: the golden-file
-/// format, and what `socklb list --raw` would show.
-pub fn dump_maps(state: &MapState) -> String {
+/// Every map entry the agent writes, one sorted line each, slots shown as
+/// the backends of their set (their positions are the allocator's
+/// business): the golden-file format.
+pub fn dump_maps(state: &MapState, names: &SetNames) -> String {
     let addr =
         |a: &socklb_common::Addr, port: u16| SocketAddr::new(ip_from_addr(a), u16::from_be(port)).to_string();
     let mut lines = Vec::new();
     for (k, f) in &state.frontends {
         let scope = scope_name(k.scope);
         lines.push(format!(
-            "frontend {}/{} {scope} -> service {} ({})",
+            "frontend {}/{} {scope} -> set {} ({})",
             addr(&k.addr, k.port),
             proto(k.proto),
-            f.service_id,
+            f.set_id,
             kind(f.flags)
         ));
     }
-    for (id, s) in &state.services {
-        let name = state.names.get(id).map(|n| n.as_str().to_string()).unwrap_or_default();
+    for (id, e) in &state.sets {
+        let st = SetState::unpack(e.state);
+        let backends: Vec<String> = state
+            .backends_of(*id)
+            .unwrap_or_default()
+            .iter()
+            .map(|b| format!("{}/{}", addr(&b.addr, b.port), proto(b.proto)))
+            .collect();
         lines.push(format!(
-            "service {id} {name:?} count={} generation={} flags={:#x} affinity={}s",
-            s.count, s.generation, s.flags, s.affinity_timeout_secs
+            "set {id} {:?} count={} flags={:#x} affinity={}s backends=[{}]",
+            set_name(names, *id),
+            st.count,
+            st.flags,
+            e.affinity_timeout_secs,
+            backends.join(",")
         ));
-    }
-    for (k, b) in &state.slots {
-        lines.push(format!(
-            "slot service={} generation={} index={} -> backend {b}",
-            k.service_id, k.generation, k.index
-        ));
-    }
-    for (id, b) in &state.backends {
-        lines.push(format!("backend {id} {}/{} flags={:#x}", addr(&b.addr, b.port), proto(b.proto), b.flags));
     }
     for m in &state.members {
-        lines.push(format!("member service={} backend={}", m.service_id, m.backend_id));
+        lines.push(format!("member set={} backend={}/{}", m.set_id, addr(&m.addr, m.port), proto(m.proto)));
     }
     for (a, n) in &state.node_addrs {
         lines.push(format!("node-address {} -> node {} flags={:#x}", ip_from_addr(a), n.node_id, n.flags));
     }
     for (k, n) in &state.node_ports {
         lines.push(format!(
-            "nodeport {}/{} ipv{} -> service {} flags={:#x}",
+            "nodeport {}/{} ipv{} -> set {} flags={:#x}",
             u16::from_be(k.port),
             proto(k.proto),
             k.family,
-            n.service_id,
+            n.set_id,
             n.flags
         ));
     }
     for (k, n) in &state.node_local {
-        lines.push(format!(
-            "node-local service={} node={} -> service {}",
-            k.service_id, k.node_id, n.service_id
-        ));
+        lines.push(format!("node-local set={} node={} -> set {}", k.set_id, k.node_id, n.set_id));
     }
     lines.join("\n") + "\n"
 }
@@ -358,8 +391,7 @@ pub struct ExplainEntry {
     pub scope: String,
     pub kind: String,
     pub service: String,
-    pub service_id: u32,
-    pub generation: u16,
+    pub set_id: u32,
     pub flags: Vec<String>,
     pub backends: Vec<String>,
     /// What a connect from this node gets.
@@ -376,28 +408,27 @@ pub struct Explanation {
 }
 
 /// The backends and flags of a set, as the programs see it.
-fn describe_set(state: &MapState, service_id: u32) -> (Vec<String>, Vec<String>, u16) {
-    let svc = state.services.get(&service_id);
+fn describe_set(state: &MapState, set_id: u32) -> (Vec<String>, Vec<String>) {
     let backends: Vec<String> = state
-        .active_backends(service_id)
+        .backends_of(set_id)
         .unwrap_or_default()
         .iter()
-        .filter_map(|id| state.backends.get(id))
         .map(|b| SocketAddr::new(ip_from_addr(&b.addr), u16::from_be(b.port)).to_string())
         .collect();
     let mut flags = Vec::new();
-    if let Some(s) = svc {
-        if s.flags & service_flags::AFFINITY != 0 {
-            flags.push(format!("affinity={}s", s.affinity_timeout_secs));
+    if let Some(e) = state.sets.get(&set_id) {
+        let st = SetState::unpack(e.state);
+        if st.flags & set_flags::AFFINITY != 0 {
+            flags.push(format!("affinity={}s", e.affinity_timeout_secs));
         }
-        if s.flags & service_flags::LOCAL_ONLY != 0 {
+        if st.flags & set_flags::LOCAL_ONLY != 0 {
             flags.push("local-only".into());
         }
-        if s.flags & service_flags::TERMINATING_FALLBACK != 0 {
+        if st.flags & set_flags::TERMINATING_FALLBACK != 0 {
             flags.push("terminating-fallback".into());
         }
     }
-    (backends, flags, svc.map(|s| s.generation).unwrap_or_default())
+    (backends, flags)
 }
 
 fn connect_outcome(backends: &[String]) -> String {
@@ -410,13 +441,13 @@ fn connect_outcome(backends: &[String]) -> String {
 
 /// Explains `dest` from the map contents, following the programs' lookup:
 /// frontends first, then NodePorts on node addresses.
-pub fn explain(state: &MapState, dest: SocketAddr, proto_number: u8) -> Explanation {
+pub fn explain(state: &MapState, dest: SocketAddr, proto_number: u8, names: &SetNames) -> Explanation {
     let addr = socklb_common::addr_from_ip(dest.ip());
     let mut entries = Vec::new();
     for scope in [socklb_common::SCOPE_INTERNAL, SCOPE_EXTERNAL] {
         let key = socklb_common::FrontendKey { addr, port: dest.port().to_be(), proto: proto_number, scope };
         let Some(f) = state.frontends.get(&key) else { continue };
-        let (backends, flags, generation) = describe_set(state, f.service_id);
+        let (backends, flags) = describe_set(state, f.set_id);
         let outcome = match scope {
             SCOPE_EXTERNAL => "not used by sockets on this node (traffic from outside the node)".to_string(),
             _ => connect_outcome(&backends),
@@ -424,9 +455,8 @@ pub fn explain(state: &MapState, dest: SocketAddr, proto_number: u8) -> Explanat
         entries.push(ExplainEntry {
             scope: scope_name(scope).into(),
             kind: kind(f.flags).into(),
-            service: state.names.get(&f.service_id).map(|n| n.as_str().to_string()).unwrap_or_default(),
-            service_id: f.service_id,
-            generation,
+            service: set_name(names, f.set_id),
+            set_id: f.set_id,
             flags,
             backends,
             outcome,
@@ -444,16 +474,16 @@ pub fn explain(state: &MapState, dest: SocketAddr, proto_number: u8) -> Explanat
         let this_node = node.flags & node_flags::THIS_NODE != 0;
         let whose = if this_node { "this node".to_string() } else { format!("node id {}", node.node_id) };
         let local = np.flags & nodeport_flags::EXTERNAL_LOCAL != 0 && !this_node;
-        let (service_id, refused) = if local {
-            let key = socklb_common::NodeLocalKey { service_id: np.service_id, node_id: node.node_id };
+        let (set_id, refused) = if local {
+            let key = socklb_common::NodeLocalKey { set_id: np.set_id, node_id: node.node_id };
             match state.node_local.get(&key) {
-                Some(v) => (v.service_id, false),
-                None => (np.service_id, true),
+                Some(v) => (v.set_id, false),
+                None => (np.set_id, true),
             }
         } else {
-            (np.service_id, false)
+            (np.set_id, false)
         };
-        let (backends, mut flags, generation) = describe_set(state, service_id);
+        let (backends, mut flags) = describe_set(state, set_id);
         if node.flags & node_flags::HOST_NETNS_ONLY != 0 {
             flags.push("host-netns-only".into());
         }
@@ -470,9 +500,8 @@ pub fn explain(state: &MapState, dest: SocketAddr, proto_number: u8) -> Explanat
         entries.push(ExplainEntry {
             scope: "internal".into(),
             kind: format!("NodePort on {whose}"),
-            service: state.names.get(&service_id).map(|n| n.as_str().to_string()).unwrap_or_default(),
-            service_id,
-            generation,
+            service: set_name(names, set_id),
+            set_id,
             flags,
             backends: if refused { Vec::new() } else { backends },
             outcome,
@@ -492,8 +521,8 @@ pub fn render_explanation(e: &Explanation) -> String {
     }
     for x in &e.entries {
         out.push_str(&format!(
-            "{}/{} [{} scope] {} of {} (service id {}, generation {})\n",
-            e.destination, e.protocol, x.scope, x.kind, x.service, x.service_id, x.generation
+            "{}/{} [{} scope] {} of {} (set {})\n",
+            e.destination, e.protocol, x.scope, x.kind, x.service, x.set_id
         ));
         if !x.flags.is_empty() {
             out.push_str(&format!("  flags: {}\n", x.flags.join(", ")));
@@ -522,6 +551,8 @@ pub struct MapStatus {
     pub pinned: bool,
     pub entries: Option<usize>,
     pub capacity: Option<u32>,
+    /// The kernel's accounting of its memory (`memlock`), in bytes.
+    pub memory: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -580,14 +611,16 @@ pub fn status(cgroup: &Path, bpffs: &Path) -> Status {
             let capacity = data.as_ref().and_then(|d| d.info().ok()).map(|i| i.max_entries());
             let entries = state.as_ref().and_then(|st| match spec.name {
                 socklb_common::map_names::FRONTENDS => Some(st.frontends.len()),
-                socklb_common::map_names::SERVICES => Some(st.services.len()),
-                socklb_common::map_names::SLOTS => Some(st.slots.len()),
-                socklb_common::map_names::BACKENDS => Some(st.backends.len()),
+                socklb_common::map_names::SETS => Some(st.sets.len()),
+                socklb_common::map_names::BACKENDS => Some(st.slots.len()),
                 socklb_common::map_names::MEMBERS => Some(st.members.len()),
-                socklb_common::map_names::SVC_NAMES => Some(st.names.len()),
+                socklb_common::map_names::NODE_ADDRS => Some(st.node_addrs.len()),
+                socklb_common::map_names::NODEPORTS => Some(st.node_ports.len()),
+                socklb_common::map_names::NODE_LOCAL => Some(st.node_local.len()),
                 _ => None,
             });
-            MapStatus { map: spec.name, pinned: data.is_some(), entries, capacity }
+            let memory = data.as_ref().and_then(socklb_bpf::maps::map_memlock);
+            MapStatus { map: spec.name, pinned: data.is_some(), entries, capacity, memory }
         })
         .collect();
     Status {
@@ -634,7 +667,7 @@ pub fn render_status(s: &Status) -> String {
             m.hook, m.what, m.since, m.kernel_says
         ));
     }
-    out.push_str("\nMAP                   ENTRIES   CAPACITY  FILL\n");
+    out.push_str("\nMAP                   ENTRIES   CAPACITY  FILL    MEMORY\n");
     for m in &s.maps {
         let entries = m.entries.map_or("-".into(), |e| e.to_string());
         let cap =
@@ -643,7 +676,8 @@ pub fn render_status(s: &Status) -> String {
             (Some(e), Some(c)) if c > 0 => format!("{:.1}%", 100.0 * e as f64 / f64::from(c)),
             _ => "-".into(),
         };
-        out.push_str(&format!("{:<21} {:<9} {:<9} {}\n", m.map, entries, cap, fill));
+        let memory = m.memory.map_or("-".into(), |b| format!("{:.1} KiB", b as f64 / 1024.0));
+        out.push_str(&format!("{:<21} {:<9} {:<9} {:<7} {}\n", m.map, entries, cap, fill, memory));
     }
     if !s.events.is_empty() {
         out.push_str("\nDATAPATH EVENT        COUNT\n");
@@ -665,9 +699,7 @@ pub fn render_status(s: &Status) -> String {
 
 #[cfg(test)]
 mod tests {
-    use socklb_common::{
-        BackendValue, FrontendKey, FrontendValue, ServiceName, ServiceValue, SlotKey, addr_from_ip,
-    };
+    use socklb_common::{BackendValue, FrontendKey, FrontendValue, SetEntry, addr_from_ip};
 
     use super::*;
 
@@ -681,46 +713,50 @@ mod tests {
         };
         s.frontends.insert(
             vip,
-            FrontendValue { service_id: 1, flags: socklb_common::frontend_flags::CLUSTER_IP, _pad: 0 },
+            FrontendValue { set_id: 1, flags: socklb_common::frontend_flags::CLUSTER_IP, _pad: 0 },
         );
         let empty = FrontendKey { addr: addr_from_ip("10.96.0.11".parse().expect("ip")), ..vip };
         s.frontends.insert(
             empty,
-            FrontendValue { service_id: 2, flags: socklb_common::frontend_flags::CLUSTER_IP, _pad: 0 },
+            FrontendValue { set_id: 2, flags: socklb_common::frontend_flags::CLUSTER_IP, _pad: 0 },
         );
-        s.services.insert(1, ServiceValue { count: 1, generation: 4, ..Default::default() });
-        s.services.insert(2, ServiceValue::default());
-        s.names.insert(1, ServiceName::new("default/web:80/TCP ipv4 cluster"));
-        s.slots.insert(SlotKey { service_id: 1, generation: 4, index: 0 }, 7);
-        s.backends.insert(
+        let present = set_flags::PRESENT;
+        s.sets.insert(
+            1,
+            SetEntry { state: SetState { base: 7, count: 1, flags: present }.pack(), ..Default::default() },
+        );
+        s.sets.insert(
+            2,
+            SetEntry { state: SetState { base: 0, count: 0, flags: present }.pack(), ..Default::default() },
+        );
+        s.slots.insert(
             7,
-            BackendValue {
-                addr: addr_from_ip("10.244.0.1".parse().expect("ip")),
-                port: 8080u16.to_be(),
-                proto: 6,
-                flags: 0,
-            },
+            BackendValue::new(addr_from_ip("10.244.0.1".parse().expect("ip")), 8080u16.to_be(), 6),
         );
         s
     }
 
+    fn names() -> SetNames {
+        parse_set_names("1\tdefault/web:80/TCP ipv4 cluster\n")
+    }
+
     #[test]
     fn explain_names_the_service_and_its_backends() {
-        let e = explain(&state(), "10.96.0.10:80".parse().expect("addr"), 6);
+        let e = explain(&state(), "10.96.0.10:80".parse().expect("addr"), 6, &names());
         assert!(e.is_service);
         assert_eq!(e.entries.len(), 1);
         assert_eq!(e.entries[0].service, "default/web:80/TCP ipv4 cluster");
         assert_eq!(e.entries[0].backends, ["10.244.0.1:8080"]);
-        assert_eq!(e.entries[0].generation, 4);
         let text = render_explanation(&e);
         assert!(text.contains("ClusterIP of default/web"), "{text}");
     }
 
     #[test]
     fn explain_says_when_a_service_refuses_and_when_it_is_not_a_service() {
-        let e = explain(&state(), "10.96.0.11:80".parse().expect("addr"), 6);
+        let e = explain(&state(), "10.96.0.11:80".parse().expect("addr"), 6, &names());
         assert!(e.entries[0].outcome.contains("refused"));
-        let e = explain(&state(), "10.96.0.10:80".parse().expect("addr"), 17);
+        assert_eq!(e.entries[0].service, "set 2", "no name from the agent: the set id");
+        let e = explain(&state(), "10.96.0.10:80".parse().expect("addr"), 17, &names());
         assert!(!e.is_service, "UDP is another frontend");
         assert!(render_explanation(&e).contains("is not a service"));
     }
@@ -736,12 +772,12 @@ mod tests {
         };
         st.frontends.insert(
             node_port,
-            FrontendValue { service_id: 1, flags: socklb_common::frontend_flags::NODE_PORT, _pad: 0 },
+            FrontendValue { set_id: 1, flags: socklb_common::frontend_flags::NODE_PORT, _pad: 0 },
         );
-        let counters = BTreeMap::from([(1, ServiceCounters { translations: 4242, refused: 7 })]);
-        let rows = set_rows(&frontend_rows(&st, &counters));
+        let counters = BTreeMap::from([(1, SetCounters { translations: 4242, refused: 7 })]);
+        let rows = set_rows(&frontend_rows(&st, &counters, &names()));
         assert_eq!(rows.len(), 2);
-        let web = rows.iter().find(|r| r.service_id == 1).expect("web");
+        let web = rows.iter().find(|r| r.set_id == 1).expect("web");
         assert_eq!(web.frontends.len(), 2);
         let text = render_table(&rows);
         assert_eq!(text.matches("4242").count(), 1, "{text}");

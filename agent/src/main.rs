@@ -133,15 +133,27 @@ struct AgentArgs {
     /// send that does not fit is refused (ENOBUFS) and counted.
     #[arg(long, default_value_t = socklb_common::capacity::UDP_REV)]
     max_udp_reverse: u32,
-    /// Capacity for backend sets (one per service port, family and
-    /// traffic policy); frontends get twice as much. Used when the maps
-    /// are created; pinned maps keep their size until `socklb uninstall`.
-    #[arg(long, default_value_t = socklb_common::capacity::SERVICES)]
+    /// The most backend sets (one per service port, family and traffic
+    /// policy) the maps may grow to; frontends may grow to four times as
+    /// many. The maps are sized from what is programmed, not from this.
+    #[arg(long, default_value_t = DEFAULT_MAX_SETS)]
     max_services: u32,
-    /// Capacity for distinct backends; slots and memberships get twice as much.
-    #[arg(long, default_value_t = socklb_common::capacity::BACKENDS)]
+    /// The most backend slots (endpoints over all sets) the maps may grow to.
+    #[arg(long, default_value_t = DEFAULT_MAX_SLOTS)]
     max_backends: u32,
+    /// Export translations and refusals per Service port (two series per
+    /// port: bounded only by the cluster). Off: totals only.
+    #[arg(long)]
+    per_service_metrics: bool,
 }
+
+/// Ceilings of the maps' growth: far above any cluster's needs, so that
+/// only a runaway stops there.
+const DEFAULT_MAX_SETS: u32 = 2_097_152;
+const DEFAULT_MAX_SLOTS: u32 = 16_777_216;
+
+/// Where `socklb list` and `explain` ask the agent for the Services' names.
+const DEFAULT_AGENT: &str = "127.0.0.1:9966";
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -151,6 +163,10 @@ enum Cmd {
     List {
         #[arg(long, default_value = DEFAULT_BPFFS)]
         bpffs: PathBuf,
+        /// The agent's metrics address, for the Services' names (the
+        /// kernel keeps none); without an answer, sets show by id.
+        #[arg(long, default_value = DEFAULT_AGENT)]
+        agent: SocketAddr,
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: Output,
     },
@@ -162,6 +178,9 @@ enum Cmd {
         proto: ProtoArg,
         #[arg(long, default_value = DEFAULT_BPFFS)]
         bpffs: PathBuf,
+        /// The agent's metrics address, for the Services' names.
+        #[arg(long, default_value = DEFAULT_AGENT)]
+        agent: SocketAddr,
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: Output,
     },
@@ -237,6 +256,28 @@ fn node_name(flag: Option<String>) -> Result<String> {
     Ok(host.to_string_lossy().into_owned())
 }
 
+/// The Services' names from the agent's `/sets`, or none (no agent there).
+fn set_names(agent: SocketAddr) -> inspect::SetNames {
+    use std::io::{Read, Write};
+    let fetch = || -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&agent, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(format!("GET {} HTTP/1.0\r\nHost: {agent}\r\n\r\n", http::SETS).as_bytes())?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok(text)
+    };
+    match fetch() {
+        Ok(text) if text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200") => {
+            inspect::parse_set_names(text.split_once("\r\n\r\n").map_or("", |(_, body)| body))
+        }
+        _ => {
+            eprintln!("(no agent answered at {agent}: sets are shown by id; see --agent)");
+            inspect::SetNames::new()
+        }
+    }
+}
+
 fn open_pinned(bpffs: &std::path::Path) -> Result<AyaMaps> {
     AyaMaps::open(bpffs)
         .with_context(|| format!("no socklb datapath pinned at {} (is the agent running?)", bpffs.display()))
@@ -264,6 +305,7 @@ fn run(cli: Cli) -> Result<()> {
                 destroy_stale_sockets,
                 max_services,
                 max_backends,
+                per_service_metrics,
                 stale_socket_grace,
                 udp_idle_timeout,
                 max_affinity,
@@ -288,7 +330,13 @@ fn run(cli: Cli) -> Result<()> {
                 resync,
                 api_retry_max,
                 health_timeout,
-                capacities: Capacities::sized(max_services, max_backends).with(max_affinity, max_udp_reverse),
+                capacities: Capacities {
+                    affinity: max_affinity.max(1),
+                    udp_reverse: max_udp_reverse.max(1),
+                    ..Capacities::default()
+                },
+                limits: socklb::reconcile::Limits { max_services, max_backends },
+                per_service_metrics,
                 service_proxy_name,
                 hostns_only,
                 destroy_stale_sockets,
@@ -306,24 +354,25 @@ fn run(cli: Cli) -> Result<()> {
                 .context("starting the async runtime")?;
             runtime.block_on(agent::run(cfg))
         }
-        Cmd::List { bpffs, output } => {
+        Cmd::List { bpffs, agent, output } => {
             let maps = open_pinned(&bpffs)?;
             let state = maps.read_state()?;
             let counters = maps.read_counters()?;
-            let rows = inspect::set_rows(&inspect::frontend_rows(&state, &counters));
+            let names = set_names(agent);
+            let rows = inspect::set_rows(&inspect::frontend_rows(&state, &counters, &names));
             match output {
                 Output::Table => print!("{}", inspect::render_table(&rows)),
                 Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
             }
             Ok(())
         }
-        Cmd::Explain { destination, proto, bpffs, output } => {
+        Cmd::Explain { destination, proto, bpffs, agent, output } => {
             let maps = open_pinned(&bpffs)?;
             let number = match proto {
                 ProtoArg::Tcp => socklb_common::PROTO_TCP,
                 ProtoArg::Udp => socklb_common::PROTO_UDP,
             };
-            let e = inspect::explain(&maps.read_state()?, destination, number);
+            let e = inspect::explain(&maps.read_state()?, destination, number, &set_names(agent));
             match output {
                 Output::Table => print!("{}", inspect::render_explanation(&e)),
                 Output::Json => println!("{}", serde_json::to_string_pretty(&e)?),

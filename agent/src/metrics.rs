@@ -45,9 +45,13 @@ pub struct ServiceLabels {
     pub port: String,
 }
 
-/// Per-service datapath counters, read from the BPF maps at scrape time.
+/// Datapath counters, read from the BPF maps at scrape time.
 pub trait CounterSource: Send + Sync + std::fmt::Debug + 'static {
-    /// (labels, translations, refusals), one row per service port.
+    /// Translations and refusals over every set.
+    fn totals(&self) -> (u64, u64);
+
+    /// (labels, translations, refusals), one row per service port; empty
+    /// unless `--per-service-metrics` (the series grow with the cluster).
     fn read(&self) -> Vec<(ServiceLabels, u64, u64)>;
 
     /// The datapath's events (`socklb_common::stats`): (label, count).
@@ -66,10 +70,30 @@ struct DatapathCounters(Arc<Mutex<Option<Box<dyn CounterSource>>>>);
 
 impl Collector for DatapathCounters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (rows, events) = match self.0.lock() {
-            Ok(guard) => guard.as_ref().map(|s| (s.read(), s.events())).unwrap_or_default(),
-            Err(_) => (Vec::new(), Vec::new()),
+        let (totals, rows, events) = match self.0.lock() {
+            Ok(guard) => guard.as_ref().map(|s| (s.totals(), s.read(), s.events())).unwrap_or_default(),
+            Err(_) => ((0, 0), Vec::new(), Vec::new()),
         };
+        for (name, help, value) in [
+            (
+                "socklb_translations",
+                "Connects and datagrams translated to a backend, over all services",
+                totals.0,
+            ),
+            (
+                "socklb_refusals",
+                "Connects and datagrams refused because the service had no usable endpoint, over all services",
+                totals.1,
+            ),
+        ] {
+            let metric = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            ConstCounter::new(value).encode(metric)?;
+        }
         let mut family = encoder.encode_descriptor(
             "socklb_datapath_events",
             "Datapath events: connects and datagrams refused to fail closed (storage_failed, select_gone, \
@@ -82,6 +106,9 @@ impl Collector for DatapathCounters {
             let labels = EventLabel { event: (*event).to_string() };
             let metric = family.encode_family(&labels)?;
             ConstCounter::new(*count).encode(metric)?;
+        }
+        if rows.is_empty() {
+            return Ok(());
         }
         for (name, help, pick) in [
             (
@@ -132,7 +159,10 @@ pub struct Metrics {
     pub stale_sockets_destroyed: Counter,
     pub network_programming: Histogram,
     pub affinity_expired: Counter,
+    pub map_growths: Counter,
     pub health: Health,
+    /// Answers `/sets` (set ids to their Services) from the event loop.
+    pub sets_query: Mutex<Option<tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<String>>>>,
     counter_source: Arc<Mutex<Option<Box<dyn CounterSource>>>>,
 }
 
@@ -150,7 +180,11 @@ impl Metrics {
         let frontends = Family::<KindLabel, Gauge>::default();
         registry.register("socklb_frontends", "Frontends programmed, by kind", frontends.clone());
         let backends = Gauge::default();
-        registry.register("socklb_backends", "Distinct backends programmed", backends.clone());
+        registry.register(
+            "socklb_backends",
+            "Backend slots programmed (a backend in two sets counts twice)",
+            backends.clone(),
+        );
         let map_entries = Family::<MapLabel, Gauge>::default();
         registry.register("socklb_map_entries", "Entries in each BPF map", map_entries.clone());
         let map_capacity = Family::<MapLabel, Gauge>::default();
@@ -229,6 +263,12 @@ impl Metrics {
             "Session-affinity entries removed because their client was idle past the timeout",
             affinity_expired.clone(),
         );
+        let map_growths = Counter::default();
+        registry.register(
+            "socklb_map_growths",
+            "Times the maps were replaced by bigger ones (a new generation, filled, then switched to)",
+            map_growths.clone(),
+        );
         let counter_source = Arc::new(Mutex::new(None));
         registry.register_collector(Box::new(DatapathCounters(counter_source.clone())));
         Self {
@@ -251,7 +291,9 @@ impl Metrics {
             stale_sockets_destroyed,
             network_programming,
             affinity_expired,
+            map_growths,
             health: Health::default(),
+            sets_query: Mutex::new(None),
             counter_source,
         }
     }

@@ -1,36 +1,37 @@
-//! The single owner of the agent's state: it takes source events, rebuilds
-//! the models of the Services that changed, renders the desired state, plans
-//! against what the maps hold and applies the plan.
+//! The single owner of the agent's state: it takes source events, builds
+//! the models of the Services that changed and hands them to the balancer,
+//! which writes what differs into the maps.
 //!
-//! Nothing here is async and nothing here knows the kernel: the datapath is a
-//! trait object, so the whole loop is tested against the fake datapath.
+//! Nothing here is async and nothing here knows the kernel: the datapath is
+//! a trait object, so the whole loop is tested against the fake datapath.
+//! A Service whose update failed is retried on its own, with exponential
+//! backoff; nothing else is planned again.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use socklb_bpf::stale::Doomed;
 use socklb_k8s::{
-    model::{
-        BackendSet, NodeContext, ObjKey, Problem, ServiceModel, SetId, build_service,
-        service::ServiceOutcome, slices::ParsedSlice,
-    },
+    model::{NodeContext, ObjKey, Problem, build_service, service::ServiceOutcome, slices::ParsedSlice},
     store::{SourceEvent, Store},
 };
 use socklb_lb::{
-    datapath::{Datapath, DatapathError, DesiredState, MapState},
-    ids::IdAllocator,
-    plan::{self, ExecReport, OpFailure},
-    render::{Renderer, Touched},
+    Balancer, ServiceNames, ServiceRef,
+    balancer::{Drift, Failure, Stats},
+    capacity::Ceilings,
+    datapath::{Datapath, DatapathError},
 };
 
 use crate::metrics::{KindLabel, MapLabel, Metrics};
 
 #[derive(Clone, Debug)]
 pub struct Limits {
+    /// `--max-services`: the most backend sets the maps may grow to.
     pub max_services: u32,
+    /// `--max-backends`: the most backend slots.
     pub max_backends: u32,
 }
 
@@ -41,70 +42,145 @@ pub struct SyncReport {
     pub failures: usize,
     /// Every change took effect.
     pub complete: bool,
-    /// Services whose model changed in this sync.
+    /// Services handed to the balancer in this sync.
     pub changed: Vec<ObjKey>,
-    /// Backends that left a service in this sync (their sockets are stale).
+    /// Backends that left a set in this sync (their sockets are stale).
     pub doomed: Vec<Doomed>,
-    /// Backends that joined (or rejoined) a changed service in this sync: a
-    /// queued termination for them must be dropped.
+    /// Backends that joined (or rejoined) a set in this sync: a queued
+    /// termination for them must be dropped.
     pub revived: Vec<Doomed>,
 }
 
+/// Service names by the small ids the balancer knows them by.
+#[derive(Debug, Default)]
+struct Refs {
+    by_key: HashMap<ObjKey, ServiceRef>,
+    keys: Vec<Option<ObjKey>>,
+    free: Vec<u32>,
+}
+
+impl Refs {
+    fn get_or_add(&mut self, key: &ObjKey) -> ServiceRef {
+        if let Some(r) = self.by_key.get(key) {
+            return *r;
+        }
+        let r = match self.free.pop() {
+            Some(i) => {
+                self.keys[i as usize] = Some(key.clone());
+                ServiceRef(i)
+            }
+            None => {
+                self.keys.push(Some(key.clone()));
+                ServiceRef(self.keys.len() as u32 - 1)
+            }
+        };
+        self.by_key.insert(key.clone(), r);
+        r
+    }
+
+    fn release(&mut self, r: ServiceRef) {
+        if let Some(Some(key)) = self.keys.get_mut(r.0 as usize).map(Option::take) {
+            self.by_key.remove(&key);
+            self.free.push(r.0);
+        }
+    }
+}
+
+impl ServiceNames for Refs {
+    fn key(&self, service: ServiceRef) -> Option<&ObjKey> {
+        self.keys.get(service.0 as usize).and_then(Option::as_ref)
+    }
+}
+
+/// Per-Service retries after a failure: 1 s, doubling to 60 s.
+#[derive(Debug, Default)]
+struct Retries {
+    due: BTreeMap<ObjKey, (u32, Instant)>,
+}
+
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+impl Retries {
+    fn failed(&mut self, key: &ObjKey, now: Instant) -> Duration {
+        let attempts = self.due.get(key).map_or(0, |(n, _)| *n);
+        let wait = RETRY_FIRST.saturating_mul(1 << attempts.min(6)).min(RETRY_MAX);
+        self.due.insert(key.clone(), (attempts + 1, now + wait));
+        wait
+    }
+
+    fn succeeded(&mut self, key: &ObjKey) {
+        self.due.remove(key);
+    }
+
+    fn take_due(&mut self, now: Instant) -> Vec<ObjKey> {
+        self.due.iter().filter(|(_, (_, at))| *at <= now).map(|(k, _)| k.clone()).collect()
+    }
+
+    fn next(&self) -> Option<Instant> {
+        self.due.values().map(|(_, at)| *at).min()
+    }
+}
+
+/// Sets checked per resync step: a step takes a few milliseconds, so an
+/// event never waits long behind a resync.
+const RESYNC_CHUNK: u32 = 4_096;
+
 pub struct Reconciler {
     dp: Box<dyn Datapath + Send>,
-    mirror: MapState,
-    ids: IdAllocator,
+    balancer: Balancer,
     store: Store,
     ctx: NodeContext,
-    models: BTreeMap<ObjKey, ServiceModel>,
+    refs: Refs,
+    /// Problems of the models (invalid input is reported once).
     problems: BTreeMap<ObjKey, BTreeSet<Problem>>,
-    renderer: Renderer,
+    retries: Retries,
     metrics: Arc<Metrics>,
-    /// Plan from everything, not just what the last change touched: at the
-    /// first sync (the maps may hold what a previous agent left) and after a
-    /// sync that did not complete.
-    full_plan: bool,
-    /// The last sync left something to retry.
-    pending: bool,
-    /// Reference counts of the mirror, kept across syncs (see plan::Refs).
-    refs: Option<plan::Refs>,
+    /// The first sync after start adopts what a previous agent left.
+    adopting: bool,
+    /// Something no Service's change will bring waits for a retry.
+    leftovers: bool,
     /// Changes triggered before this are not measured (as kube-proxy).
     started: SystemTime,
-    /// The node addresses were rendered at least once.
     nodes_rendered: bool,
-    /// Warned that `primary` has no Node object to read.
     warned_no_node: bool,
+    /// A resync round is under way.
+    resyncing: bool,
+    resync_found: usize,
+    first_sync_done: bool,
+    /// `--per-service-metrics`: each set's labels, for the counters.
+    set_labels: Option<crate::inspect::SetLabels>,
 }
 
 impl Reconciler {
-    /// Adopts what the maps hold: the mirror and the ids come from them, so
-    /// an unchanged desired state writes nothing.
+    /// Adopts what the maps hold: the sets keep their ids and slots, so an
+    /// unchanged cluster writes nothing.
     pub fn new(
         dp: Box<dyn Datapath + Send>,
         ctx: NodeContext,
         limits: &Limits,
         metrics: Arc<Metrics>,
     ) -> Result<Self, DatapathError> {
-        let mirror = dp.read_state()?;
-        let ids = IdAllocator::from_maps(&mirror, limits.max_services, limits.max_backends);
-        // Built now, from what the maps hold, so that no sync pays for it.
-        let refs = Some(plan::Refs::build(&mirror));
+        let ceilings = Ceilings::new(limits.max_services, limits.max_backends);
+        let balancer = Balancer::adopt(dp.as_ref(), ceilings)?;
         Ok(Self {
             dp,
-            mirror,
-            ids,
+            balancer,
             store: Store::default(),
             ctx,
-            models: BTreeMap::new(),
+            refs: Refs::default(),
             problems: BTreeMap::new(),
-            renderer: Renderer::default(),
+            retries: Retries::default(),
             metrics,
-            full_plan: true,
-            pending: false,
-            refs,
+            adopting: true,
+            leftovers: false,
             started: SystemTime::now(),
             nodes_rendered: false,
             warned_no_node: false,
+            resyncing: false,
+            resync_found: 0,
+            first_sync_done: false,
+            set_labels: None,
         })
     }
 
@@ -143,112 +219,228 @@ impl Reconciler {
         &self.ctx
     }
 
+    /// Whether something failed and waits for a retry.
     pub fn needs_retry(&self) -> bool {
-        self.pending
+        self.leftovers || !self.retries.due.is_empty()
     }
 
-    pub fn mirror(&self) -> &MapState {
-        &self.mirror
+    /// Makes every pending retry due now (tests; an operator's nudge).
+    pub fn retry_all_now(&mut self) {
+        let now = Instant::now();
+        for (_, at) in self.retries.due.values_mut() {
+            *at = now;
+        }
     }
 
-    pub fn desired(&self) -> &DesiredState {
-        &self.renderer.desired
+    /// When the next retry is due.
+    pub fn next_retry(&self) -> Option<Instant> {
+        let leftovers = self.leftovers.then(|| Instant::now() + RETRY_FIRST);
+        self.retries.next().into_iter().chain(leftovers).min()
     }
 
-    /// Which set each service id stands for.
-    pub fn sets(&self) -> &BTreeMap<u32, SetId> {
-        &self.renderer.sets
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+
+    pub fn datapath(&self) -> &dyn Datapath {
+        self.dp.as_ref()
+    }
+
+    /// The Service a set belongs to, and the set's identity, as text.
+    pub fn set_name(&self, id: u32) -> Option<String> {
+        let rec = self.balancer.set(id)?;
+        let key = self.refs.key(rec.owner)?;
+        let policy = match rec.key.policy {
+            socklb_lb::desired::PolicyKey::Cluster => "cluster".to_string(),
+            socklb_lb::desired::PolicyKey::Local => "local".to_string(),
+            socklb_lb::desired::PolicyKey::Node(n) => {
+                format!("node:{}", self.balancer.node_ids().name(n).unwrap_or("?"))
+            }
+        };
+        Some(format!("{key}:{}/{} {} {policy}", rec.key.port, rec.key.proto, rec.key.family))
+    }
+
+    /// Every set's name, one `id<TAB>name` line each (`/sets`).
+    pub fn set_names(&self) -> String {
+        let mut out = String::new();
+        for (id, _) in self.balancer.sets() {
+            if let Some(name) = self.set_name(id) {
+                out.push_str(&format!("{id}\t{name}\n"));
+            }
+        }
+        out
     }
 
     pub fn problems(&self) -> impl Iterator<Item = &Problem> {
-        self.store.problems().chain(self.problems.values().flatten()).chain(self.renderer.problems())
+        self.store
+            .problems()
+            .chain(self.problems.values().flatten())
+            .chain(self.balancer.problems().map(|(_, p)| p))
     }
 
-    /// Rebuilds what changed and brings the maps to the desired state.
+    /// Rebuilds what changed (and what is due for a retry) and writes it.
     pub fn sync(&mut self) -> SyncReport {
         let started = Instant::now();
-        let mut touched = Touched::default();
+        let now = Instant::now();
+        let mut report = socklb_lb::ApplyReport::default();
+        let mut nodes_complete = true;
         if self.store.take_nodes_dirty() || !self.nodes_rendered {
             self.nodes_rendered = true;
             self.refresh_node_context();
-            self.renderer.update_nodes(
-                &self.ctx,
-                self.store.nodes(),
-                &mut self.ids,
-                &self.mirror,
-                &mut touched,
-            );
+            nodes_complete =
+                self.balancer.update_nodes(&self.ctx, self.store.nodes(), self.dp.as_mut(), &mut report);
         }
-        let keys = match self.store.take_dirty() {
+        let mut keys = match self.store.take_dirty() {
             Some(dirty) => dirty,
             None => {
                 let mut all = self.store.all_service_keys();
-                all.extend(self.models.keys().cloned());
+                all.extend(self.refs.by_key.keys().cloned());
                 all
             }
         };
-        let mut changed = Vec::new();
-        let mut before: Vec<(u32, BackendSet)> = Vec::new();
-        for key in keys {
-            let old = self.models.get(&key).cloned();
-            if self.rebuild(&key) {
-                // The ids the old sets had, for the stale-socket check.
-                for set in old.into_iter().flat_map(|m| m.sets) {
-                    if let Some(id) = self.ids.known_service(&set.id.to_string()) {
-                        before.push((id, set));
-                    }
-                }
-                changed.push(key);
-            }
+        keys.extend(self.retries.take_due(now));
+
+        let mut models = Vec::with_capacity(keys.len());
+        for key in &keys {
+            let model = self.model_of(key);
+            let r = self.refs.get_or_add(key);
+            models.push((r, model));
+        }
+        let built = started.elapsed();
+        let changes: Vec<_> = models.iter().map(|(r, m)| (*r, m.as_ref())).collect();
+        let write_started = Instant::now();
+        let mut applied = self.balancer.apply(&changes, &self.refs, self.dp.as_mut());
+        if self.adopting {
+            let done = self.balancer.finish_adoption(&self.refs, self.dp.as_mut());
+            applied.ops += done.ops;
+            applied.departed.extend(done.departed);
+            applied.failed.extend(done.failed);
+            self.adopting = false;
+        }
+        let write_time = write_started.elapsed();
+        if applied.ops > 0 {
+            self.metrics.map_write_duration.observe(write_time.as_secs_f64());
+            self.metrics.syncs.inc();
+        }
+        report.ops += applied.ops;
+        if let Some(to) = &applied.grew {
+            tracing::info!(to = %to, "grew the maps (a new generation, filled and switched to)");
+            self.metrics.map_growths.inc();
+        }
+        if let Some(e) = &applied.grow_error {
+            tracing::error!(error = %e, "the maps need to grow and could not");
+        }
+        for (s, p) in &applied.problems {
+            let _ = s;
+            self.report(p);
         }
 
-        let rebuilt = started.elapsed();
-        for key in &changed {
-            let fresh =
-                self.renderer.update(key, self.models.get(key), &mut self.ids, &self.mirror, &mut touched);
-            for p in fresh {
-                self.report(&p);
-            }
-        }
-
-        let rendered_at = started.elapsed();
-        let full = self.full_plan;
         let triggers = self.store.take_triggers();
-        let report = self.execute(&touched);
-        self.after_execute(&report, &changed, &touched, full);
-        self.observe_programming(triggers, &report.services_failed);
-        let (doomed, revived) = self.doomed(&before, &report.services_failed);
+        let mut failed_keys: BTreeSet<ObjKey> = BTreeSet::new();
+        // Over capacity is not "stuck": retrying cannot help until the
+        // cluster or the limits change (it is retried all the same, and
+        // reported as a problem); health waits only for write failures.
+        let mut write_failures = 0;
+        for (r, f) in &applied.failed {
+            let Some(key) = self.refs.key(*r).cloned() else { continue };
+            let wait = self.retries.failed(&key, now);
+            self.metrics.reconcile_errors.inc();
+            match f {
+                Failure::Capacity(why) => {
+                    // (Counted as an invalid object by its problem.)
+                    tracing::error!(service = %key, reason = %why, retry_in = ?wait,
+                        "does not fit in the maps: the service keeps its previous version");
+                }
+                Failure::Write(why) => {
+                    write_failures += 1;
+                    self.metrics.map_operation_errors.get_or_create(&MapLabel { map: "any".into() }).inc();
+                    tracing::warn!(service = %key, error = %why, retry_in = ?wait,
+                        "update failed: the service keeps its previous version");
+                }
+            }
+            failed_keys.insert(key);
+        }
+        let mut changed = Vec::new();
+        for (r, model) in &models {
+            let Some(key) = self.refs.key(*r).cloned() else { continue };
+            if !failed_keys.contains(&key) {
+                self.retries.succeeded(&key);
+                if model.is_none() {
+                    self.refs.release(*r);
+                }
+            }
+            changed.push(key);
+        }
+        self.observe_programming(triggers, &failed_keys);
+        self.leftovers = self.balancer.has_leftovers() || !nodes_complete;
+        let complete = write_failures == 0 && !self.leftovers;
+        self.log_sync(&changed, &failed_keys, applied.ops, built, write_time);
+        self.update_gauges();
+        if applied.ops > 0 {
+            self.refresh_set_labels();
+        }
         let total = started.elapsed();
         self.metrics.sync_duration.observe(total.as_secs_f64());
-        if total.as_millis() >= 100 {
-            tracing::info!(
-                services_changed = changed.len(),
-                ops = report.applied,
-                rebuild_ms = rebuilt.as_millis() as u64,
-                render_ms = (rendered_at - rebuilt).as_millis() as u64,
-                plan_and_write_ms = (total - rendered_at).as_millis() as u64,
-                "slow sync"
-            );
-        }
         SyncReport {
-            ops_applied: report.applied,
-            failures: report.failures.len(),
-            complete: report.is_complete(),
+            ops_applied: report.ops,
+            failures: failed_keys.len(),
+            complete,
             changed,
-            doomed,
-            revived,
+            doomed: applied.departed,
+            revived: applied.rejoined,
+        }
+    }
+
+    /// One summary line for a big sync (the first one, a relist), a line
+    /// per Service for a few.
+    fn log_sync(
+        &mut self,
+        changed: &[ObjKey],
+        failed: &BTreeSet<ObjKey>,
+        ops: usize,
+        built: Duration,
+        wrote: Duration,
+    ) {
+        const PER_SERVICE_LINES: usize = 20;
+        if !self.first_sync_done || changed.len() > PER_SERVICE_LINES {
+            self.first_sync_done = true;
+            let stats = self.balancer.stats();
+            tracing::info!(
+                services = changed.len() - failed.len(),
+                failed = failed.len(),
+                sets = stats.sets,
+                slots = stats.slots,
+                frontends = stats.frontends,
+                ops,
+                model_ms = built.as_millis() as u64,
+                write_ms = wrote.as_millis() as u64,
+                "sync"
+            );
+            return;
+        }
+        for key in changed.iter().filter(|k| !failed.contains(*k)) {
+            match self.refs.by_key.get(key) {
+                Some(r) => {
+                    let sets = self.balancer.sets_of(*r);
+                    let backends: u64 = sets
+                        .iter()
+                        .filter_map(|id| self.balancer.set(*id))
+                        .map(|s| u64::from(s.state().count))
+                        .sum();
+                    tracing::info!(service = %key, sets = sets.len(), backends, "service applied");
+                }
+                None => tracing::info!(service = %key, "service removed"),
+            }
         }
     }
 
     /// `socklb_network_programming_duration_seconds`: for each Service whose
     /// change is now in the datapath, from its trigger time to now. Changes
     /// a sync could not apply wait for the next one.
-    fn observe_programming(&mut self, triggers: BTreeMap<ObjKey, SystemTime>, failed: &BTreeSet<u32>) {
+    fn observe_programming(&mut self, triggers: BTreeMap<ObjKey, SystemTime>, failed: &BTreeSet<ObjKey>) {
         if triggers.is_empty() {
             return;
         }
-        let failed: BTreeSet<&ObjKey> =
-            failed.iter().filter_map(|id| self.renderer.sets.get(id)).map(|s| &s.service).collect();
         let now = SystemTime::now();
         let mut retry = Vec::new();
         for (key, t) in triggers {
@@ -262,147 +454,107 @@ impl Reconciler {
         self.store.restore_triggers(retry);
     }
 
-    /// Backends of the changed services that the EndpointSlices no longer
-    /// list at all, per service id, where the new version was applied; and
-    /// those the new version lists that the old one did not.
-    fn doomed(&self, before: &[(u32, BackendSet)], failed: &BTreeSet<u32>) -> (Vec<Doomed>, Vec<Doomed>) {
-        let (mut doomed, mut revived) = (Vec::new(), Vec::new());
-        for (id, set) in before {
-            let id = *id;
-            if failed.contains(&id) {
-                continue; // the old set still serves
-            }
-            let now = self.models.get(&set.id.service).and_then(|m| m.sets.iter().find(|s| s.id == set.id));
-            let proto = set.id.proto.number();
-            let was: BTreeSet<&std::net::SocketAddr> = set.backends.iter().chain(set.known.iter()).collect();
-            let is: BTreeSet<&std::net::SocketAddr> =
-                now.map(|n| n.backends.iter().chain(n.known.iter()).collect()).unwrap_or_default();
-            let entry = |b: &&std::net::SocketAddr| Doomed { service_id: id, backend: **b, proto };
-            doomed.extend(was.difference(&is).map(entry));
-            revived.extend(is.difference(&was).map(entry));
-        }
-        (doomed, revived)
+    /// Starts a round of reading the maps back (see [`Self::resync_step`]).
+    pub fn start_resync(&mut self) {
+        self.resyncing = true;
+        self.resync_found = 0;
     }
 
-    /// Reads the maps back, counts what differs from the desired state and
-    /// repairs it. Returns the number of operations the repair took.
-    pub fn resync(&mut self) -> Result<usize, DatapathError> {
-        let actual = self.dp.read_state()?;
-        let drift = plan::plan(&actual, &self.renderer.desired).op_count();
-        self.mirror = actual;
-        self.refs = Some(plan::Refs::build(&self.mirror));
-        self.full_plan = true;
-        let touched = Touched::default();
-        let report = self.execute(&touched);
-        self.after_execute(&report, &[], &touched, true);
-        if drift > 0 {
-            self.metrics.drift_repaired.inc_by(drift as u64);
+    pub fn resyncing(&self) -> bool {
+        self.resyncing
+    }
+
+    /// Abandons a resync round (the maps could not be read).
+    pub fn stop_resync(&mut self) {
+        self.resyncing = false;
+    }
+
+    /// Keeps `labels` filled with each set's Service labels (for the
+    /// per-service counters).
+    pub fn publish_set_labels(&mut self, labels: crate::inspect::SetLabels) {
+        self.set_labels = Some(labels);
+        self.refresh_set_labels();
+    }
+
+    fn refresh_set_labels(&self) {
+        let Some(labels) = &self.set_labels else { return };
+        let fresh: BTreeMap<u32, crate::metrics::ServiceLabels> = self
+            .balancer
+            .sets()
+            .filter_map(|(id, rec)| {
+                let key = self.refs.key(rec.owner)?;
+                Some((
+                    id,
+                    crate::metrics::ServiceLabels {
+                        namespace: key.namespace.clone(),
+                        name: key.name.clone(),
+                        port: format!("{}/{}", rec.key.port, rec.key.proto),
+                    },
+                ))
+            })
+            .collect();
+        if let Ok(mut l) = labels.lock() {
+            *l = fresh;
+        }
+    }
+
+    /// Checks the next chunk of the maps against what was programmed and
+    /// repairs what drifted. Returns the differences found in the round
+    /// once it is complete.
+    pub fn resync_step(&mut self) -> Result<Option<usize>, DatapathError> {
+        if !self.resyncing {
+            return Ok(None);
+        }
+        let drift: Drift = self.balancer.verify_chunk(RESYNC_CHUNK, self.dp.as_mut())?;
+        self.resync_found += drift.found;
+        if !drift.services.is_empty() {
+            // Sets that differ: write those Services again from their models.
+            let keys: Vec<ObjKey> =
+                drift.services.iter().filter_map(|r| self.refs.key(*r).cloned()).collect();
+            let models: Vec<_> = keys.iter().map(|k| (self.refs.get_or_add(k), self.model_of(k))).collect();
+            let changes: Vec<_> = models.iter().map(|(r, m)| (*r, m.as_ref())).collect();
+            let force: BTreeSet<ServiceRef> = drift.services.clone();
+            let r = self.balancer.apply_forced(&changes, &force, &self.refs, self.dp.as_mut());
+            for s in r.failed.keys() {
+                if let Some(k) = self.refs.key(*s).cloned() {
+                    self.retries.failed(&k, Instant::now());
+                }
+            }
+        }
+        if !drift.round_done {
+            return Ok(None);
+        }
+        self.resyncing = false;
+        let found = self.resync_found;
+        if found > 0 {
+            self.metrics.drift_repaired.inc_by(found as u64);
             tracing::warn!(
-                operations = drift,
-                "resync found the maps drifted from the desired state; repaired"
+                differences = found,
+                "resync found the maps drifted from what was programmed; repaired"
             );
         }
-        Ok(drift)
+        self.update_gauges();
+        Ok(Some(found))
     }
 
-    fn execute(&mut self, touched: &Touched) -> ExecReport {
-        let full = std::mem::take(&mut self.full_plan);
-        let p = if full {
-            plan::plan(&self.mirror, &self.renderer.desired)
-        } else {
-            plan::plan_touched(&self.mirror, &self.renderer.desired, touched)
-        };
-        if p.is_empty() {
-            return ExecReport::default();
-        }
-        let started = Instant::now();
-        let report = plan::execute_with(&p, self.dp.as_mut(), &mut self.mirror, &mut self.refs);
-        self.metrics.map_write_duration.observe(started.elapsed().as_secs_f64());
-        report
-    }
-
-    fn after_execute(&mut self, report: &ExecReport, changed: &[ObjKey], touched: &Touched, full: bool) {
-        self.pending = !report.is_complete();
-        if self.pending {
-            self.full_plan = true;
-        }
-        for f in &report.failures {
-            if let OpFailure::Failed { op, error } = f {
-                self.metrics
-                    .map_operation_errors
-                    .get_or_create(&MapLabel { map: op.map_name().into() })
-                    .inc();
-                tracing::debug!(%error, "map operation failed");
+    /// Reads the whole maps back at once and repairs drift (tests, and the
+    /// first check after start). Returns the differences found.
+    pub fn resync(&mut self) -> Result<usize, DatapathError> {
+        self.start_resync();
+        loop {
+            if let Some(found) = self.resync_step()? {
+                return Ok(found);
             }
-        }
-        if self.pending {
-            self.metrics.reconcile_errors.inc();
-            let full = report.map_full();
-            for id in &report.services_failed {
-                let name =
-                    self.renderer.sets.get(id).map(ToString::to_string).unwrap_or_else(|| format!("id {id}"));
-                if full {
-                    tracing::error!(set = %name, "map full: the service keeps its previous version");
-                    self.metrics.invalid("capacity");
-                } else {
-                    tracing::warn!(set = %name, "update failed: the service keeps its previous version; retrying");
-                }
-            }
-        }
-        if report.applied > 0 {
-            self.metrics.syncs.inc();
-        }
-        let failed: BTreeSet<&ObjKey> = report
-            .services_failed
-            .iter()
-            .filter_map(|id| self.renderer.sets.get(id))
-            .map(|s| &s.service)
-            .collect();
-        for key in changed {
-            match self.models.get(key) {
-                Some(m) if !failed.contains(key) => {
-                    let backends: BTreeSet<_> = m.sets.iter().flat_map(|s| s.backends.iter()).collect();
-                    tracing::info!(
-                        service = %key,
-                        frontends = m.frontends.len(),
-                        backends = backends.len(),
-                        "service applied"
-                    );
-                }
-                Some(_) => {}
-                None => tracing::info!(service = %key, "service removed"),
-            }
-        }
-        // Ids that are in neither the maps nor the desired state are free.
-        let desired = &self.renderer.desired;
-        let (mirror, ids) = (&self.mirror, &mut self.ids);
-        if full {
-            let svc_ids: BTreeSet<u32> =
-                mirror.services.keys().chain(desired.services.keys()).copied().collect();
-            let be_ids: BTreeSet<u32> =
-                mirror.backends.keys().chain(desired.backends.keys()).copied().collect();
-            ids.release_unused(&svc_ids, &be_ids);
-        } else {
-            let gone = |id: &&u32| !mirror.services.contains_key(id) && !desired.services.contains_key(id);
-            for id in touched.services.iter().filter(gone) {
-                ids.release_service(*id);
-            }
-            let gone = |id: &&u32| !mirror.backends.contains_key(id) && !desired.backends.contains_key(id);
-            for id in touched.backends.iter().filter(gone) {
-                ids.release_backend(*id);
-            }
-        }
-        if report.applied > 0 {
-            self.update_gauges();
         }
     }
 
     fn update_gauges(&self) {
-        use socklb_common::frontend_flags as f;
-        self.metrics.services.set(self.models.len() as i64);
-        self.metrics.backends.set(self.mirror.backends.len() as i64);
+        use socklb_common::{frontend_flags as f, map_names as m};
+        let stats: Stats = self.balancer.stats();
+        self.metrics.services.set(stats.services as i64);
+        self.metrics.backends.set(stats.slots as i64);
         let mut kinds = [0i64; 4];
-        for (k, v) in &self.mirror.frontends {
+        for (k, v) in self.balancer.programmed_frontends() {
             if k.scope != socklb_common::SCOPE_INTERNAL {
                 continue;
             }
@@ -415,29 +567,41 @@ impl Reconciler {
             kinds[i] += 1;
         }
         // NodePorts: one entry per (port, protocol, family), on every node.
-        kinds[1] += self.mirror.node_ports.len() as i64;
+        kinds[1] += stats.node_ports as i64;
         for (kind, n) in ["ClusterIP", "NodePort", "ExternalIP", "LoadBalancer"].into_iter().zip(kinds) {
             self.metrics.frontends.get_or_create(&KindLabel { kind: kind.into() }).set(n);
         }
-        use socklb_common::map_names as m;
         let entries = [
-            (m::FRONTENDS, self.mirror.frontends.len()),
-            (m::SERVICES, self.mirror.services.len()),
-            (m::SLOTS, self.mirror.slots.len()),
-            (m::BACKENDS, self.mirror.backends.len()),
-            (m::MEMBERS, self.mirror.members.len()),
-            (m::SVC_NAMES, self.mirror.names.len()),
-            (m::NODE_ADDRS, self.mirror.node_addrs.len()),
-            (m::NODEPORTS, self.mirror.node_ports.len()),
-            (m::NODE_LOCAL, self.mirror.node_local.len()),
+            (m::FRONTENDS, stats.frontends as u64),
+            (m::SETS, u64::from(stats.sets)),
+            (m::BACKENDS, stats.slots),
+            (m::MEMBERS, stats.members),
+            (m::NODE_ADDRS, stats.node_addrs as u64),
+            (m::NODEPORTS, stats.node_ports as u64),
+            (m::NODE_LOCAL, stats.node_local as u64),
         ];
         for (map, n) in entries {
             self.metrics.map_entries.get_or_create(&MapLabel { map: map.into() }).set(n as i64);
         }
+        let caps = self.balancer.capacities();
+        for (map, n) in [
+            (m::FRONTENDS, caps.frontends),
+            (m::SETS, caps.sets),
+            (m::BACKENDS, caps.slots),
+            (m::MEMBERS, caps.members),
+            (m::NODE_ADDRS, caps.node_addrs),
+            (m::NODEPORTS, caps.node_ports),
+            (m::NODE_LOCAL, caps.node_local),
+            (m::AFFINITY, caps.affinity),
+            (m::UDP_REV, caps.udp_reverse),
+            (m::UDP_CONNECTED, caps.udp_connected),
+        ] {
+            self.metrics.map_capacity.get_or_create(&MapLabel { map: map.into() }).set(i64::from(n));
+        }
     }
 
-    /// Rebuilds one Service's model; returns whether it changed.
-    fn rebuild(&mut self, key: &ObjKey) -> bool {
+    /// One Service's model, or `None` when it is gone or not proxied.
+    fn model_of(&mut self, key: &ObjKey) -> Option<socklb_k8s::model::ServiceModel> {
         let slices: Vec<&ParsedSlice> = self.store.slices_of(key).filter_map(|s| s.parsed.as_ref()).collect();
         let mut problems = BTreeSet::new();
         let model = match self.store.service(key).map(|s| &s.outcome) {
@@ -459,15 +623,7 @@ impl Reconciler {
         if !problems.is_empty() {
             self.problems.insert(key.clone(), problems);
         }
-        let changed = match &model {
-            Some(m) => self.models.get(key) != Some(m),
-            None => self.models.contains_key(key),
-        };
-        match model {
-            Some(m) => self.models.insert(key.clone(), m),
-            None => self.models.remove(key),
-        };
-        changed
+        model
     }
 
     fn report(&self, p: &Problem) {

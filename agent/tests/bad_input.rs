@@ -298,7 +298,8 @@ fn sync(items: Vec<Value>, yaml: bool) -> (Vec<Row>, usize) {
     for p in r.problems() {
         assert!(!p.object.is_empty() && !p.field.is_empty(), "{p:?}");
     }
-    let rows = frontend_rows(&dp.state(), &Default::default())
+    let names = socklb::inspect::parse_set_names(&r.set_names());
+    let rows = frontend_rows(&dp.state(), &Default::default(), &names)
         .into_iter()
         .map(|row| (row.frontend, row.service, row.protocol, row.kind, row.scope, row.backends))
         .collect();

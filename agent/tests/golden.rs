@@ -46,7 +46,7 @@ fn check(name: &str) {
     });
     let report = r.sync();
     assert!(report.complete);
-    let dump = dump_maps(&dp.state());
+    let dump = dump_maps(&dp.state(), &socklb::inspect::parse_set_names(&r.set_names()));
     let golden = dir.join(format!("{name}.golden"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&golden, &dump).expect("write golden");

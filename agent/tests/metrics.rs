@@ -53,8 +53,10 @@ fn metrics_after_a_known_sync() {
     assert_eq!(sample(&text, "socklb_map_entries{map=\"SOCKLB_NODE_ADDRS\"}"), 2.0);
     assert_eq!(sample(&text, "socklb_frontends{kind=\"ExternalIP\"}"), 1.0);
     assert_eq!(sample(&text, "socklb_frontends{kind=\"LoadBalancer\"}"), 0.0);
-    assert_eq!(sample(&text, "socklb_backends"), 16.0);
-    assert!(sample(&text, "socklb_map_entries{map=\"SOCKLB_SLOTS\"}") >= 16.0);
+    // Slots: a backend in two sets (cluster and local, say) counts twice.
+    assert_eq!(sample(&text, "socklb_backends"), 18.0);
+    assert_eq!(sample(&text, "socklb_map_entries{map=\"SOCKLB_BACKENDS\"}"), 18.0);
+    assert!(sample(&text, "socklb_map_capacity{map=\"SOCKLB_BACKENDS\"}") >= 18.0);
     assert_eq!(sample(&text, "socklb_syncs_total"), 1.0);
     assert_eq!(sample(&text, "socklb_sync_duration_seconds_count"), 1.0);
     assert_eq!(sample(&text, "socklb_map_write_seconds_count"), 1.0);
@@ -62,9 +64,7 @@ fn metrics_after_a_known_sync() {
     assert_eq!(sample(&text, "socklb_resync_drift_repaired_total"), 0.0);
     // (Families without a sample yet, such as errors by map, appear once
     // they have one; the agent sets map capacities at start.)
-    for name in
-        ["socklb_event_to_datapath_seconds", "socklb_stale_sockets_destroyed", "socklb_service_translations"]
-    {
+    for name in ["socklb_event_to_datapath_seconds", "socklb_stale_sockets_destroyed", "socklb_map_growths"] {
         assert!(text.contains(&format!("# TYPE {name}")), "{name} is not exposed");
     }
     // Prometheus naming: counters end in _total, durations in _seconds.
@@ -172,6 +172,7 @@ async fn healthz_fails_when_changes_wait_past_the_health_timeout() {
         resync: std::time::Duration::from_secs(3600),
         on_doomed: None,
         before_ready: None,
+        sets_queries: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let m = metrics.clone();

@@ -13,26 +13,38 @@
 //!
 //! # Maps
 //! ```text
-//! FRONTENDS   hash      FrontendKey{addr,port,proto,scope} -> FrontendValue{service_id,flags}
-//! SERVICES    hash      service_id u32                     -> ServiceValue{count,generation,flags,affinity}
-//! SLOTS       hash      SlotKey{service_id,generation,idx}  -> SlotValue{backend_id}
-//! BACKENDS    hash      backend_id u32                     -> BackendValue{addr,port,proto,flags}
-//! MEMBERS     hash      MemberKey{service_id,backend_id}   -> MemberValue (backend is in the active set)
-//! AFFINITY    hash      AffinityKey{netns_cookie,service}  -> AffinityValue{backend_id,last_used} (agent expires)
-//! COUNTERS    percpu array, index service_id               -> ServiceCounters{translations,refused}
-//! CONFIG      array[1]                                     -> Config{flags}
-//! SOCK_TCP    sk_storage, per connected socket             -> RevNat (the one reverse translation)
-//! SOCK_UDP    sk_storage, per unconnected UDP socket       -> UdpSockState{sticky backends per VIP}
-//! UDP_REV     hash      UdpRevKey{cookie,backend,port}     -> UdpRevValue{vip,port,seq} (unconnected UDP replies)
-//! UDP_REV_IDX hash      UdpIndexKey{cookie,seq}            -> UdpIndexValue{backend,port} (to clean up on close)
-//! STATS       percpu array, index stats::*                 -> u64 (datapath events)
-//! SOCK_STATE  sk_storage, per socket                       -> SockState (layout 1-3; read only, for sockets from then)
-//! SVC_NAMES   hash      service_id u32                     -> ServiceName (agent only: what the id is)
-//! UDP_CONNECTED hash    socket cookie u64                  -> RevNat (translated connected UDP sockets)
-//! NODE_ADDRS  hash      Addr (a node's address)            -> NodeAddrValue{node_id,flags}
-//! NODEPORTS   hash      NodePortKey{port,proto,family}     -> NodePortValue{service_id,flags}
-//! NODE_LOCAL  hash      NodeLocalKey{service_id,node_id}   -> NodeLocalValue{service_id}
+//! FRONTENDS   hash        FrontendKey{addr,port,proto,scope} -> FrontendValue{set_id,flags}
+//! SETS        array, mmap set_id                            -> SetEntry{state,affinity,key_hash,content_hash}
+//! BACKENDS    array, mmap slot                              -> BackendValue{addr,port,proto,flags}
+//! COUNTERS    array, mmap set_id                            -> SetCounters{translations,refused} (atomic adds)
+//! MEMBERS     hash        MemberKey{set_id,backend}         -> MemberValue (affinity and UDP sets only)
+//! AFFINITY    hash        AffinityKey{netns_cookie,set_id}  -> AffinityValue{last_used,backend} (agent expires)
+//! CONFIG      array[1]                                      -> Config{flags,udp_idle_ns}
+//! SOCK_TCP    sk_storage, per connected socket              -> RevNat (the one reverse translation)
+//! SOCK_UDP    sk_storage, per unconnected UDP socket        -> UdpSockState{sticky backends per VIP}
+//! UDP_REV     hash        UdpRevKey{cookie,backend,port}    -> UdpRevValue{vip,port,seq} (unconnected UDP replies)
+//! UDP_REV_IDX hash        UdpIndexKey{cookie,seq}           -> UdpIndexValue{backend,port} (to clean up on close)
+//! STATS       percpu array[8], index stats::*               -> u64 (datapath events)
+//! SOCK_STATE  sk_storage, per socket                        -> SockState (layouts 1-3; read only)
+//! UDP_CONNECTED hash      socket cookie u64                 -> RevNat (translated connected UDP sockets)
+//! NODE_ADDRS  hash        Addr (a node's address)           -> NodeAddrValue{node_id,flags}
+//! NODEPORTS   hash        NodePortKey{port,proto,family}    -> NodePortValue{set_id,flags}
+//! NODE_LOCAL  hash        NodeLocalKey{set_id,node_id}      -> NodeLocalValue{set_id}
 //! ```
+//! A *backend set* is what a frontend selects from: one Kubernetes service
+//! port, for one address family and one endpoint policy. Several frontends
+//! (the ClusterIP, NodePorts, external IPs) can point at the same set.
+//!
+//! Set ids and backend slots are dense indices into arrays, so the maps cost
+//! what is programmed, not a capacity: `SETS` holds 32 bytes per set and
+//! `BACKENDS` 24 bytes per slot. A set's backends are the contiguous slots
+//! `BACKENDS[base .. base + count]`. The agent writes the arrays through a
+//! shared mapping (`BPF_F_MMAPABLE`), with no syscall per entry. Nothing in
+//! the kernel names a Service: `SetEntry::key_hash` is a 64-bit hash of the
+//! set's identity, which is how a restarted agent finds its sets again. The
+//! hash maps are sized by the agent from what it programs, and grown by
+//! building a bigger generation of maps and switching the programs to it.
+//!
 //! NodePorts are not expanded per address: a destination that is no
 //! frontend is looked up in `NODE_ADDRS` (every node's NodePort addresses),
 //! then its port in `NODEPORTS`. Entries grow with nodes plus NodePorts,
@@ -41,31 +53,25 @@
 //! node's proxy would: `NODE_LOCAL[{cluster set, node}]`, or a refusal when
 //! the node has none. On this node's own addresses (and from this node's
 //! sockets, which kube-proxy short-circuits) it uses the cluster set.
-//! A "service" in the datapath is one backend set: a Kubernetes service port,
-//! for one address family and one endpoint policy. Several frontends (the
-//! ClusterIP, a NodePort on each node address, external IPs) can point at
-//! the same service id, so one write switches all of them.
 //!
-//! # Transactional update order (the agent's `plan` module follows it)
-//! The datapath must never mix the old and new backend sets of a service,
-//! nor follow a slot to a deleted backend. Slots are keyed by generation, so
-//! the new set is written next to the old one and a single write of the
-//! `SERVICES` entry switches readers from generation `g` to `g + 1`:
-//! 1. upsert new backends;
-//! 2. insert `MEMBERS` for backends joining the service, delete them for
-//!    backends leaving it (before the switch, so a stale affinity or UDP
-//!    socket entry can never resurrect a leaving backend afterwards);
-//! 3. write slots `(id, g+1, 0..n)`;
-//! 4. write `SERVICES[id] = {count: n, generation: g+1}`  <- the switch;
-//! 5. delete slots `(id, g, *)`;
-//! 6. upsert or delete frontends (a frontend only ever points at a service
-//!    whose entry and slots are complete);
-//! 7. delete services no frontend points at, then their slots and members;
-//! 8. delete backends no slot refers to.
-//!
-//! A program that read generation `g` just before the switch may find its
-//! slot (or, later, its backend) gone; it then re-reads the service entry and
-//! retries, which lands on `g + 1`. The retry is bounded ([`SELECT_RETRIES`]).
+//! # Transactional update order (the `socklb-lb` executor follows it)
+//! The datapath must never mix the old and new backend sets of a set, nor
+//! follow a slot that was given to another set. A set's whole state is one
+//! aligned 8-byte word, `SetEntry::state` = `base | count << 32 | flags << 48`,
+//! so a single store switches readers from the old slots to the new:
+//! 1. `MEMBERS`: insert the backends that join the set, delete those that
+//!    leave it (before the switch, so that a stale affinity or UDP socket
+//!    entry can never pick a leaving backend afterwards);
+//! 2. write the new backends into free slots (never the ones in use);
+//! 3. store `SETS[id].state` <- the switch (a new set's other fields are
+//!    written first);
+//! 4. upsert or delete frontends (a frontend only ever points at a set whose
+//!    entry and slots are complete), then NodePorts;
+//! 5. a removed set: its frontends are gone (4), then `state = 0`, then its
+//!    members;
+//! 6. the old slots, and the ids of removed sets, are reused only after an
+//!    RCU grace period: the programs run under `rcu_read_lock`, so once one
+//!    has passed no program still holds the old state word.
 #![cfg_attr(not(any(test, feature = "user")), no_std)]
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -76,23 +82,21 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// only once they are filled, instead of misreading the old maps. The
 /// agent pins each generation under `<bpffs>/v<LAYOUT_VERSION>-<seq>/`.
 #[cfg(not(feature = "layout-next"))]
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// A test build with a different layout (see the `layout-next` feature).
 #[cfg(feature = "layout-next")]
-pub const LAYOUT_VERSION: u32 = 1004;
+pub const LAYOUT_VERSION: u32 = 1005;
 
 /// Names of the maps in the object file; also the file names of their pins.
 pub mod map_names {
     pub const FRONTENDS: &str = "SOCKLB_FRONTENDS";
-    pub const SERVICES: &str = "SOCKLB_SERVICES";
-    pub const SLOTS: &str = "SOCKLB_SLOTS";
+    pub const SETS: &str = "SOCKLB_SETS";
     pub const BACKENDS: &str = "SOCKLB_BACKENDS";
     pub const MEMBERS: &str = "SOCKLB_MEMBERS";
     pub const AFFINITY: &str = "SOCKLB_AFFINITY";
     pub const COUNTERS: &str = "SOCKLB_COUNTERS";
     pub const CONFIG: &str = "SOCKLB_CONFIG";
     pub const SOCK_STATE: &str = "SOCKLB_SOCK_STATE";
-    pub const SVC_NAMES: &str = "SOCKLB_SVC_NAMES";
     pub const UDP_CONNECTED: &str = "SOCKLB_UDP_CONNECTED";
     pub const NODE_ADDRS: &str = "SOCKLB_NODE_ADDRS";
     pub const NODEPORTS: &str = "SOCKLB_NODEPORTS";
@@ -104,17 +108,15 @@ pub mod map_names {
     pub const STATS: &str = "SOCKLB_STATS";
 
     /// Every map, in the order `socklb list` and `status` show them.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 17] = [
         FRONTENDS,
-        SERVICES,
-        SLOTS,
+        SETS,
         BACKENDS,
         MEMBERS,
         AFFINITY,
         COUNTERS,
         CONFIG,
         SOCK_STATE,
-        SVC_NAMES,
         UDP_CONNECTED,
         NODE_ADDRS,
         NODEPORTS,
@@ -127,43 +129,31 @@ pub mod map_names {
     ];
 }
 
-/// Default map capacities, sized for 100k services with 10 endpoints each.
-/// (NodePort maps: 5,000 nodes with a few addresses each, every NodePort.)
-/// The agent can override them at load time.
+/// Map sizes. The maps the agent programs are sized from what it programs
+/// (see `socklb-lb`'s `capacity`): these are only their smallest sizes, so
+/// that a small cluster does not grow its maps at every new service. The
+/// tables the programs fill (affinity, UDP reverse translations) are sized
+/// by flags, with these defaults.
 pub mod capacity {
-    /// Service ids (backend sets). Also the size of the per-CPU counters.
-    pub const SERVICES: u32 = 131_072;
-    /// Frontends: ClusterIPs, NodePorts per node address, external IPs.
-    pub const FRONTENDS: u32 = 262_144;
-    /// Distinct backend addresses.
-    pub const BACKENDS: u32 = 1_048_576;
-    /// Slots over all services, with room for one generation in flight.
-    pub const SLOTS: u32 = 2_097_152;
-    /// Service memberships (as many as slots).
-    pub const MEMBERS: u32 = 2_097_152;
-    /// Session-affinity entries (client network namespace × service). Not
-    /// an LRU: a live entry is never evicted; the agent removes expired
-    /// ones, and a full table leaves new clients unpinned (counted).
-    pub const AFFINITY: u32 = 262_144;
+    /// Backend sets.
+    pub const MIN_SETS: u32 = 256;
+    /// Backend slots.
+    pub const MIN_SLOTS: u32 = 2_048;
+    /// Entries of each hash map the agent writes.
+    pub const MIN_HASH: u32 = 512;
+    /// Session-affinity entries (client network namespace × set). Not an
+    /// LRU: a live entry is never evicted; the agent removes expired ones,
+    /// and a full table leaves new clients unpinned (counted).
+    pub const AFFINITY: u32 = 65_536;
     /// Reverse translations of unconnected UDP (socket × backend), and
     /// their index.
-    pub const UDP_REV: u32 = 262_144;
+    pub const UDP_REV: u32 = 65_536;
     /// Connected UDP sockets that were translated (removed when they close).
-    pub const UDP_CONNECTED: u32 = 262_144;
-    /// NodePort addresses of every node.
-    pub const NODE_ADDRS: u32 = 32_768;
-    /// NodePorts (port, protocol, family).
-    pub const NODEPORTS: u32 = 65_536;
-    /// Endpoint sets of other nodes for `externalTrafficPolicy: Local`
-    /// NodePorts (at most one per endpoint).
-    pub const NODE_LOCAL: u32 = 65_536;
+    pub const UDP_CONNECTED: u32 = 65_536;
 }
 
-/// The largest backend set one service can have (slot indices are `u16`).
-pub const MAX_BACKENDS_PER_SERVICE: usize = u16::MAX as usize;
-
-/// How often a program re-reads a service that changed under it.
-pub const SELECT_RETRIES: usize = 3;
+/// The largest backend set (its count is 16 bits of the state word).
+pub const MAX_BACKENDS_PER_SET: usize = u16::MAX as usize;
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -230,9 +220,9 @@ pub mod frontend_flags {
     pub const LOAD_BALANCER: u16 = 1 << 3;
 }
 
-/// Service flags.
-pub mod service_flags {
-    /// `sessionAffinity: ClientIP`; see `ServiceValue::affinity_timeout_secs`.
+/// Backend set flags (the top 16 bits of [`SetEntry::state`]).
+pub mod set_flags {
+    /// `sessionAffinity: ClientIP`; see `SetEntry::affinity_timeout_secs`.
     pub const AFFINITY: u16 = 1 << 0;
     /// The set holds only this node's endpoints (a `Local` traffic policy).
     pub const LOCAL_ONLY: u16 = 1 << 1;
@@ -241,6 +231,8 @@ pub mod service_flags {
     /// The agent keeps `MEMBERS` entries for this set: it uses affinity or
     /// is UDP (per-socket stickiness). Plain TCP sets need none.
     pub const MEMBERSHIP: u16 = 1 << 3;
+    /// The entry is in use. A state word of 0 is a set that does not exist.
+    pub const PRESENT: u16 = 1 << 15;
 }
 
 /// Datapath-wide settings.
@@ -257,8 +249,9 @@ pub mod stats {
     /// Socket storage could not be allocated: the connect or send was
     /// refused (ENOBUFS), never translated without a way back.
     pub const STORAGE_FAILED: u32 = 0;
-    /// The service changed under the program more often than it retries:
-    /// refused (EAGAIN) rather than letting the VIP go out untranslated.
+    /// The set vanished under the program (removed between the frontend
+    /// lookup and its own), or its slot was out of range: refused (EAGAIN)
+    /// rather than letting the VIP go out untranslated.
     pub const SELECT_GONE: u32 = 1;
     /// The unconnected-UDP reverse table was full: the send was refused
     /// (ENOBUFS).
@@ -331,7 +324,7 @@ pub mod nodeport_flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NodePortValue {
-    pub service_id: u32,
+    pub set_id: u32,
     pub flags: u16,
     pub _pad: u16,
 }
@@ -340,7 +333,7 @@ pub struct NodePortValue {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeLocalKey {
-    pub service_id: u32,
+    pub set_id: u32,
     pub node_id: u32,
 }
 
@@ -348,7 +341,7 @@ pub struct NodeLocalKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NodeLocalValue {
-    pub service_id: u32,
+    pub set_id: u32,
 }
 
 /// Key of `FRONTENDS`: a destination a socket may connect or send to.
@@ -366,43 +359,59 @@ pub struct FrontendKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FrontendValue {
-    pub service_id: u32,
+    pub set_id: u32,
     pub flags: u16,
     pub _pad: u16,
 }
 
-/// Value of `SERVICES` (the key is the service id, a `u32`).
+/// Value of `SETS` (the index is the set id).
 ///
-/// `count == 0` means "no usable endpoint": connects are refused with
+/// `state` is the switch: the agent stores it as one aligned 8-byte word
+/// and the programs load it once (see [`SetState`]). A present set with
+/// `count == 0` has no usable endpoint: connects are refused with
 /// `ECONNREFUSED`, as kube-proxy's REJECT rule does.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ServiceValue {
-    pub count: u16,
-    pub generation: u16,
-    pub flags: u16,
-    pub _pad: u16,
+pub struct SetEntry {
+    pub state: u64,
     pub affinity_timeout_secs: u32,
-    pub _pad2: u32,
+    pub _pad: u32,
+    /// A hash of the set's identity (Service, port, family, policy): the
+    /// kernel holds no names; a restarted agent matches its sets by this.
+    pub key_hash: u64,
+    /// A hash of the backends in the set's slots, as written: a restarted
+    /// agent adopts a set whose hash matches without reading its slots.
+    pub content_hash: u64,
 }
 
-/// Key of `SLOTS`: the `index`-th backend of a service's set `generation`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SlotKey {
-    pub service_id: u32,
-    pub generation: u16,
-    pub index: u16,
-}
-
-/// Value of `SLOTS`.
-#[repr(C)]
+/// [`SetEntry::state`] unpacked: `base | count << 32 | flags << 48`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct SlotValue {
-    pub backend_id: u32,
+pub struct SetState {
+    /// The first of the set's slots in `BACKENDS`.
+    pub base: u32,
+    pub count: u16,
+    /// [`set_flags`].
+    pub flags: u16,
 }
 
-/// Value of `BACKENDS` (the key is the backend id, a `u32`).
+impl SetState {
+    #[inline(always)]
+    pub const fn pack(self) -> u64 {
+        self.base as u64 | (self.count as u64) << 32 | (self.flags as u64) << 48
+    }
+
+    #[inline(always)]
+    pub const fn unpack(word: u64) -> Self {
+        Self { base: word as u32, count: (word >> 32) as u16, flags: (word >> 48) as u16 }
+    }
+
+    #[inline(always)]
+    pub const fn is_present(&self) -> bool {
+        self.flags & set_flags::PRESENT != 0
+    }
+}
+
+/// Value of `BACKENDS` (the index is a slot): one backend of one set.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct BackendValue {
@@ -411,9 +420,10 @@ pub struct BackendValue {
     pub port: u16,
     pub proto: u8,
     pub flags: u8,
-    /// The `layout-next` test build's layout change: a value 4 bytes longer.
+    pub _pad: u32,
+    /// The `layout-next` test build's layout change: a longer value.
     #[cfg(feature = "layout-next")]
-    pub _next: u32,
+    pub _next: u64,
 }
 
 impl BackendValue {
@@ -424,57 +434,32 @@ impl BackendValue {
             port: port_be,
             proto,
             flags: 0,
+            _pad: 0,
             #[cfg(feature = "layout-next")]
             _next: 0,
         }
     }
 }
 
-/// Length of [`ServiceName`].
-pub const SERVICE_NAME_LEN: usize = 192;
-
-/// Value of `SVC_NAMES`: the agent's identity of a service id, UTF-8 padded
-/// with NULs. The programs never read it; it lets a restarted agent keep its
-/// ids and lets `socklb list` name what it shows.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ServiceName {
-    pub bytes: [u8; SERVICE_NAME_LEN],
-}
-
-impl Default for ServiceName {
-    fn default() -> Self {
-        Self { bytes: [0; SERVICE_NAME_LEN] }
-    }
-}
-
-impl ServiceName {
-    /// Encodes `text`, cut at a character boundary if it is too long.
-    pub fn new(text: &str) -> Self {
-        let mut end = text.len().min(SERVICE_NAME_LEN);
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        let mut name = Self::default();
-        name.bytes[..end].copy_from_slice(&text.as_bytes()[..end]);
-        name
-    }
-
-    /// The text, up to the first NUL (invalid UTF-8 yields "").
-    pub fn as_str(&self) -> &str {
-        let len = self.bytes.iter().position(|b| *b == 0).unwrap_or(SERVICE_NAME_LEN);
-        core::str::from_utf8(&self.bytes[..len]).unwrap_or("")
-    }
-}
-
-/// Key of `MEMBERS`: backend `backend_id` is in service `service_id`'s
-/// active set. Affinity and per-socket UDP stickiness check it so that a
-/// backend that left is never chosen again.
+/// Key of `MEMBERS`: `backend` is in set `set_id`'s active backends.
+/// Affinity and per-socket UDP stickiness check it so that a backend that
+/// left is never chosen again.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MemberKey {
-    pub service_id: u32,
-    pub backend_id: u32,
+    pub set_id: u32,
+    /// Network order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub addr: Addr,
+}
+
+impl MemberKey {
+    #[inline(always)]
+    pub const fn of(set_id: u32, backend: &BackendValue) -> Self {
+        Self { set_id, port: backend.port, proto: backend.proto, _pad: 0, addr: backend.addr }
+    }
 }
 
 /// Value of `MEMBERS` (presence is what matters).
@@ -489,7 +474,7 @@ pub struct MemberValue {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AffinityKey {
     pub netns_cookie: u64,
-    pub service_id: u32,
+    pub set_id: u32,
     pub _pad: u32,
 }
 
@@ -499,14 +484,15 @@ pub struct AffinityKey {
 pub struct AffinityValue {
     /// `bpf_ktime_get_coarse_ns` / `bpf_ktime_get_ns` of the last use.
     pub last_used_ns: u64,
-    pub backend_id: u32,
-    pub _pad: u32,
+    /// The backend (checked against `MEMBERS` before it is used again).
+    pub backend: BackendValue,
 }
 
-/// Value of `COUNTERS`, per CPU; the agent sums the CPUs.
+/// Value of `COUNTERS` (the index is the set id). The programs add with
+/// atomic instructions: one array for all CPUs, never CPUs × sets.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ServiceCounters {
+pub struct SetCounters {
     /// Connects and datagrams translated to a backend.
     pub translations: u64,
     /// Connects and datagrams refused because the service had no backend.
@@ -536,8 +522,9 @@ pub struct RevNat {
     pub vip_port: u16,
     /// Network order.
     pub backend_port: u16,
-    pub service_id: u32,
-    pub backend_id: u32,
+    pub set_id: u32,
+    /// The slot the backend was picked from (for inspection only).
+    pub slot: u32,
     pub proto: u8,
     /// Non-zero when the entry is in use.
     pub valid: u8,
@@ -574,8 +561,9 @@ pub struct UdpSticky {
     pub vip_port: u16,
     /// Network order.
     pub backend_port: u16,
-    pub service_id: u32,
-    pub backend_id: u32,
+    pub set_id: u32,
+    /// The slot the backend was picked from (for inspection only).
+    pub slot: u32,
     /// Non-zero when in use.
     pub valid: u32,
     /// `bpf_ktime_get_ns` of the last send.
@@ -644,26 +632,26 @@ pub struct UdpIndexValue {
 pub const UDP_REV_WALK: u32 = 1024;
 
 // Layouts: a change here changes the pinned maps, which the agent checks
-// against these sizes before it adopts them.
+// against these sizes before it adopts them. Array values are multiples of 8
+// bytes (the kernel's element stride), so the agent's mapping of an array
+// is a plain array of the value type.
 const _: () = {
     use core::mem::{align_of, size_of};
     assert!(size_of::<FrontendKey>() == 20 && align_of::<FrontendKey>() == 4);
     assert!(size_of::<FrontendValue>() == 8);
-    assert!(size_of::<ServiceValue>() == 16);
-    assert!(size_of::<SlotKey>() == 8);
-    assert!(size_of::<SlotValue>() == 4);
+    assert!(size_of::<SetEntry>() == 32 && align_of::<SetEntry>() == 8);
     #[cfg(not(feature = "layout-next"))]
-    assert!(size_of::<BackendValue>() == 20);
-    #[cfg(feature = "layout-next")]
     assert!(size_of::<BackendValue>() == 24);
-    assert!(size_of::<MemberKey>() == 8);
+    #[cfg(feature = "layout-next")]
+    assert!(size_of::<BackendValue>() == 32);
+    assert!(size_of::<BackendValue>().is_multiple_of(8));
+    assert!(size_of::<MemberKey>() == 24);
     assert!(size_of::<MemberValue>() == 4);
     assert!(size_of::<AffinityKey>() == 16 && align_of::<AffinityKey>() == 8);
-    assert!(size_of::<AffinityValue>() == 16);
-    assert!(size_of::<ServiceCounters>() == 16);
+    assert!(size_of::<AffinityValue>() == 8 + size_of::<BackendValue>());
+    assert!(size_of::<SetCounters>() == 16);
     assert!(size_of::<RevNat>() == 48);
     assert!(size_of::<SockState>() == 48 * SOCK_REV_ENTRIES + 8);
-    assert!(size_of::<ServiceName>() == SERVICE_NAME_LEN);
     assert!(size_of::<NodeAddrValue>() == 8);
     assert!(size_of::<NodePortKey>() == 4);
     assert!(size_of::<NodePortValue>() == 8);
@@ -688,19 +676,16 @@ mod pod {
     // integers, with all padding spelled out as fields; any bit pattern is valid.
     unsafe impl aya::Pod for FrontendKey {}
     unsafe impl aya::Pod for FrontendValue {}
-    unsafe impl aya::Pod for ServiceValue {}
-    unsafe impl aya::Pod for SlotKey {}
-    unsafe impl aya::Pod for SlotValue {}
+    unsafe impl aya::Pod for SetEntry {}
     unsafe impl aya::Pod for BackendValue {}
     unsafe impl aya::Pod for MemberKey {}
     unsafe impl aya::Pod for MemberValue {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
-    unsafe impl aya::Pod for ServiceCounters {}
+    unsafe impl aya::Pod for SetCounters {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for RevNat {}
     unsafe impl aya::Pod for SockState {}
-    unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for NodeAddrValue {}
     unsafe impl aya::Pod for NodePortKey {}
     unsafe impl aya::Pod for NodePortValue {}
@@ -751,25 +736,26 @@ mod tests {
         assert_eq!(offset_of!(FrontendKey, port), 16);
         assert_eq!(offset_of!(FrontendKey, proto), 18);
         assert_eq!(offset_of!(FrontendKey, scope), 19);
-        assert_eq!(offset_of!(ServiceValue, generation), 2);
-        assert_eq!(offset_of!(ServiceValue, affinity_timeout_secs), 8);
-        assert_eq!(offset_of!(SlotKey, generation), 4);
-        assert_eq!(offset_of!(SlotKey, index), 6);
+        assert_eq!(offset_of!(SetEntry, affinity_timeout_secs), 8);
+        assert_eq!(offset_of!(SetEntry, key_hash), 16);
         assert_eq!(offset_of!(BackendValue, port), 16);
-        assert_eq!(offset_of!(AffinityKey, service_id), 8);
+        assert_eq!(offset_of!(MemberKey, addr), 8);
+        assert_eq!(offset_of!(AffinityKey, set_id), 8);
         assert_eq!(offset_of!(RevNat, vip_port), 32);
-        assert_eq!(offset_of!(RevNat, service_id), 36);
+        assert_eq!(offset_of!(RevNat, set_id), 36);
         assert_eq!(offset_of!(RevNat, valid), 45);
         assert_eq!(offset_of!(SockState, next), 192);
     }
 
     #[test]
-    fn service_names_round_trip_and_truncate_on_a_char_boundary() {
-        assert_eq!(ServiceName::new("default/web:http").as_str(), "default/web:http");
-        let long = "é".repeat(200);
-        let name = ServiceName::new(&long);
-        assert_eq!(name.as_str().len(), SERVICE_NAME_LEN);
-        assert!(name.as_str().chars().all(|c| c == 'é'));
+    fn a_set_state_is_one_word_and_zero_is_absent() {
+        let st = SetState { base: 0xdead_beef, count: 513, flags: set_flags::PRESENT | set_flags::AFFINITY };
+        assert_eq!(SetState::unpack(st.pack()), st);
+        assert!(!SetState::unpack(0).is_present());
+        assert!(
+            SetState::unpack(SetState { flags: set_flags::PRESENT, ..Default::default() }.pack())
+                .is_present()
+        );
     }
 
     #[test]

@@ -301,3 +301,326 @@ pub fn probe_helper(prog_type: u32, attach_type: u32, helper: u32) -> Probe {
         }
     }
 }
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const MAP_TYPE_ARRAY: u32 = 2;
+const MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
+
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+fn map_create(attr: &mut MapCreateAttr) -> io::Result<OwnedFd> {
+    let fd = bpf(BPF_MAP_CREATE, attr)?;
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
+    // SAFETY: BPF_MAP_CREATE returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits for an RCU grace period: every BPF program that was running when
+/// [`GracePeriod::wait`] was called has finished when it returns.
+///
+/// The kernel documents this for map-in-map updates ("wait for any running
+/// non-sleepable BPF programs to complete so that userspace, when we return
+/// to it, knows that all non-sleepable programs that could be running use
+/// the new map value", `maybe_wait_bpf_programs`, Linux 4.20), so a tiny
+/// array-of-maps that nothing else uses is updated to get one. The agent
+/// reuses a freed slot or set id only after such a wait.
+pub struct GracePeriod {
+    outer: OwnedFd,
+    inner: OwnedFd,
+}
+
+impl GracePeriod {
+    pub fn new() -> io::Result<Self> {
+        let inner = map_create(&mut MapCreateAttr {
+            map_type: MAP_TYPE_ARRAY,
+            key_size: 4,
+            value_size: 4,
+            max_entries: 1,
+            ..Default::default()
+        })?;
+        let outer = map_create(&mut MapCreateAttr {
+            map_type: MAP_TYPE_ARRAY_OF_MAPS,
+            key_size: 4,
+            value_size: 4,
+            max_entries: 1,
+            inner_map_fd: fd_u32(&inner)?,
+            ..Default::default()
+        })?;
+        Ok(Self { outer, inner })
+    }
+
+    /// Returns after a grace period (typically a few milliseconds).
+    pub fn wait(&self) -> io::Result<()> {
+        let key: u32 = 0;
+        let value: u32 = fd_u32(&self.inner)?;
+        let mut attr = MapElemAttr {
+            map_fd: fd_u32(&self.outer)?,
+            key: std::ptr::from_ref(&key) as u64,
+            value: std::ptr::from_ref(&value) as u64,
+            ..Default::default()
+        };
+        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+    }
+}
+
+/// A BPF array map created with `BPF_F_MMAPABLE`, mapped shared into the
+/// agent: reads and writes are plain memory accesses, no syscall per entry.
+///
+/// Every access is volatile (the programs read and write the same memory
+/// concurrently), and the words that must change in one piece (a set's
+/// state, the counters) go through atomic 8-byte loads and stores.
+pub struct MappedArray<T> {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+    bytes: usize,
+    _t: std::marker::PhantomData<T>,
+}
+
+// SAFETY: the mapping is shared memory that stays valid until drop; every
+// access is volatile or atomic, so sharing it between threads is as safe as
+// the kernel's own concurrent access.
+unsafe impl<T: Send> Send for MappedArray<T> {}
+// SAFETY: as above.
+unsafe impl<T: Sync> Sync for MappedArray<T> {}
+
+impl<T: aya::Pod> MappedArray<T> {
+    /// Maps the first `entries` elements of an mmapable array map.
+    pub fn map(map: impl AsFd, entries: u32) -> io::Result<Self> {
+        const {
+            assert!(
+                size_of::<T>().is_multiple_of(8),
+                "the kernel strides array elements by 8-byte multiples"
+            );
+        }
+        let len = entries as usize;
+        let bytes = len.checked_mul(size_of::<T>()).ok_or_else(|| io::Error::other("array too large"))?;
+        if bytes == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty array"));
+        }
+        // SAFETY: a fresh shared mapping of the map's fd; the kernel checks
+        // that the range lies inside the map's value area.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr =
+            std::ptr::NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Self { ptr, len, bytes, _t: std::marker::PhantomData })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn elem(&self, index: usize) -> Option<*mut T> {
+        // SAFETY: in bounds, and the mapping is aligned to a page, so every
+        // element is aligned to 8 (size_of::<T>() is a multiple of 8).
+        (index < self.len).then(|| unsafe { self.ptr.as_ptr().add(index * size_of::<T>()).cast::<T>() })
+    }
+
+    /// Reads element `index`.
+    pub fn get(&self, index: usize) -> Option<T> {
+        // SAFETY: a valid, aligned element of a live mapping; T is Pod.
+        self.elem(index).map(|p| unsafe { p.read_volatile() })
+    }
+
+    /// Writes element `index`; false when out of bounds.
+    pub fn set(&self, index: usize, value: T) -> bool {
+        match self.elem(index) {
+            // SAFETY: as in `get`.
+            Some(p) => {
+                unsafe { p.write_volatile(value) };
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn word(&self, index: usize, offset: usize) -> Option<&std::sync::atomic::AtomicU64> {
+        if !offset.is_multiple_of(8) || offset + 8 > size_of::<T>() {
+            return None;
+        }
+        // SAFETY: an 8-byte aligned word inside a valid element of a live
+        // mapping; AtomicU64 has the layout of u64, and the borrow ends
+        // before the mapping does (it is tied to &self).
+        self.elem(index)
+            .map(|p| unsafe { &*p.cast::<u8>().add(offset).cast::<std::sync::atomic::AtomicU64>() })
+    }
+
+    /// Stores the 8-byte word at `offset` of element `index` in one piece,
+    /// after every earlier write (release). False when out of range.
+    pub fn store_word(&self, index: usize, offset: usize, word: u64) -> bool {
+        self.word(index, offset).map(|w| w.store(word, std::sync::atomic::Ordering::Release)).is_some()
+    }
+
+    /// Loads the 8-byte word at `offset` of element `index` in one piece.
+    pub fn load_word(&self, index: usize, offset: usize) -> Option<u64> {
+        self.word(index, offset).map(|w| w.load(std::sync::atomic::Ordering::Acquire))
+    }
+}
+
+impl<T> Drop for MappedArray<T> {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// Where a batched read of a map goes on (`BPF_MAP_LOOKUP_BATCH`'s token:
+/// a bucket for hash maps, the last index for arrays).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BatchCursor {
+    token: [u8; 8],
+    started: bool,
+    done: bool,
+}
+
+impl BatchCursor {
+    /// The whole map has been read.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+/// Reads the next entries of a map into `keys` and `values` (as many as
+/// fit) with one BPF_MAP_LOOKUP_BATCH (Linux 5.6). Returns how many were
+/// read; `cursor.is_done()` once the map is exhausted.
+pub fn map_lookup_batch<K: aya::Pod, V: aya::Pod>(
+    map: impl AsFd,
+    cursor: &mut BatchCursor,
+    keys: &mut [K],
+    values: &mut [V],
+) -> io::Result<usize> {
+    let n = keys.len().min(values.len());
+    if n == 0 || cursor.done {
+        return Ok(0);
+    }
+    let mut out = [0u8; 8];
+    let mut attr = BatchAttr {
+        in_batch: if cursor.started { cursor.token.as_ptr() as u64 } else { 0 },
+        out_batch: out.as_mut_ptr() as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: n as u32,
+        map_fd: fd_u32(&map)?,
+        ..Default::default()
+    };
+    match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+        Ok(_) => {
+            cursor.token = out;
+            cursor.started = true;
+            Ok(attr.count as usize)
+        }
+        // The end of the map: `count` holds what this last call read.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            cursor.done = true;
+            Ok(attr.count as usize)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Every entry of a map, read in batches of up to `chunk`.
+pub fn map_dump<K: aya::Pod + Default, V: aya::Pod + Default>(
+    map: impl AsFd,
+    chunk: usize,
+) -> io::Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    let mut cursor = BatchCursor::default();
+    let mut size = chunk.max(16);
+    let mut keys = vec![K::default(); size];
+    let mut values = vec![V::default(); size];
+    while !cursor.is_done() {
+        match map_lookup_batch(map.as_fd(), &mut cursor, &mut keys, &mut values) {
+            Ok(n) => out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied())),
+            // A hash bucket holds more than fits: a bigger buffer.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && size < 1 << 20 => {
+                size *= 4;
+                keys = vec![K::default(); size];
+                values = vec![V::default(); size];
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Copies every entry of `from` into `to` (same key and value types), a
+/// chunk at a time. Returns how many entries were copied.
+pub fn map_copy<K: aya::Pod + Default, V: aya::Pod + Default>(
+    from: impl AsFd,
+    to: impl AsFd,
+    chunk: usize,
+) -> io::Result<u64> {
+    let mut cursor = BatchCursor::default();
+    let mut size = chunk.max(16);
+    let mut keys = vec![K::default(); size];
+    let mut values = vec![V::default(); size];
+    let mut copied = 0;
+    while !cursor.is_done() {
+        let n = match map_lookup_batch(from.as_fd(), &mut cursor, &mut keys, &mut values) {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && size < 1 << 20 => {
+                size *= 4;
+                keys = vec![K::default(); size];
+                values = vec![V::default(); size];
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let (written, result) = map_update_batch(to.as_fd(), &keys[..n], &values[..n]);
+        result?;
+        copied += written as u64;
+    }
+    Ok(copied)
+}
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+
+/// One entry of a map (BPF_MAP_LOOKUP_ELEM).
+pub fn map_lookup<K: aya::Pod, V: aya::Pod + Default>(map: impl AsFd, key: &K) -> io::Result<V> {
+    let mut value = V::default();
+    let mut attr = MapElemAttr {
+        map_fd: fd_u32(&map)?,
+        key: std::ptr::from_ref(key) as u64,
+        value: std::ptr::from_mut(&mut value) as u64,
+        ..Default::default()
+    };
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr)?;
+    Ok(value)
+}

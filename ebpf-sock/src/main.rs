@@ -3,6 +3,9 @@
 //! The map layouts and the agent's update order are documented in
 //! `socklb-common`; this crate only reads them (and the per-socket state).
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
+// The counters' atomic add (core's atomic types have no RMW for this target).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod bind_guard;

@@ -1,40 +1,39 @@
 //! The maps. Their layout and update order are documented in `socklb-common`.
-//! Sizes here are defaults; the agent overrides them at load time.
+//! Sizes here are the smallest; the agent sizes the maps at load time.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     btf_maps::{Array, HashMap, PerCpuArray, SkStorage},
     macros::btf_map,
 };
 use socklb_common::{
     Addr, AffinityKey, AffinityValue, BackendValue, Config, FrontendKey, FrontendValue, MemberKey,
     MemberValue, NodeAddrValue, NodeLocalKey, NodeLocalValue, NodePortKey, NodePortValue, RevNat,
-    ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState, UdpIndexKey, UdpIndexValue,
-    UdpRevKey, UdpRevValue, UdpSockState, capacity, stats,
+    SetCounters, SetEntry, SockState, UdpIndexKey, UdpIndexValue, UdpRevKey, UdpRevValue, UdpSockState,
+    capacity, stats,
 };
 
 // Hash maps are not preallocated: a node with 50 services should not pay
 // for 100k. Lookups cost the same; only updates allocate.
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+// The agent writes the arrays through a shared mapping.
+const MMAPABLE: usize = BPF_F_MMAPABLE as usize;
+const MIN_HASH: usize = capacity::MIN_HASH as usize;
 
 #[btf_map(name = "SOCKLB_FRONTENDS")]
-pub static FRONTENDS: HashMap<FrontendKey, FrontendValue, { capacity::FRONTENDS as usize }, NO_PREALLOC> =
-    HashMap::new();
+pub static FRONTENDS: HashMap<FrontendKey, FrontendValue, MIN_HASH, NO_PREALLOC> = HashMap::new();
 
-#[btf_map(name = "SOCKLB_SERVICES")]
-pub static SERVICES: HashMap<u32, ServiceValue, { capacity::SERVICES as usize }, NO_PREALLOC> =
-    HashMap::new();
-
-#[btf_map(name = "SOCKLB_SLOTS")]
-pub static SLOTS: HashMap<SlotKey, SlotValue, { capacity::SLOTS as usize }, NO_PREALLOC> = HashMap::new();
+#[btf_map(name = "SOCKLB_SETS")]
+pub static SETS: Array<SetEntry, { capacity::MIN_SETS as usize }, MMAPABLE> = Array::new();
 
 #[btf_map(name = "SOCKLB_BACKENDS")]
-pub static BACKENDS: HashMap<u32, BackendValue, { capacity::BACKENDS as usize }, NO_PREALLOC> =
-    HashMap::new();
+pub static BACKENDS: Array<BackendValue, { capacity::MIN_SLOTS as usize }, MMAPABLE> = Array::new();
+
+#[btf_map(name = "SOCKLB_COUNTERS")]
+pub static COUNTERS: Array<SetCounters, { capacity::MIN_SETS as usize }, MMAPABLE> = Array::new();
 
 #[btf_map(name = "SOCKLB_MEMBERS")]
-pub static MEMBERS: HashMap<MemberKey, MemberValue, { capacity::MEMBERS as usize }, NO_PREALLOC> =
-    HashMap::new();
+pub static MEMBERS: HashMap<MemberKey, MemberValue, MIN_HASH, NO_PREALLOC> = HashMap::new();
 
 /// Not an LRU: a live client's entry is never evicted by other clients.
 /// The agent removes expired entries; a full table leaves a new client
@@ -42,9 +41,6 @@ pub static MEMBERS: HashMap<MemberKey, MemberValue, { capacity::MEMBERS as usize
 #[btf_map(name = "SOCKLB_AFFINITY")]
 pub static AFFINITY: HashMap<AffinityKey, AffinityValue, { capacity::AFFINITY as usize }, NO_PREALLOC> =
     HashMap::new();
-
-#[btf_map(name = "SOCKLB_COUNTERS")]
-pub static COUNTERS: PerCpuArray<ServiceCounters, { capacity::SERVICES as usize }> = PerCpuArray::new();
 
 #[btf_map(name = "SOCKLB_CONFIG")]
 pub static CONFIG: Array<Config, 1> = Array::new();
@@ -74,12 +70,6 @@ pub static UDP_REV_INDEX: HashMap<UdpIndexKey, UdpIndexValue, { capacity::UDP_RE
 #[btf_map(name = "SOCKLB_STATS")]
 pub static STATS: PerCpuArray<u64, { stats::LEN as usize }> = PerCpuArray::new();
 
-/// Written and read by the agent only; declared here so that it is created
-/// and pinned with the rest.
-#[btf_map(name = "SOCKLB_SVC_NAMES")]
-pub static SVC_NAMES: HashMap<u32, ServiceName, { capacity::SERVICES as usize }, NO_PREALLOC> =
-    HashMap::new();
-
 /// Connected UDP sockets that were translated, by socket cookie: sock_diag
 /// does not report socket storage for UDP, so the agent finds the sockets
 /// of a departed backend here. The entry is removed when the socket closes
@@ -90,13 +80,10 @@ pub static UDP_CONNECTED: HashMap<u64, RevNat, { capacity::UDP_CONNECTED as usiz
 
 /// Every node's NodePort addresses (see `socklb-common`).
 #[btf_map(name = "SOCKLB_NODE_ADDRS")]
-pub static NODE_ADDRS: HashMap<Addr, NodeAddrValue, { capacity::NODE_ADDRS as usize }, NO_PREALLOC> =
-    HashMap::new();
+pub static NODE_ADDRS: HashMap<Addr, NodeAddrValue, MIN_HASH, NO_PREALLOC> = HashMap::new();
 
 #[btf_map(name = "SOCKLB_NODEPORTS")]
-pub static NODEPORTS: HashMap<NodePortKey, NodePortValue, { capacity::NODEPORTS as usize }, NO_PREALLOC> =
-    HashMap::new();
+pub static NODEPORTS: HashMap<NodePortKey, NodePortValue, MIN_HASH, NO_PREALLOC> = HashMap::new();
 
 #[btf_map(name = "SOCKLB_NODE_LOCAL")]
-pub static NODE_LOCAL: HashMap<NodeLocalKey, NodeLocalValue, { capacity::NODE_LOCAL as usize }, NO_PREALLOC> =
-    HashMap::new();
+pub static NODE_LOCAL: HashMap<NodeLocalKey, NodeLocalValue, MIN_HASH, NO_PREALLOC> = HashMap::new();

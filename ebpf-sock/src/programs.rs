@@ -8,8 +8,8 @@
 //!   backend) pair gets a reverse entry (`udp_rev`).
 //!
 //! Failing closed: a connect or datagram that cannot record its way back
-//! (no socket storage, a full reverse table), or whose service kept
-//! changing under the program, is refused with an error the application
+//! (no socket storage, a full reverse table), or whose set vanished under
+//! the program, is refused with an error the application
 //! retries (ENOBUFS, EAGAIN), never sent to the VIP untranslated.
 //! * `getpeername4/6`, `recvmsg4/6`: show the VIP instead of the backend,
 //!   but only while the peer is still the backend that was recorded.
@@ -24,7 +24,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use socklb_common::{
-    Addr, FrontendKey, NodeLocalKey, NodePortKey, PROTO_TCP, PROTO_UDP, RevNat, SCOPE_INTERNAL,
+    Addr, BackendValue, FrontendKey, NodeLocalKey, NodePortKey, PROTO_TCP, PROTO_UDP, RevNat, SCOPE_INTERNAL,
     UDP_STICKY_ENTRIES, UdpSticky, config_flags, family_of, is_v4_mapped, node_flags, nodeport_flags, stats,
     v4_mapped,
 };
@@ -43,7 +43,7 @@ const ECONNREFUSED: i32 = 111;
 /// Failing closed, with errors applications retry: no memory for the way
 /// back (socket storage, the UDP reverse table) ...
 const ENOBUFS: i32 = 105;
-/// ... and a service that kept changing under the program.
+/// ... and a set that vanished under the program.
 const EAGAIN: i32 = 11;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -134,8 +134,8 @@ fn on_connect(ctx: &SockAddrContext, family: Family, refusal: Refusal) -> i32 {
     let Some(key) = frontend_key(ctx, family) else {
         return ALLOW;
     };
-    let service_id = match lookup(ctx, &key) {
-        Lookup::Service(id) => id,
+    let set_id = match lookup(ctx, &key) {
+        Lookup::Set(id) => id,
         Lookup::Refuse(id) => {
             count(id, true);
             return refuse(refusal, ECONNREFUSED);
@@ -152,12 +152,12 @@ fn on_connect(ctx: &SockAddrContext, family: Family, refusal: Refusal) -> i32 {
         event(stats::STORAGE_FAILED);
         return refuse(refusal, ENOBUFS);
     };
-    match select(service_id, netns_cookie(ctx)) {
-        Selection::Backend { id, backend } => {
+    match select(set_id, netns_cookie(ctx)) {
+        Selection::Backend { slot, backend } => {
             if !set_destination(ctx, family, &backend.addr, backend.port) {
                 return ALLOW;
             }
-            let rev = rev_nat(&key, service_id, id, &backend.addr, backend.port);
+            let rev = rev_nat(&key, set_id, slot, &backend.addr, backend.port);
             // SAFETY: `state` is this socket's storage.
             unsafe { *state = rev };
             if key.proto == PROTO_UDP {
@@ -165,11 +165,11 @@ fn on_connect(ctx: &SockAddrContext, family: Family, refusal: Refusal) -> i32 {
                 // destroyed if its backend leaves.
                 let _ = UDP_CONNECTED.insert(socket_cookie(ctx), rev, 0);
             }
-            count(service_id, false);
+            count(set_id, false);
             ALLOW
         }
         Selection::NoBackends => {
-            count(service_id, true);
+            count(set_id, true);
             refuse(refusal, ECONNREFUSED)
         }
         Selection::Gone => {
@@ -184,8 +184,8 @@ fn on_sendmsg(ctx: &SockAddrContext, family: Family, refusal: Refusal) -> i32 {
     let Some(key) = frontend_key(ctx, family) else {
         return ALLOW;
     };
-    let service_id = match lookup(ctx, &key) {
-        Lookup::Service(id) => id,
+    let set_id = match lookup(ctx, &key) {
+        Lookup::Set(id) => id,
         Lookup::Refuse(id) => {
             count(id, true);
             return refuse(refusal, ECONNREFUSED);
@@ -203,27 +203,24 @@ fn on_sendmsg(ctx: &SockAddrContext, family: Family, refusal: Refusal) -> i32 {
     if slot >= UDP_STICKY_ENTRIES {
         return ALLOW;
     }
-    // Keep the socket's backend while it stays in the service, unless the
+    // Keep the socket's backend while it stays in the set, unless the
     // socket was idle toward this VIP for longer than kube-proxy's UDP
     // conntrack entries live: then it is load-balanced afresh.
     // SAFETY: `state` is this socket's storage; `slot` is in bounds.
     let e = unsafe { (*state).sticky[slot] };
     let mut chosen: Option<(u32, Addr, u16)> = None;
-    if e.valid != 0 && e.vip == key.addr && e.vip_port == key.port && e.service_id == service_id {
+    if e.valid != 0 && e.vip == key.addr && e.vip_port == key.port && e.set_id == set_id {
         if idle_ns != 0 && now.saturating_sub(e.last_used_ns) > idle_ns {
             event(stats::UDP_IDLE_REPICK);
-        } else if let Some(b) = still_member(service_id, e.backend_id)
-            && b.addr == e.backend
-            && b.port == e.backend_port
-        {
-            chosen = Some((e.backend_id, b.addr, b.port));
+        } else if still_member(set_id, &BackendValue::new(e.backend, e.backend_port, key.proto)) {
+            chosen = Some((e.slot, e.backend, e.backend_port));
         }
     }
     if chosen.is_none() {
-        match select(service_id, netns_cookie(ctx)) {
-            Selection::Backend { id, backend } => chosen = Some((id, backend.addr, backend.port)),
+        match select(set_id, netns_cookie(ctx)) {
+            Selection::Backend { slot, backend } => chosen = Some((slot, backend.addr, backend.port)),
             Selection::NoBackends => {
-                count(service_id, true);
+                count(set_id, true);
                 return refuse(refusal, ECONNREFUSED);
             }
             Selection::Gone => {
@@ -232,7 +229,7 @@ fn on_sendmsg(ctx: &SockAddrContext, family: Family, refusal: Refusal) -> i32 {
             }
         }
     }
-    let Some((backend_id, addr, port)) = chosen else {
+    let Some((picked, addr, port)) = chosen else {
         return ALLOW;
     };
     // The way back first: a datagram is never translated without one.
@@ -250,22 +247,22 @@ fn on_sendmsg(ctx: &SockAddrContext, family: Family, refusal: Refusal) -> i32 {
             backend: addr,
             vip_port: key.port,
             backend_port: port,
-            service_id,
-            backend_id,
+            set_id,
+            slot: picked,
             valid: 1,
             last_used_ns: now,
         };
     }
-    count(service_id, false);
+    count(set_id, false);
     ALLOW
 }
 
 /// What a destination is.
 enum Lookup {
-    /// A frontend of this service (backend set).
-    Service(u32),
+    /// A frontend of this backend set.
+    Set(u32),
     /// A NodePort with `externalTrafficPolicy: Local` on a node without
-    /// endpoints: refuse, counted against this service.
+    /// endpoints: refuse, counted against this set.
     Refuse(u32),
     /// Not a service here: leave the socket alone.
     Miss,
@@ -277,7 +274,7 @@ enum Lookup {
 fn lookup(ctx: &SockAddrContext, key: &FrontendKey) -> Lookup {
     // SAFETY: the value is copied out at once.
     if let Some(frontend) = (unsafe { FRONTENDS.get(key) }).copied() {
-        return if translates_here(ctx) { Lookup::Service(frontend.service_id) } else { Lookup::Miss };
+        return if translates_here(ctx) { Lookup::Set(frontend.set_id) } else { Lookup::Miss };
     }
     // SAFETY: as above.
     let Some(node) = (unsafe { NODE_ADDRS.get(key.addr) }).copied() else {
@@ -297,13 +294,13 @@ fn lookup(ctx: &SockAddrContext, key: &FrontendKey) -> Lookup {
     // This node's sockets to this node's NodePorts: the cluster set, as
     // kube-proxy's short-circuit for locally originated traffic.
     if np.flags & nodeport_flags::EXTERNAL_LOCAL == 0 || node.flags & node_flags::THIS_NODE != 0 {
-        return Lookup::Service(np.service_id);
+        return Lookup::Set(np.set_id);
     }
-    let local = NodeLocalKey { service_id: np.service_id, node_id: node.node_id };
+    let local = NodeLocalKey { set_id: np.set_id, node_id: node.node_id };
     // SAFETY: as above.
     match (unsafe { NODE_LOCAL.get(local) }).copied() {
-        Some(set) => Lookup::Service(set.service_id),
-        None => Lookup::Refuse(np.service_id),
+        Some(set) => Lookup::Set(set.set_id),
+        None => Lookup::Refuse(np.set_id),
     }
 }
 
@@ -384,14 +381,14 @@ fn set_destination(ctx: &SockAddrContext, family: Family, addr: &Addr, port: u16
 }
 
 #[inline(always)]
-fn rev_nat(key: &FrontendKey, service_id: u32, backend_id: u32, addr: &Addr, port: u16) -> RevNat {
+fn rev_nat(key: &FrontendKey, set_id: u32, slot: u32, addr: &Addr, port: u16) -> RevNat {
     RevNat {
         vip: key.addr,
         backend: *addr,
         vip_port: key.port,
         backend_port: port,
-        service_id,
-        backend_id,
+        set_id,
+        slot,
         proto: key.proto,
         valid: 1,
         _pad: 0,

@@ -1,16 +1,22 @@
 //! Programs services into the pinned maps directly, through the agent's
-//! plan and datapath, for tests of the datapath alone.
+//! balancer and datapath, for tests of the datapath alone.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    path::Path,
+};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use socklb_bpf::maps::AyaMaps;
-use socklb_common::{
-    BackendValue, FrontendKey, FrontendValue, PROTO_TCP, SCOPE_INTERNAL, addr_from_ip, frontend_flags,
+use socklb_common::{PROTO_TCP, SCOPE_INTERNAL, set_flags};
+use socklb_k8s::model::{
+    BackendSet, Family, Frontend, FrontendKind, ObjKey, Policy, Proto, ServiceModel, SetId,
 };
 use socklb_lb::{
-    datapath::{Datapath, DesiredService, DesiredState, MapState},
-    plan::{self, ExecReport},
+    ApplyReport, Balancer, ServiceNames, ServiceRef,
+    capacity::Ceilings,
+    datapath::{Datapath, MapState},
 };
 
 /// One service for the test: its frontends and its backends.
@@ -20,7 +26,7 @@ pub struct Svc {
     pub proto: u8,
     pub frontends: Vec<SocketAddr>,
     pub backends: Vec<SocketAddr>,
-    /// `socklb_common::service_flags`.
+    /// `socklb_common::set_flags`.
     pub flags: u16,
     pub affinity_timeout_secs: u32,
 }
@@ -38,11 +44,7 @@ impl Svc {
     }
 
     pub fn udp(id: u32, vip: &str, backends: &[&str]) -> Self {
-        Self {
-            proto: socklb_common::PROTO_UDP,
-            flags: socklb_common::service_flags::MEMBERSHIP,
-            ..Self::tcp(id, vip, backends)
-        }
+        Self { proto: socklb_common::PROTO_UDP, flags: set_flags::MEMBERSHIP, ..Self::tcp(id, vip, backends) }
     }
 
     /// Adds more frontends (e.g. the IPv6 VIP of a dual-stack service).
@@ -52,86 +54,108 @@ impl Svc {
     }
 
     pub fn with_affinity(mut self, timeout_secs: u32) -> Self {
-        self.flags |= socklb_common::service_flags::AFFINITY | socklb_common::service_flags::MEMBERSHIP;
+        self.flags |= set_flags::AFFINITY | set_flags::MEMBERSHIP;
         self.affinity_timeout_secs = timeout_secs;
         self
+    }
+
+    fn key(&self) -> ObjKey {
+        ObjKey::new("test", format!("svc-{}", self.id))
+    }
+
+    /// One backend set with every backend, every frontend reaching it.
+    fn model(&self) -> ServiceModel {
+        let proto = Proto::from_number(self.proto).unwrap_or(Proto::Tcp);
+        let id = SetId { service: self.key(), port: 80, proto, family: Family::V4, policy: Policy::Cluster };
+        ServiceModel {
+            sets: vec![BackendSet {
+                id: id.clone(),
+                port_name: String::new(),
+                backends: self.backends.clone(),
+                local: BTreeSet::new(),
+                known: {
+                    let mut k = self.backends.clone();
+                    k.sort();
+                    k.dedup();
+                    k
+                },
+                flags: self.flags,
+                affinity_timeout_secs: self.affinity_timeout_secs,
+            }],
+            frontends: self
+                .frontends
+                .iter()
+                .map(|f| Frontend {
+                    addr: *f,
+                    proto,
+                    scope: SCOPE_INTERNAL,
+                    kind: FrontendKind::ClusterIp,
+                    set: id.clone(),
+                })
+                .collect(),
+            node_ports: Vec::new(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Names(BTreeMap<ServiceRef, ObjKey>);
+
+impl ServiceNames for Names {
+    fn key(&self, s: ServiceRef) -> Option<&ObjKey> {
+        self.0.get(&s)
     }
 }
 
 pub struct Programmer {
     pub maps: AyaMaps,
-    pub mirror: MapState,
-    ids: BTreeMap<(SocketAddr, u8), u32>,
+    balancer: Balancer,
+    names: Names,
+    adopting: bool,
 }
 
 impl Programmer {
-    /// Opens the pinned maps and reads what they hold.
+    /// Opens the pinned maps and adopts what they hold.
     pub fn open(bpffs: &Path) -> Result<Self> {
         let maps = AyaMaps::open(bpffs)?;
-        let mirror = maps.read_state()?;
-        let ids = mirror
-            .backends
-            .iter()
-            .map(|(&id, b)| {
-                let ip = socklb_common::ip_from_addr(&b.addr);
-                ((SocketAddr::new(ip, u16::from_be(b.port)), b.proto), id)
-            })
-            .collect();
-        Ok(Self { maps, mirror, ids })
+        let balancer =
+            Balancer::adopt(&maps, Ceilings::new(1 << 20, 1 << 24)).context("adopting the maps")?;
+        Ok(Self { maps, balancer, names: Names::default(), adopting: true })
     }
 
-    fn backend_id(&mut self, addr: SocketAddr, proto: u8) -> u32 {
-        let next = self.ids.values().max().copied().unwrap_or(0) + 1;
-        *self.ids.entry((addr, proto)).or_insert(next)
+    /// What the maps hold.
+    pub fn state(&self) -> MapState {
+        self.maps.read_state().expect("read the maps")
     }
 
-    pub fn desired(&mut self, services: &[Svc]) -> DesiredState {
-        let mut desired = DesiredState::default();
-        for svc in services {
-            let mut ids = Vec::new();
-            for &b in &svc.backends {
-                let id = self.backend_id(b, svc.proto);
-                desired.backends.insert(
-                    id,
-                    BackendValue {
-                        addr: addr_from_ip(b.ip()),
-                        port: b.port().to_be(),
-                        proto: svc.proto,
-                        flags: 0,
-                    },
-                );
-                ids.push(id);
-            }
-            desired.services.insert(
-                svc.id,
-                DesiredService {
-                    backends: ids,
-                    flags: svc.flags,
-                    affinity_timeout_secs: svc.affinity_timeout_secs,
-                    ..Default::default()
-                },
-            );
-            for f in &svc.frontends {
-                let key = FrontendKey {
-                    addr: addr_from_ip(f.ip()),
-                    port: f.port().to_be(),
-                    proto: svc.proto,
-                    scope: SCOPE_INTERNAL,
-                };
-                let value = FrontendValue { service_id: svc.id, flags: frontend_flags::CLUSTER_IP, _pad: 0 };
-                desired.frontends.insert(key, value);
-            }
-        }
-        desired
+    /// The id of test service `svc`'s set.
+    pub fn set_id(&self, svc: u32) -> u32 {
+        self.balancer.sets_of(ServiceRef(svc)).first().copied().expect("the service has a set")
     }
 
     /// Makes the maps hold exactly `services`.
-    pub fn set(&mut self, services: &[Svc]) -> Result<ExecReport> {
-        let desired = self.desired(services);
-        let plan = plan::plan(&self.mirror, &desired);
-        let report = plan::execute(&plan, &mut self.maps, &mut self.mirror);
-        if !report.is_complete() {
-            bail!("programming the maps failed: {:?}", report.failures);
+    pub fn set(&mut self, services: &[Svc]) -> Result<ApplyReport> {
+        let models: Vec<(ServiceRef, ServiceModel)> =
+            services.iter().map(|s| (ServiceRef(s.id), s.model())).collect();
+        for s in services {
+            self.names.0.insert(ServiceRef(s.id), s.key());
+        }
+        let gone: Vec<ServiceRef> =
+            self.names.0.keys().copied().filter(|r| !services.iter().any(|s| s.id == r.0)).collect();
+        let mut changes: Vec<(ServiceRef, Option<&ServiceModel>)> =
+            models.iter().map(|(r, m)| (*r, Some(m))).collect();
+        changes.extend(gone.iter().map(|r| (*r, None)));
+        let mut report = self.balancer.apply(&changes, &self.names, &mut self.maps);
+        if std::mem::take(&mut self.adopting) {
+            let done = self.balancer.finish_adoption(&self.names, &mut self.maps);
+            report.ops += done.ops;
+            report.failed.extend(done.failed);
+        }
+        for r in gone {
+            self.names.0.remove(&r);
+        }
+        if !report.failed.is_empty() {
+            bail!("programming the maps failed: {:?}", report.failed);
         }
         Ok(report)
     }

@@ -32,8 +32,8 @@ fn services_beyond_capacity_are_reported_and_the_rest_work() {
     sb.serve(&[sa("10.244.0.1:8080")], &[], &[]).expect("server");
     let file = sb.workdir().join("cluster.yaml");
     fs::write(&file, services(5)).expect("write");
-    // Ids 1..3: three of the five services fit.
-    let mut agent = sb.start_agent(&["--from-file", file.to_str().expect("utf8"), "--max-services", "4"]);
+    // Three backend sets: three of the five services fit.
+    let mut agent = sb.start_agent(&["--from-file", file.to_str().expect("utf8"), "--max-services", "3"]);
     agent.wait_ready(Duration::from_secs(20));
 
     let bpffs = sb.bpffs.to_str().expect("utf8");
@@ -56,11 +56,11 @@ fn services_beyond_capacity_are_reported_and_the_rest_work() {
     let metrics = agent.get("/metrics").expect("metrics").1;
     assert!(metrics.contains("socklb_invalid_objects_total{reason=\"capacity\"} 2"), "{metrics}");
     let log = agent.log_text();
-    assert!(log.contains("no free service id"), "{log}");
+    assert!(log.contains("no free backend set id"), "{log}");
 
     let status = socklb(&["status", "--cgroup", sb.cgroup.to_str().expect("utf8"), "--bpffs", bpffs]);
     assert!(status.contains("connect4       yes"), "{status}");
-    assert!(status.contains("SOCKLB_SERVICES       3         4"), "{status}");
+    assert!(status.contains("SOCKLB_SETS           3         256"), "{status}");
 }
 
 /// The agent's listening TCP sockets, from the inodes of its descriptors.

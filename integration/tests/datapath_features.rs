@@ -289,7 +289,7 @@ fn bind_guard(variant: Variant) {
             node_flags,
         };
         use socklb_lb::datapath::{Datapath, MapOp};
-        let value = NodePortValue { service_id: 1, flags: 0, _pad: 0 };
+        let value = NodePortValue { set_id: p.set_id(1), flags: 0, _pad: 0 };
         for family in [FAMILY_V4, FAMILY_V6] {
             let key = NodePortKey { port: np.to_be(), proto: PROTO_TCP, family };
             p.maps.apply(&MapOp::PutNodePort { key, value }).expect("nodeport");

@@ -110,7 +110,10 @@ fn own_loopback(loopback: std::net::IpAddr) {
         let family = if loopback.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 };
         let key = NodePortKey { port: node_port.to_be(), proto: PROTO_TCP, family };
         p.maps
-            .apply(&MapOp::PutNodePort { key, value: NodePortValue { service_id: 1, flags: 0, _pad: 0 } })
+            .apply(&MapOp::PutNodePort {
+                key,
+                value: NodePortValue { set_id: p.set_id(1), flags: 0, _pad: 0 },
+            })
             .expect("nodeport");
         let lo = NodeAddrValue { node_id: 1, flags: node_flags::THIS_NODE | node_flags::HOST_NETNS_ONLY };
         p.maps

@@ -206,7 +206,7 @@ fn the_datapath_outlives_its_loader_and_a_new_loader_adopts_the_pins() {
     assert!(report.maps_created.is_empty(), "{report:?}");
     assert_eq!(attached_programs(&sb.cgroup), socklb_bpf::loader::HOOKS.len(), "still one program per hook");
     let p = Programmer::open(&sb.bpffs).expect("maps");
-    assert_eq!(p.mirror.frontends.len(), 1, "map contents survive");
+    assert_eq!(p.state().frontends.len(), 1, "map contents survive");
     assert!(sb.connect(sa("10.96.0.10:80"), 5).iter().all(|a| a.ok));
 }
 
@@ -242,7 +242,7 @@ fn a_path_that_is_not_cgroup_v2_is_refused_by_name() {
 }
 
 #[test]
-fn a_full_slots_map_leaves_the_previous_version_serving_on_the_real_maps() {
+fn a_full_backends_array_leaves_the_previous_version_serving_on_the_real_maps() {
     require_root!();
     let sb = Sandbox::new("tcp-full").expect("sandbox");
     sb.add_addrs(&[
@@ -270,7 +270,7 @@ fn a_full_slots_map_leaves_the_previous_version_serving_on_the_real_maps() {
             Svc::tcp(2, "10.96.0.20:80", &["10.244.0.1:8080"]),
         ])
         .expect_err("the slots map is full");
-    assert!(err.to_string().contains("SOCKLB_SLOTS"), "{err}");
+    assert!(err.to_string().contains("free backend slots"), "{err}");
     let counts = by_backend(&sb.connect(sa("10.96.0.10:80"), 60));
     let got: BTreeSet<&str> = counts.keys().map(String::as_str).collect();
     assert!(got.iter().all(|b| old.contains(b)), "service 1 must keep its previous set: {got:?}");
@@ -280,5 +280,5 @@ fn a_full_slots_map_leaves_the_previous_version_serving_on_the_real_maps() {
     // The maps hold no half-written generation.
     let state = socklb_lb::datapath::Datapath::read_state(&p.maps).expect("read");
     assert!(state.slots.len() <= 4);
-    assert_eq!(state.active_backends(1).map(|v| v.len()), Some(3));
+    assert_eq!(state.backends_of(p.set_id(1)).map(|v| v.len()), Some(3));
 }

@@ -10,18 +10,21 @@
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use aya::maps::{HashMap, Map, MapData, MapError};
-use socklb_common::{AffinityKey, AffinityValue, ServiceValue, map_names, service_flags};
+use socklb_common::{AffinityKey, AffinityValue, SetEntry, SetState, map_names, set_flags, sys};
 
 /// How often the table is swept.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
-/// Whether an entry has expired: its service is gone or no longer has
+/// Whether an entry has expired: its set is gone or no longer has
 /// affinity, or its client has been idle longer than the timeout.
-pub fn expired(entry: &AffinityValue, service: Option<&ServiceValue>, now_ns: u64) -> bool {
-    let Some(svc) = service.filter(|s| s.flags & service_flags::AFFINITY != 0) else {
+pub fn expired(entry: &AffinityValue, set: Option<&SetEntry>, now_ns: u64) -> bool {
+    let Some(set) = set.filter(|s| {
+        let st = SetState::unpack(s.state);
+        st.is_present() && st.flags & set_flags::AFFINITY != 0
+    }) else {
         return true;
     };
-    let timeout_ns = u64::from(svc.affinity_timeout_secs) * 1_000_000_000;
+    let timeout_ns = u64::from(set.affinity_timeout_secs) * 1_000_000_000;
     now_ns.saturating_sub(entry.last_used_ns) > timeout_ns
 }
 
@@ -31,14 +34,15 @@ pub fn sweep(dir: &Path, now_ns: u64) -> Result<usize, MapError> {
     let open = |name: &str| MapData::from_pin(dir.join(name));
     let mut table: HashMap<MapData, AffinityKey, AffinityValue> =
         HashMap::try_from(Map::HashMap(open(map_names::AFFINITY)?))?;
-    let services: HashMap<MapData, u32, ServiceValue> =
-        HashMap::try_from(Map::HashMap(open(map_names::SERVICES)?))?;
-    let mut cache: BTreeMap<u32, Option<ServiceValue>> = BTreeMap::new();
+    let sets = open(map_names::SETS)?;
+    let mut cache: BTreeMap<u32, Option<SetEntry>> = BTreeMap::new();
     let mut gone = Vec::new();
     for entry in table.iter() {
         let (key, value) = entry?;
-        let svc = *cache.entry(key.service_id).or_insert_with(|| services.get(&key.service_id, 0).ok());
-        if expired(&value, svc.as_ref(), now_ns) {
+        let set = *cache.entry(key.set_id).or_insert_with(|| {
+            sys::map_lookup::<u32, SetEntry>(std::os::fd::AsFd::as_fd(sets.fd()), &key.set_id).ok()
+        });
+        if expired(&value, set.as_ref(), now_ns) {
             gone.push(key);
         }
     }
@@ -65,18 +69,18 @@ pub fn monotonic_ns() -> u64 {
 mod tests {
     use super::*;
 
-    fn svc(timeout: u32, affinity: bool) -> ServiceValue {
-        ServiceValue {
-            count: 1,
-            flags: if affinity { service_flags::AFFINITY } else { 0 },
+    fn svc(timeout: u32, affinity: bool) -> SetEntry {
+        let flags = set_flags::PRESENT | if affinity { set_flags::AFFINITY } else { 0 };
+        SetEntry {
+            state: SetState { base: 0, count: 1, flags }.pack(),
             affinity_timeout_secs: timeout,
             ..Default::default()
         }
     }
 
     #[test]
-    fn entries_expire_after_their_services_timeout_or_with_their_service() {
-        let e = AffinityValue { last_used_ns: 1_000_000_000, backend_id: 3, _pad: 0 };
+    fn entries_expire_after_their_sets_timeout_or_with_their_set() {
+        let e = AffinityValue { last_used_ns: 1_000_000_000, backend: Default::default() };
         let s = svc(10, true);
         assert!(!expired(&e, Some(&s), 11_000_000_000));
         assert!(expired(&e, Some(&s), 11_000_000_001));

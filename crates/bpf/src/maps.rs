@@ -1,36 +1,59 @@
-//! The pinned kernel maps, opened from `--bpffs`.
+//! The pinned kernel maps, opened from `--bpffs`, as a `Datapath`.
+//!
+//! `SETS` and `COUNTERS` are mapped into the agent (`BPF_F_MMAPABLE`): a
+//! set's switch is one atomic 8-byte store, with no syscall. Slots go in
+//! with one `BPF_MAP_UPDATE_BATCH` per set; hash maps take runs of
+//! operations as one batch; reads of hash maps are batched too.
 
 use std::{
     collections::BTreeMap,
     io,
     os::fd::AsFd,
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
 };
 
 use aya::maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray};
-use socklb_common::sys;
 use socklb_common::{
     Addr, BackendValue, Config, FrontendKey, FrontendValue, MemberKey, MemberValue, NodeAddrValue,
-    NodeLocalKey, NodeLocalValue, NodePortKey, NodePortValue, ServiceCounters, ServiceName, ServiceValue,
-    SlotKey, SlotValue, map_names,
+    NodeLocalKey, NodeLocalValue, NodePortKey, NodePortValue, SetCounters, SetEntry, SetState,
+    map_names as names,
+    sys::{self, MappedArray},
+};
+use socklb_lb::{
+    capacity::Capacities,
+    datapath::{Datapath, DatapathError, MapOp, MapState},
+    slots::Run,
 };
 
-use crate::loader::pins::active_dir;
-use socklb_lb::datapath::{Datapath, DatapathError, MapOp, MapState};
+use crate::loader::{self, InstallOptions, pins::active_dir};
+
+/// Entries per batched read or copy.
+const CHUNK: usize = 8_192;
 
 pub struct AyaMaps {
+    dir: PathBuf,
     frontends: HashMap<MapData, FrontendKey, FrontendValue>,
-    services: HashMap<MapData, u32, ServiceValue>,
-    slots: HashMap<MapData, SlotKey, SlotValue>,
-    backends: HashMap<MapData, u32, BackendValue>,
+    sets_map: MapData,
+    sets: MappedArray<SetEntry>,
+    backends: MapData,
+    counters_map: MapData,
+    counters: MappedArray<SetCounters>,
     members: HashMap<MapData, MemberKey, MemberValue>,
-    counters: PerCpuArray<MapData, ServiceCounters>,
     config: Array<MapData, Config>,
-    names: HashMap<MapData, u32, ServiceName>,
     node_addrs: HashMap<MapData, Addr, NodeAddrValue>,
     node_ports: HashMap<MapData, NodePortKey, NodePortValue>,
     node_local: HashMap<MapData, NodeLocalKey, NodeLocalValue>,
     stats: PerCpuArray<MapData, u64>,
+    capacities: Capacities,
+    /// How to build a bigger generation (the agent's install options);
+    /// tools that only read have none.
+    growth: Option<InstallOptions>,
+    grace: Grace,
 }
 
 fn map_io(e: MapError) -> io::Error {
@@ -40,6 +63,11 @@ fn map_io(e: MapError) -> io::Error {
         MapError::KeyNotFound | MapError::ElementNotFound => io::Error::from_raw_os_error(2),
         other => io::Error::other(other.to_string()),
     }
+}
+
+fn open_data(dir: &Path, name: &'static str) -> Result<MapData, DatapathError> {
+    let path: PathBuf = dir.join(name);
+    MapData::from_pin(&path).map_err(|e| DatapathError::Open { path, source: map_io(e) })
 }
 
 fn open<T>(dir: &Path, name: &'static str) -> Result<T, DatapathError>
@@ -53,6 +81,15 @@ where
     T::try_from(map).map_err(err)
 }
 
+fn max_entries(m: &MapData, name: &'static str) -> Result<u32, DatapathError> {
+    m.info().map(|i| i.max_entries()).map_err(|e| DatapathError::Read { map: name, source: map_io(e) })
+}
+
+fn mapped<T: aya::Pod>(dir: &Path, m: &MapData, name: &'static str) -> Result<MappedArray<T>, DatapathError> {
+    let n = max_entries(m, name)?;
+    MappedArray::map(m.fd().as_fd(), n).map_err(|source| DatapathError::Open { path: dir.join(name), source })
+}
+
 impl AyaMaps {
     /// Opens the maps of the active generation pinned under `bpffs` (the
     /// one the programs use; see `loader::pins`).
@@ -62,59 +99,62 @@ impl AyaMaps {
 
     /// Opens the maps pinned in one generation's directory.
     pub fn open_dir(dir: &Path) -> Result<Self, DatapathError> {
+        let sets_map = open_data(dir, names::SETS)?;
+        let backends = open_data(dir, names::BACKENDS)?;
+        let counters_map = open_data(dir, names::COUNTERS)?;
+        let frontends: HashMap<MapData, FrontendKey, FrontendValue> = open(dir, names::FRONTENDS)?;
+        let members: HashMap<MapData, MemberKey, MemberValue> = open(dir, names::MEMBERS)?;
+        let node_addrs: HashMap<MapData, Addr, NodeAddrValue> = open(dir, names::NODE_ADDRS)?;
+        let node_ports: HashMap<MapData, NodePortKey, NodePortValue> = open(dir, names::NODEPORTS)?;
+        let node_local: HashMap<MapData, NodeLocalKey, NodeLocalValue> = open(dir, names::NODE_LOCAL)?;
+        let capacities = Capacities {
+            sets: max_entries(&sets_map, names::SETS)?,
+            slots: max_entries(&backends, names::BACKENDS)?,
+            frontends: max_entries(frontends.map(), names::FRONTENDS)?,
+            members: max_entries(members.map(), names::MEMBERS)?,
+            node_addrs: max_entries(node_addrs.map(), names::NODE_ADDRS)?,
+            node_ports: max_entries(node_ports.map(), names::NODEPORTS)?,
+            node_local: max_entries(node_local.map(), names::NODE_LOCAL)?,
+            affinity: max_entries(&open_data(dir, names::AFFINITY)?, names::AFFINITY)?,
+            udp_reverse: max_entries(&open_data(dir, names::UDP_REV)?, names::UDP_REV)?,
+            udp_connected: max_entries(&open_data(dir, names::UDP_CONNECTED)?, names::UDP_CONNECTED)?,
+        };
         Ok(Self {
-            frontends: open(dir, map_names::FRONTENDS)?,
-            services: open(dir, map_names::SERVICES)?,
-            slots: open(dir, map_names::SLOTS)?,
-            backends: open(dir, map_names::BACKENDS)?,
-            members: open(dir, map_names::MEMBERS)?,
-            counters: open(dir, map_names::COUNTERS)?,
-            config: open(dir, map_names::CONFIG)?,
-            names: open(dir, map_names::SVC_NAMES)?,
-            node_addrs: open(dir, map_names::NODE_ADDRS)?,
-            node_ports: open(dir, map_names::NODEPORTS)?,
-            node_local: open(dir, map_names::NODE_LOCAL)?,
-            stats: open(dir, map_names::STATS)?,
+            dir: dir.to_owned(),
+            sets: mapped(dir, &sets_map, names::SETS)?,
+            counters: mapped(dir, &counters_map, names::COUNTERS)?,
+            sets_map,
+            backends,
+            counters_map,
+            frontends,
+            members,
+            config: open(dir, names::CONFIG)?,
+            node_addrs,
+            node_ports,
+            node_local,
+            stats: open(dir, names::STATS)?,
+            capacities,
+            growth: None,
+            grace: Grace::default(),
         })
     }
 
-    /// The max_entries of each map the agent writes.
-    pub fn capacities(&self) -> Result<Vec<(&'static str, u32)>, DatapathError> {
-        let info = |name: &'static str, m: &MapData| {
-            m.info()
-                .map(|i| (name, i.max_entries()))
-                .map_err(|e| DatapathError::Read { map: name, source: map_io(e) })
-        };
-        Ok(vec![
-            info(map_names::FRONTENDS, self.frontends.map())?,
-            info(map_names::SERVICES, self.services.map())?,
-            info(map_names::SLOTS, self.slots.map())?,
-            info(map_names::BACKENDS, self.backends.map())?,
-            info(map_names::MEMBERS, self.members.map())?,
-            info(map_names::SVC_NAMES, self.names.map())?,
-            info(map_names::NODE_ADDRS, self.node_addrs.map())?,
-            info(map_names::NODEPORTS, self.node_ports.map())?,
-            info(map_names::NODE_LOCAL, self.node_local.map())?,
-        ])
+    /// Lets the maps grow: a bigger generation is built with these install
+    /// options (the agent's own).
+    pub fn with_growth(mut self, opts: InstallOptions) -> Self {
+        self.growth = Some(opts);
+        self
     }
 
-    /// Service ids index the per-CPU counter array, so they stay below its size.
-    pub fn service_id_limit(&self) -> Result<u32, DatapathError> {
-        Ok(self.counters.len())
-    }
-
-    /// The names map alone (cheaper than a full read for counters).
-    pub fn read_names(&self) -> Result<BTreeMap<u32, ServiceName>, DatapathError> {
-        self.names
-            .iter()
-            .collect::<Result<BTreeMap<_, _>, _>>()
-            .map_err(|e| DatapathError::Read { map: map_names::SVC_NAMES, source: map_io(e) })
+    /// The generation directory these maps are pinned in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The datapath's event counters (`socklb_common::stats`), summed over
     /// CPUs, with their labels.
     pub fn read_stats(&self) -> Result<Vec<(&'static str, u64)>, DatapathError> {
-        let err = |e| DatapathError::Read { map: map_names::STATS, source: map_io(e) };
+        let err = |e| DatapathError::Read { map: names::STATS, source: map_io(e) };
         let mut out = Vec::new();
         for (index, label) in socklb_common::stats::ALL {
             let per_cpu = self.stats.get(&index, 0).map_err(err)?;
@@ -128,17 +168,105 @@ impl AyaMaps {
         self.frontends.get(key, 0).ok()
     }
 
+    /// One set's entry, if present.
+    pub fn set(&self, id: u32) -> Option<SetEntry> {
+        let e = self.sets.get(id as usize)?;
+        SetState::unpack(e.state).is_present().then_some(e)
+    }
+
     pub fn read_config(&self) -> Result<Config, DatapathError> {
-        self.config.get(&0, 0).map_err(|e| DatapathError::Read { map: map_names::CONFIG, source: map_io(e) })
+        self.config.get(&0, 0).map_err(|e| DatapathError::Read { map: names::CONFIG, source: map_io(e) })
     }
 
     pub fn write_config(&mut self, config: Config) -> Result<(), DatapathError> {
         self.config.set(0, config, 0).map_err(|e| DatapathError::Write {
-            map: map_names::CONFIG,
+            map: names::CONFIG,
             op: format!("set {config:?}"),
             source: map_io(e),
         })
     }
+
+    /// The kernel's accounting of each map's memory (`memlock` in the
+    /// map's fdinfo), in bytes, for the maps of this generation.
+    pub fn memory(&self) -> Vec<(&'static str, u64)> {
+        names::ALL
+            .iter()
+            .filter_map(|name| {
+                let m = open_data(&self.dir, name).ok()?;
+                Some((*name, map_memlock(&m)?))
+            })
+            .collect()
+    }
+
+    /// Everything but the state word first; then the switch, in one
+    /// store. (Each field is its own aligned word; see `SetEntry`.)
+    fn write_set(&self, id: u32, entry: &SetEntry) -> bool {
+        let i = id as usize;
+        let timeout = u64::from(entry.affinity_timeout_secs) | u64::from(entry._pad) << 32;
+        self.sets.store_word(i, 8, timeout)
+            && self.sets.store_word(i, 16, entry.key_hash)
+            && self.sets.store_word(i, 24, entry.content_hash)
+            && self.sets.store_word(i, 0, entry.state)
+    }
+
+    fn write_err(op: &MapOp, source: io::Error) -> DatapathError {
+        DatapathError::Write { map: op.map_name(), op: format!("{op:?}"), source }
+    }
+
+    /// Copies every map the agent writes from `old` (the generation being
+    /// replaced) into these maps.
+    fn copy_from(&mut self, old: &Self) -> Result<(), DatapathError> {
+        let read = |map: &'static str| move |source| DatapathError::Read { map, source };
+        sys::map_copy::<u32, SetEntry>(old.sets_map.fd().as_fd(), self.sets_map.fd().as_fd(), CHUNK)
+            .map_err(read(names::SETS))?;
+        sys::map_copy::<u32, BackendValue>(old.backends.fd().as_fd(), self.backends.fd().as_fd(), CHUNK)
+            .map_err(read(names::BACKENDS))?;
+        sys::map_copy::<u32, SetCounters>(
+            old.counters_map.fd().as_fd(),
+            self.counters_map.fd().as_fd(),
+            CHUNK,
+        )
+        .map_err(read(names::COUNTERS))?;
+        sys::map_copy::<FrontendKey, FrontendValue>(
+            old.frontends.map().fd().as_fd(),
+            self.frontends.map().fd().as_fd(),
+            CHUNK,
+        )
+        .map_err(read(names::FRONTENDS))?;
+        sys::map_copy::<MemberKey, MemberValue>(
+            old.members.map().fd().as_fd(),
+            self.members.map().fd().as_fd(),
+            CHUNK,
+        )
+        .map_err(read(names::MEMBERS))?;
+        sys::map_copy::<Addr, NodeAddrValue>(
+            old.node_addrs.map().fd().as_fd(),
+            self.node_addrs.map().fd().as_fd(),
+            CHUNK,
+        )
+        .map_err(read(names::NODE_ADDRS))?;
+        sys::map_copy::<NodePortKey, NodePortValue>(
+            old.node_ports.map().fd().as_fd(),
+            self.node_ports.map().fd().as_fd(),
+            CHUNK,
+        )
+        .map_err(read(names::NODEPORTS))?;
+        sys::map_copy::<NodeLocalKey, NodeLocalValue>(
+            old.node_local.map().fd().as_fd(),
+            self.node_local.map().fd().as_fd(),
+            CHUNK,
+        )
+        .map_err(read(names::NODE_LOCAL))?;
+        let config = old.read_config()?;
+        self.write_config(config)
+    }
+}
+
+/// A map's memory as the kernel accounts it (`memlock:` in its fdinfo).
+pub fn map_memlock(m: &MapData) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", m.fd().as_fd().as_raw_fd())).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse().ok())
 }
 
 /// Treats "no such entry" on delete as done: deletes are idempotent.
@@ -152,36 +280,25 @@ fn deleted(r: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
-fn single(maps: &mut AyaMaps, op: &MapOp) -> (usize, Option<DatapathError>) {
-    match maps.apply(op) {
-        Ok(()) => (1, None),
-        Err(e) => (0, Some(e)),
-    }
-}
-
 /// Applies a batch of updates; returns how many took effect.
 fn update_batch<K: aya::Pod, V: aya::Pod>(
     map: &MapData,
     keys: &[K],
     values: &[V],
-    ops: &[&MapOp],
+    ops: &[MapOp],
 ) -> (usize, Option<DatapathError>) {
     let (n, result) = sys::map_update_batch(map.fd().as_fd(), keys, values);
     match result {
         Ok(()) => (n, None),
-        Err(source) => (
-            n,
-            Some(DatapathError::Write {
-                map: ops[n.min(ops.len() - 1)].map_name(),
-                op: format!("{:?}", ops[n.min(ops.len() - 1)]),
-                source,
-            }),
-        ),
+        Err(source) => {
+            let at = n.min(ops.len() - 1);
+            (n, Some(AyaMaps::write_err(&ops[at], source)))
+        }
     }
 }
 
 /// Deletes a batch; keys already gone count as deleted.
-fn delete_batch<K: aya::Pod>(map: &MapData, keys: &[K], ops: &[&MapOp]) -> (usize, Option<DatapathError>) {
+fn delete_batch<K: aya::Pod>(map: &MapData, keys: &[K], ops: &[MapOp]) -> (usize, Option<DatapathError>) {
     let mut done = 0;
     while done < keys.len() {
         let (n, result) = sys::map_delete_batch(map.fd().as_fd(), &keys[done..]);
@@ -189,24 +306,15 @@ fn delete_batch<K: aya::Pod>(map: &MapData, keys: &[K], ops: &[&MapOp]) -> (usiz
         match result {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(2) => done += 1, // absent: deleted already
-            Err(source) => {
-                return (
-                    done,
-                    Some(DatapathError::Write {
-                        map: ops[done].map_name(),
-                        op: format!("{:?}", ops[done]),
-                        source,
-                    }),
-                );
-            }
+            Err(source) => return (done, Some(AyaMaps::write_err(&ops[done], source))),
         }
     }
     (done, None)
 }
 
 impl AyaMaps {
-    /// One batch syscall for a run of operations of one kind.
-    fn batch_run(&mut self, run: &[&MapOp]) -> (usize, Option<DatapathError>) {
+    /// One batch syscall for a run of hash-map operations of one kind.
+    fn batch_run(&mut self, run: &[MapOp]) -> (usize, Option<DatapathError>) {
         macro_rules! collect {
             ($pat:pat => $e:expr) => {
                 run.iter()
@@ -217,37 +325,13 @@ impl AyaMaps {
                     .collect::<Vec<_>>()
             };
         }
-        match run[0] {
-            MapOp::PutBackend { .. } => {
-                let (k, v): (Vec<u32>, Vec<BackendValue>) =
-                    collect!(MapOp::PutBackend { id, value } => (*id, *value)).into_iter().unzip();
-                update_batch(self.backends.map(), &k, &v, run)
-            }
-            MapOp::DeleteBackend { .. } => {
-                delete_batch(self.backends.map(), &collect!(MapOp::DeleteBackend { id } => *id), run)
-            }
+        match &run[0] {
             MapOp::PutMember(_) => {
                 let k = collect!(MapOp::PutMember(k) => *k);
                 update_batch(self.members.map(), &k, &vec![MemberValue { present: 1 }; k.len()], run)
             }
             MapOp::DeleteMember(_) => {
                 delete_batch(self.members.map(), &collect!(MapOp::DeleteMember(k) => *k), run)
-            }
-            MapOp::PutSlot { .. } => {
-                let (k, v): (Vec<SlotKey>, Vec<SlotValue>) =
-                    collect!(MapOp::PutSlot { key, backend_id } => (*key, SlotValue { backend_id: *backend_id })).into_iter().unzip();
-                update_batch(self.slots.map(), &k, &v, run)
-            }
-            MapOp::DeleteSlot(_) => {
-                delete_batch(self.slots.map(), &collect!(MapOp::DeleteSlot(k) => *k), run)
-            }
-            MapOp::PutService { .. } => {
-                let (k, v): (Vec<u32>, Vec<ServiceValue>) =
-                    collect!(MapOp::PutService { id, value } => (*id, *value)).into_iter().unzip();
-                update_batch(self.services.map(), &k, &v, run)
-            }
-            MapOp::DeleteService { .. } => {
-                delete_batch(self.services.map(), &collect!(MapOp::DeleteService { id } => *id), run)
             }
             MapOp::PutFrontend { .. } => {
                 let (k, v): (Vec<FrontendKey>, Vec<FrontendValue>) =
@@ -256,14 +340,6 @@ impl AyaMaps {
             }
             MapOp::DeleteFrontend(_) => {
                 delete_batch(self.frontends.map(), &collect!(MapOp::DeleteFrontend(k) => *k), run)
-            }
-            MapOp::PutName { .. } => {
-                let (k, v): (Vec<u32>, Vec<ServiceName>) =
-                    collect!(MapOp::PutName { id, name } => (*id, **name)).into_iter().unzip();
-                update_batch(self.names.map(), &k, &v, run)
-            }
-            MapOp::DeleteName { .. } => {
-                delete_batch(self.names.map(), &collect!(MapOp::DeleteName { id } => *id), run)
             }
             MapOp::PutNodeAddr { .. } => {
                 let (k, v): (Vec<Addr>, Vec<NodeAddrValue>) =
@@ -289,25 +365,61 @@ impl AyaMaps {
             MapOp::DeleteNodeLocal(_) => {
                 delete_batch(self.node_local.map(), &collect!(MapOp::DeleteNodeLocal(k) => *k), run)
             }
+            op => match self.apply(op) {
+                Ok(()) => (1, None),
+                Err(e) => (0, Some(e)),
+            },
         }
     }
 }
 
+fn batchable(op: &MapOp) -> bool {
+    !matches!(
+        op,
+        MapOp::PutSlots { .. } | MapOp::PutSet { .. } | MapOp::DeleteSet { .. } | MapOp::ResetCounters { .. }
+    )
+}
+
 impl Datapath for AyaMaps {
+    fn capacities(&self) -> Capacities {
+        self.capacities
+    }
+
     fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError> {
+        let out_of_range = || io::Error::from_raw_os_error(7); // E2BIG, as the kernel
         let result = match *op {
-            MapOp::PutBackend { id, value } => self.backends.insert(id, value, 0),
-            MapOp::DeleteBackend { id } => deleted(self.backends.remove(&id)),
+            MapOp::PutSlots { base, ref backends } => {
+                let end = u64::from(base) + backends.len() as u64;
+                if end > u64::from(self.capacities.slots) {
+                    return Err(Self::write_err(op, out_of_range()));
+                }
+                let keys: Vec<u32> = (base..base + backends.len() as u32).collect();
+                let (_, r) = sys::map_update_batch(self.backends.fd().as_fd(), &keys, backends);
+                return r.map_err(|e| Self::write_err(op, e));
+            }
+            MapOp::PutSet { id, ref entry } => {
+                return if self.write_set(id, entry) {
+                    Ok(())
+                } else {
+                    Err(Self::write_err(op, out_of_range()))
+                };
+            }
+            MapOp::DeleteSet { id } => {
+                return if self.sets.store_word(id as usize, 0, 0) {
+                    Ok(())
+                } else {
+                    Err(Self::write_err(op, out_of_range()))
+                };
+            }
+            MapOp::ResetCounters { id } => {
+                let i = id as usize;
+                let ok = self.counters.store_word(i, 0, 0) && self.counters.store_word(i, 8, 0);
+                return if ok { Ok(()) } else { Err(Self::write_err(op, out_of_range())) };
+            }
             MapOp::PutMember(k) => self.members.insert(k, MemberValue { present: 1 }, 0),
             MapOp::DeleteMember(k) => deleted(self.members.remove(&k)),
-            MapOp::PutSlot { key, backend_id } => self.slots.insert(key, SlotValue { backend_id }, 0),
-            MapOp::DeleteSlot(k) => deleted(self.slots.remove(&k)),
-            MapOp::PutService { id, value } => self.services.insert(id, value, 0),
-            MapOp::DeleteService { id } => deleted(self.services.remove(&id)),
             MapOp::PutFrontend { key, value } => self.frontends.insert(key, value, 0),
             MapOp::DeleteFrontend(k) => deleted(self.frontends.remove(&k)),
-            MapOp::PutName { id, ref name } => self.names.insert(id, **name, 0),
-            MapOp::DeleteName { id } => deleted(self.names.remove(&id)),
             MapOp::PutNodeAddr { addr, value } => self.node_addrs.insert(addr, value, 0),
             MapOp::DeleteNodeAddr(addr) => deleted(self.node_addrs.remove(&addr)),
             MapOp::PutNodePort { key, value } => self.node_ports.insert(key, value, 0),
@@ -315,25 +427,24 @@ impl Datapath for AyaMaps {
             MapOp::PutNodeLocal { key, value } => self.node_local.insert(key, value, 0),
             MapOp::DeleteNodeLocal(key) => deleted(self.node_local.remove(&key)),
         };
-        result.map_err(|e| DatapathError::Write {
-            map: op.map_name(),
-            op: format!("{op:?}"),
-            source: map_io(e),
-        })
+        result.map_err(|e| Self::write_err(op, map_io(e)))
     }
 
-    /// Runs of operations on the same map go to the kernel as one
+    /// Runs of hash-map operations on the same map go to the kernel as one
     /// BPF_MAP_UPDATE_BATCH or BPF_MAP_DELETE_BATCH.
-    fn apply_batch(&mut self, ops: &[&MapOp]) -> (usize, Option<DatapathError>) {
+    fn apply_batch(&mut self, ops: &[MapOp]) -> (usize, Option<DatapathError>) {
         let mut done = 0;
         while done < ops.len() {
-            let kind = std::mem::discriminant(ops[done]);
-            let end = ops[done..]
-                .iter()
-                .position(|o| std::mem::discriminant(*o) != kind)
-                .map_or(ops.len(), |p| done + p);
-            let run = &ops[done..end];
-            let (n, err) = if run.len() == 1 { single(self, run[0]) } else { self.batch_run(run) };
+            let kind = std::mem::discriminant(&ops[done]);
+            let end = if batchable(&ops[done]) {
+                ops[done..]
+                    .iter()
+                    .position(|o| std::mem::discriminant(o) != kind)
+                    .map_or(ops.len(), |p| done + p)
+            } else {
+                done + 1
+            };
+            let (n, err) = self.batch_run(&ops[done..end]);
             done += n;
             if let Some(e) = err {
                 return (done, Some(e));
@@ -342,40 +453,173 @@ impl Datapath for AyaMaps {
         (done, None)
     }
 
+    fn read_sets(&self) -> Result<Vec<(u32, SetEntry)>, DatapathError> {
+        Ok((0..self.sets.len())
+            .filter_map(|i| {
+                let e = self.sets.get(i)?;
+                SetState::unpack(e.state).is_present().then_some((i as u32, e))
+            })
+            .collect())
+    }
+
+    fn read_slots(&self, run: Run) -> Result<Vec<BackendValue>, DatapathError> {
+        let err = |source| DatapathError::Read { map: names::BACKENDS, source };
+        if run.end() > self.capacities.slots {
+            return Err(err(io::Error::from_raw_os_error(7)));
+        }
+        let mut out = Vec::with_capacity(run.len as usize);
+        for i in run.base..run.end() {
+            let v = sys::map_lookup::<u32, BackendValue>(self.backends.fd().as_fd(), &i).map_err(err)?;
+            out.push(v);
+        }
+        Ok(out)
+    }
+
     fn read_state(&self) -> Result<MapState, DatapathError> {
-        fn read<K: aya::Pod + Ord, V: aya::Pod>(
-            map: &HashMap<MapData, K, V>,
+        fn dump<K: aya::Pod + Default + Ord, V: aya::Pod + Default>(
+            map: &MapData,
             name: &'static str,
         ) -> Result<BTreeMap<K, V>, DatapathError> {
-            map.iter()
-                .collect::<Result<BTreeMap<_, _>, _>>()
-                .map_err(|e| DatapathError::Read { map: name, source: map_io(e) })
+            sys::map_dump::<K, V>(map.fd().as_fd(), CHUNK)
+                .map(|v| v.into_iter().collect())
+                .map_err(|source| DatapathError::Read { map: name, source })
+        }
+        let sets: BTreeMap<u32, SetEntry> = self.read_sets()?.into_iter().collect();
+        let mut slots = BTreeMap::new();
+        for e in sets.values() {
+            let st = SetState::unpack(e.state);
+            let run = Run { base: st.base, len: u32::from(st.count) };
+            for (i, b) in self.read_slots(run)?.into_iter().enumerate() {
+                slots.insert(run.base + i as u32, b);
+            }
         }
         Ok(MapState {
-            frontends: read(&self.frontends, map_names::FRONTENDS)?,
-            services: read(&self.services, map_names::SERVICES)?,
-            slots: read(&self.slots, map_names::SLOTS)?.into_iter().map(|(k, v)| (k, v.backend_id)).collect(),
-            backends: read(&self.backends, map_names::BACKENDS)?,
-            members: read(&self.members, map_names::MEMBERS)?.into_keys().collect(),
-            names: read(&self.names, map_names::SVC_NAMES)?,
-            node_addrs: read(&self.node_addrs, map_names::NODE_ADDRS)?,
-            node_ports: read(&self.node_ports, map_names::NODEPORTS)?,
-            node_local: read(&self.node_local, map_names::NODE_LOCAL)?,
+            frontends: dump(self.frontends.map(), names::FRONTENDS)?,
+            sets,
+            slots,
+            members: dump::<MemberKey, MemberValue>(self.members.map(), names::MEMBERS)?
+                .into_keys()
+                .collect(),
+            node_addrs: dump(self.node_addrs.map(), names::NODE_ADDRS)?,
+            node_ports: dump(self.node_ports.map(), names::NODEPORTS)?,
+            node_local: dump(self.node_local.map(), names::NODE_LOCAL)?,
         })
     }
 
-    fn read_counters(&self) -> Result<BTreeMap<u32, ServiceCounters>, DatapathError> {
-        let err = |e| DatapathError::Read { map: map_names::COUNTERS, source: map_io(e) };
-        let services = self.services.keys().collect::<Result<Vec<u32>, _>>().map_err(err)?;
+    fn read_counters(&self) -> Result<BTreeMap<u32, SetCounters>, DatapathError> {
         let mut out = BTreeMap::new();
-        for id in services {
-            let per_cpu = self.counters.get(&id, 0).map_err(err)?;
-            let sum = per_cpu.iter().fold(ServiceCounters::default(), |acc, c| ServiceCounters {
-                translations: acc.translations + c.translations,
-                refused: acc.refused + c.refused,
-            });
-            out.insert(id, sum);
+        for (id, _) in self.read_sets()? {
+            let i = id as usize;
+            let translations = self.counters.load_word(i, 0).unwrap_or(0);
+            let refused = self.counters.load_word(i, 8).unwrap_or(0);
+            if translations != 0 || refused != 0 {
+                out.insert(id, SetCounters { translations, refused });
+            }
         }
         Ok(out)
+    }
+
+    fn grow(&mut self, to: &Capacities) -> Result<(), DatapathError> {
+        let fail = |reason: String| DatapathError::Grow { to: to.to_string(), reason };
+        let Some(mut opts) = self.growth.clone() else {
+            return Err(fail("these maps were opened read-only".into()));
+        };
+        opts.capacities = Capacities {
+            affinity: opts.capacities.affinity,
+            udp_reverse: opts.capacities.udp_reverse,
+            udp_connected: opts.capacities.udp_connected,
+            ..*to
+        };
+        opts.fresh_generation = true;
+        let installed = loader::install(&opts).map_err(|e| fail(e.to_string()))?;
+        let Some(switch) = installed.switch else {
+            return Err(fail("no live generation to replace".into()));
+        };
+        let mut next = Self::open_dir(&installed.maps_dir)?;
+        next.copy_from(self)?;
+        switch.commit().map_err(|e| fail(e.to_string()))?;
+        next.growth = self.growth.take();
+        next.grace = std::mem::take(&mut self.grace);
+        *self = next;
+        Ok(())
+    }
+
+    fn epoch(&self) -> u64 {
+        self.grace.epoch
+    }
+
+    fn completed_epoch(&self) -> u64 {
+        self.grace.completed.load(Ordering::Acquire)
+    }
+
+    fn end_epoch(&mut self) {
+        self.grace.end_epoch();
+    }
+
+    fn wait_grace(&mut self) {
+        self.grace.wait();
+    }
+}
+
+/// RCU grace periods, run on a thread of their own so that the event loop
+/// never waits for one: `end_epoch` hands the closed epoch to the thread,
+/// which reports it completed once a grace period has passed.
+struct Grace {
+    epoch: u64,
+    completed: Arc<AtomicU64>,
+    tx: Option<mpsc::Sender<u64>>,
+}
+
+impl Default for Grace {
+    fn default() -> Self {
+        Self { epoch: 1, completed: Arc::new(AtomicU64::new(0)), tx: None }
+    }
+}
+
+impl Grace {
+    fn end_epoch(&mut self) {
+        let closed = self.epoch;
+        self.epoch += 1;
+        if self.tx.is_none() {
+            self.tx = self.spawn();
+        }
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(closed).is_ok());
+        if !sent {
+            // No thread: wait here.
+            self.wait();
+        }
+    }
+
+    fn spawn(&self) -> Option<mpsc::Sender<u64>> {
+        let barrier = sys::GracePeriod::new().ok()?;
+        let (tx, rx) = mpsc::channel::<u64>();
+        let completed = self.completed.clone();
+        std::thread::Builder::new()
+            .name("socklb-grace".into())
+            .spawn(move || {
+                while let Ok(mut e) = rx.recv() {
+                    // Everything queued meanwhile is covered by one wait.
+                    while let Ok(later) = rx.try_recv() {
+                        e = later;
+                    }
+                    if barrier.wait().is_ok() {
+                        completed.fetch_max(e, Ordering::AcqRel);
+                    }
+                }
+            })
+            .ok()?;
+        Some(tx)
+    }
+
+    /// Waits for a grace period here and marks every closed epoch done.
+    fn wait(&mut self) {
+        let closed = self.epoch - 1;
+        let waited = sys::GracePeriod::new().and_then(|b| b.wait()).is_ok();
+        if !waited {
+            // Without the barrier map: long enough that no program that
+            // read the old state can still be running.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        self.completed.fetch_max(closed, Ordering::AcqRel);
     }
 }

@@ -183,8 +183,8 @@ pub fn decode_storage(v: &[u8]) -> Vec<RevNat> {
             backend: [word(16), word(20), word(24), word(28)],
             vip_port: half(32),
             backend_port: half(34),
-            service_id: word(36),
-            backend_id: word(40),
+            set_id: word(36),
+            slot: word(40),
             proto: b[44],
             valid: b[45],
             _pad: 0,
@@ -378,7 +378,7 @@ mod tests {
         let s = parse_diag(&diag).expect("parses");
         assert_eq!(s.peer(), "10.244.0.1:8080".parse().expect("addr"));
         assert_eq!(s.storage.len(), 4, "a layout 1-3 SOCK_STATE holds four entries");
-        assert_eq!(s.storage[0].service_id, 7);
+        assert_eq!(s.storage[0].set_id, 7);
         assert_eq!(s.storage[0].valid, 1);
         assert_eq!(decode_storage(&[0u8; 48]).len(), 1, "a SOCK_TCP value is one entry");
         assert!(decode_storage(&[0u8; 17]).is_empty());

@@ -32,13 +32,8 @@ use socklb_common::{RevNat, ip_from_addr, map_names};
 
 use crate::{loader::map_pin, sockdiag};
 
-/// A backend that left a service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Doomed {
-    pub service_id: u32,
-    pub backend: SocketAddr,
-    pub proto: u8,
-}
+/// A backend that left a backend set (its sockets are stale).
+pub use socklb_lb::Departed as Doomed;
 
 /// Backends waiting out the grace period before their sockets are
 /// destroyed.
@@ -140,7 +135,7 @@ fn is_doomed(s: &sockdiag::DiagSocket, doomed: &BTreeSet<Doomed>, udp: Option<&U
         let backend = SocketAddr::new(ip_from_addr(&e.backend), u16::from_be(e.backend_port));
         e.valid != 0
             && backend == peer
-            && doomed.contains(&Doomed { service_id: e.service_id, backend, proto: s.protocol })
+            && doomed.contains(&Doomed { set_id: e.set_id, backend, proto: s.protocol })
     };
     match (s.storage.as_slice(), udp) {
         (entries, _) if !entries.is_empty() => entries.iter().any(matches),
@@ -257,7 +252,7 @@ mod tests {
     use super::*;
 
     fn d(n: u8) -> Doomed {
-        Doomed { service_id: 1, backend: SocketAddr::from(([10, 0, 0, n], 80)), proto: 6 }
+        Doomed { set_id: 1, backend: SocketAddr::from(([10, 0, 0, n], 80)), proto: 6 }
     }
 
     #[test]

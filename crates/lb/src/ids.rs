@@ -1,249 +1,179 @@
-//! Stable ids for backend sets and backends.
+//! Dense ids: backend sets (indices of `SETS` and `COUNTERS`) and nodes
+//! (the node ids of `NODE_ADDRS` and `NODE_LOCAL`).
 //!
-//! A set's id is keyed by its identity text (stored in `SVC_NAMES`), a
-//! backend's by its address, port and protocol. Both are rebuilt from the
-//! pinned maps on start, so a restarted agent reuses every id and, with an
-//! unchanged desired state, writes nothing. New ids are handed out round the
-//! id space rather than lowest-first, so a freed id is not reused at once
-//! (sockets and affinity entries may still name it for a moment).
+//! A set id, like a run of slots, is reused only after an RCU grace period
+//! since its set was removed: a program that looked the old set up may
+//! still be reading its entry until then.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use socklb_common::Addr;
-
-use crate::datapath::MapState;
-
-/// A backend's identity.
-pub type BackendKey = (Addr, u16, u8);
-
-#[derive(Clone, Debug)]
-struct Space {
-    /// Ids are in `1..limit`.
-    limit: u32,
-    next: u32,
-    used: BTreeSet<u32>,
+/// Set ids below a capacity.
+#[derive(Clone, Debug, Default)]
+pub struct IdPool {
+    capacity: u32,
+    /// Every id below this was handed out at some point.
+    frontier: u32,
+    /// Free ids, lowest first (so the arrays stay dense).
+    free: BTreeSet<u32>,
+    retired: VecDeque<(u64, u32)>,
+    used: u32,
 }
 
-impl Space {
-    fn new(limit: u32) -> Self {
-        Self { limit: limit.max(2), next: 1, used: BTreeSet::new() }
+impl IdPool {
+    pub fn new(capacity: u32) -> Self {
+        Self { capacity, ..Self::default() }
     }
 
-    fn take(&mut self) -> Option<u32> {
-        let span = self.limit - 1;
-        if self.used.len() as u64 >= u64::from(span) {
-            return None;
-        }
-        for _ in 0..span {
-            let id = self.next;
-            self.next = if self.next + 1 >= self.limit { 1 } else { self.next + 1 };
-            if self.used.insert(id) {
-                return Some(id);
+    /// A pool in which `in_use` (from the maps of a previous agent) are
+    /// taken.
+    pub fn with_used(capacity: u32, in_use: impl IntoIterator<Item = u32>) -> Self {
+        let used: BTreeSet<u32> = in_use.into_iter().collect();
+        let frontier = used.iter().next_back().map_or(0, |m| m + 1);
+        let free = (0..frontier).filter(|id| !used.contains(id)).collect();
+        Self { capacity, frontier, free, retired: VecDeque::new(), used: used.len() as u32 }
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Ids in use.
+    pub fn used(&self) -> u32 {
+        self.used
+    }
+
+    /// Ids waiting for a grace period.
+    pub fn retired(&self) -> u32 {
+        self.retired.len() as u32
+    }
+
+    pub fn alloc(&mut self) -> Option<u32> {
+        let id = match self.free.pop_first() {
+            Some(id) => id,
+            None if self.frontier < self.capacity => {
+                self.frontier += 1;
+                self.frontier - 1
             }
-        }
-        None
+            None => return None,
+        };
+        self.used += 1;
+        Some(id)
     }
 
-    fn mark(&mut self, id: u32) {
-        self.used.insert(id);
-        if id >= self.next && id + 1 < self.limit {
-            self.next = id + 1;
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct IdAllocator {
-    services: HashMap<String, u32>,
-    service_names: HashMap<u32, String>,
-    backends: HashMap<BackendKey, u32>,
-    backend_keys: HashMap<u32, BackendKey>,
-    service_space: Space,
-    backend_space: Space,
-    /// Node ids (for `NODE_LOCAL`), by node name.
-    nodes: HashMap<String, u32>,
-    node_space: Space,
-}
-
-/// Node ids are below this (far above any cluster's node count).
-const MAX_NODES: u32 = 1 << 20;
-
-impl IdAllocator {
-    /// Service ids are below `max_services` (the size of the per-service
-    /// counter array); backend ids below `max_backends`.
-    pub fn new(max_services: u32, max_backends: u32) -> Self {
-        Self {
-            services: HashMap::new(),
-            service_names: HashMap::new(),
-            backends: HashMap::new(),
-            backend_keys: HashMap::new(),
-            service_space: Space::new(max_services),
-            backend_space: Space::new(max_backends),
-            nodes: HashMap::new(),
-            node_space: Space::new(MAX_NODES),
-        }
+    /// An id that no program can have seen (its set was never published).
+    pub fn release_unpublished(&mut self, id: u32) {
+        self.used -= 1;
+        self.free.insert(id);
     }
 
-    /// Adopts every id the maps already use.
-    pub fn from_maps(state: &MapState, max_services: u32, max_backends: u32) -> Self {
-        let mut ids = Self::new(max_services, max_backends);
-        for (&id, name) in &state.names {
-            ids.services.insert(name.as_str().to_string(), id);
-            ids.service_names.insert(id, name.as_str().to_string());
-            ids.service_space.mark(id);
-        }
-        // Services without a name (an interrupted run) keep their id taken
-        // until the plan deletes them.
-        for &id in state.services.keys() {
-            ids.service_space.mark(id);
-        }
-        for (&id, b) in &state.backends {
-            ids.backends.insert((b.addr, b.port, b.proto), id);
-            ids.backend_keys.insert(id, (b.addr, b.port, b.proto));
-            ids.backend_space.mark(id);
-        }
-        // Node ids the maps use stay taken. A node with a node-local set is
-        // named by that set's name ("... node:NAME"); the others are matched
-        // by address once the Nodes are known (`Renderer::update_nodes`).
-        for id in
-            state.node_addrs.values().map(|n| n.node_id).chain(state.node_local.keys().map(|k| k.node_id))
-        {
-            ids.node_space.mark(id);
-        }
-        for (k, v) in &state.node_local {
-            let name = state.names.get(&v.service_id).and_then(|n| {
-                socklb_k8s::model::SetName::parse(n.as_str())
-                    .and_then(|p| p.policy.strip_prefix("node:"))
-                    .map(str::to_string)
-            });
-            if let Some(name) = name
-                && !ids.nodes.contains_key(&name)
-            {
-                ids.nodes.insert(name, k.node_id);
+    pub fn retire(&mut self, id: u32, epoch: u64) {
+        self.used -= 1;
+        self.retired.push_back((epoch, id));
+    }
+
+    pub fn reclaim(&mut self, completed: u64) {
+        while let Some(&(epoch, id)) = self.retired.front() {
+            if epoch > completed {
+                break;
             }
+            self.retired.pop_front();
+            self.free.insert(id);
         }
-        ids
     }
 
-    pub fn service(&mut self, name: &str) -> Option<u32> {
-        if let Some(&id) = self.services.get(name) {
-            return Some(id);
+    pub fn grow(&mut self, capacity: u32) {
+        self.capacity = self.capacity.max(capacity);
+    }
+}
+
+/// Node ids by node name, stable while the node is known. Id 0 is never
+/// used, so a zeroed entry is no node.
+#[derive(Clone, Debug, Default)]
+pub struct NodeIds {
+    by_name: HashMap<String, u32>,
+    names: BTreeMap<u32, String>,
+}
+
+impl NodeIds {
+    pub fn get(&self, name: &str) -> Option<u32> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn name(&self, id: u32) -> Option<&str> {
+        self.names.get(&id).map(String::as_str)
+    }
+
+    /// The node's id, given one if it has none.
+    pub fn id(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.get(name) {
+            return id;
         }
-        let id = self.service_space.take()?;
-        self.services.insert(name.to_string(), id);
-        self.service_names.insert(id, name.to_string());
-        Some(id)
+        let id = (1..).find(|i| !self.names.contains_key(i)).unwrap_or(u32::MAX);
+        self.adopt(name, id);
+        id
     }
 
-    pub fn backend(&mut self, key: BackendKey) -> Option<u32> {
-        if let Some(&id) = self.backends.get(&key) {
-            return Some(id);
+    /// Takes `id` for `name` (from the maps of a previous agent), unless
+    /// either is already taken.
+    pub fn adopt(&mut self, name: &str, id: u32) -> bool {
+        if id == 0 || self.by_name.contains_key(name) || self.names.contains_key(&id) {
+            return false;
         }
-        let id = self.backend_space.take()?;
-        self.backends.insert(key, id);
-        self.backend_keys.insert(id, key);
-        Some(id)
+        self.by_name.insert(name.to_string(), id);
+        self.names.insert(id, name.to_string());
+        true
     }
 
-    /// A node's id, allocated on first use.
-    pub fn node(&mut self, name: &str) -> Option<u32> {
-        if let Some(&id) = self.nodes.get(name) {
-            return Some(id);
-        }
-        let id = self.node_space.take()?;
-        self.nodes.insert(name.to_string(), id);
-        Some(id)
+    /// Forgets every node not in `keep`.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.by_name.retain(|n, _| keep(n));
+        self.names.retain(|_, n| keep(n));
     }
 
-    pub fn has_node(&self, name: &str) -> bool {
-        self.nodes.contains_key(name)
+    pub fn len(&self) -> usize {
+        self.by_name.len()
     }
 
-    /// Gives `name` the id the maps hold for it, if no other node has it.
-    pub fn adopt_node(&mut self, name: &str, id: u32) {
-        if id == 0 || id >= MAX_NODES || self.nodes.values().any(|v| *v == id) {
-            return;
-        }
-        self.node_space.used.insert(id);
-        self.nodes.insert(name.to_string(), id);
-    }
-
-    /// The id a set name has, if any (without allocating).
-    pub fn known_service(&self, name: &str) -> Option<u32> {
-        self.services.get(name).copied()
-    }
-
-    /// Frees one service id (it is in neither the maps nor the desired state).
-    pub fn release_service(&mut self, id: u32) {
-        if let Some(name) = self.service_names.remove(&id) {
-            self.services.remove(&name);
-        }
-        self.service_space.used.remove(&id);
-    }
-
-    /// Frees one backend id.
-    pub fn release_backend(&mut self, id: u32) {
-        if let Some(key) = self.backend_keys.remove(&id) {
-            self.backends.remove(&key);
-        }
-        self.backend_space.used.remove(&id);
-    }
-
-    /// Forgets ids that are neither in the maps nor wanted.
-    pub fn release_unused(&mut self, in_use_services: &BTreeSet<u32>, in_use_backends: &BTreeSet<u32>) {
-        self.services.retain(|_, id| in_use_services.contains(id));
-        self.service_names.retain(|id, _| in_use_services.contains(id));
-        self.service_space.used.retain(|id| in_use_services.contains(id));
-        self.backends.retain(|_, id| in_use_backends.contains(id));
-        self.backend_keys.retain(|id, _| in_use_backends.contains(id));
-        self.backend_space.used.retain(|id| in_use_backends.contains(id));
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use socklb_common::{BackendValue, ServiceName, ServiceValue};
-
     use super::*;
 
     #[test]
-    fn ids_are_stable_per_name_and_start_at_one() {
-        let mut ids = IdAllocator::new(100, 100);
-        let a = ids.service("a").expect("id");
-        let b = ids.service("b").expect("id");
-        assert_eq!(a, 1);
-        assert_ne!(a, b);
-        assert_eq!(ids.service("a"), Some(a));
+    fn set_ids_are_dense_and_wait_for_their_grace_period() {
+        let mut p = IdPool::new(3);
+        assert_eq!((p.alloc(), p.alloc(), p.alloc(), p.alloc()), (Some(0), Some(1), Some(2), None));
+        p.retire(1, 5);
+        p.reclaim(4);
+        assert_eq!(p.alloc(), None, "retired in epoch 5, which has not passed");
+        p.reclaim(5);
+        assert_eq!(p.alloc(), Some(1));
+        p.release_unpublished(2);
+        assert_eq!(p.alloc(), Some(2), "an unpublished id is free at once");
+        p.grow(4);
+        assert_eq!(p.alloc(), Some(3));
     }
 
     #[test]
-    fn a_full_space_says_so() {
-        let mut ids = IdAllocator::new(3, 3); // ids 1 and 2
-        assert!(ids.service("a").is_some());
-        assert!(ids.service("b").is_some());
-        assert_eq!(ids.service("c"), None);
+    fn adopted_ids_are_taken_and_the_gaps_free() {
+        let mut p = IdPool::with_used(10, [0, 3]);
+        assert_eq!(p.used(), 2);
+        assert_eq!((p.alloc(), p.alloc(), p.alloc()), (Some(1), Some(2), Some(4)));
     }
 
     #[test]
-    fn freed_ids_are_not_reused_at_once() {
-        let mut ids = IdAllocator::new(100, 100);
-        let a = ids.service("a").expect("id");
-        ids.release_unused(&BTreeSet::new(), &BTreeSet::new());
-        let b = ids.service("b").expect("id");
-        assert_ne!(a, b);
-    }
-
-    #[test]
-    fn a_restart_reuses_the_ids_found_in_the_maps() {
-        let mut state = MapState::default();
-        state.services.insert(7, ServiceValue::default());
-        state.names.insert(7, ServiceName::new("default/web:80/TCP ipv4 cluster"));
-        let b = BackendValue { addr: [0, 0, 0, 1], port: 80, proto: 6, flags: 0 };
-        state.backends.insert(42, b);
-        let mut ids = IdAllocator::from_maps(&state, 100, 100);
-        assert_eq!(ids.service("default/web:80/TCP ipv4 cluster"), Some(7));
-        assert_eq!(ids.backend((b.addr, b.port, b.proto)), Some(42));
-        let fresh = ids.service("other").expect("id");
-        assert!(fresh != 7, "a used id is never handed out again");
+    fn node_ids_start_at_one_and_keep_adopted_ones() {
+        let mut n = NodeIds::default();
+        assert!(n.adopt("b", 7));
+        assert!(!n.adopt("c", 7), "taken");
+        assert_eq!(n.id("a"), 1);
+        assert_eq!(n.id("b"), 7);
+        n.retain(|name| name != "a");
+        assert_eq!(n.get("a"), None);
+        assert_eq!(n.id("c"), 1);
     }
 }

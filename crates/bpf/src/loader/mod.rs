@@ -34,9 +34,10 @@ pub use pins::Generation;
 use socklb_common::{
     Addr, AffinityKey, AffinityValue, BackendValue, Config, FrontendKey, FrontendValue, LAYOUT_VERSION,
     MemberKey, MemberValue, NodeAddrValue, NodeLocalKey, NodeLocalValue, NodePortKey, NodePortValue, RevNat,
-    ServiceCounters, ServiceName, ServiceValue, SlotKey, SlotValue, SockState, UdpIndexKey, UdpIndexValue,
-    UdpRevKey, UdpRevValue, UdpSockState, capacity, map_names, sys,
+    SetCounters, SetEntry, SockState, UdpIndexKey, UdpIndexValue, UdpRevKey, UdpRevValue, UdpSockState,
+    map_names, sys,
 };
+pub use socklb_lb::capacity::Capacities;
 
 use crate::fs_checks::{self, FsCheckError};
 
@@ -118,20 +119,20 @@ const fn shared<K, V>(name: &'static str, map_type: MapType) -> MapSpec {
     MapSpec { shared_across_layouts: true, ..spec::<K, V>(name, map_type) }
 }
 
-pub const MAP_SPECS: [MapSpec; 19] = [
+pub const MAP_SPECS: [MapSpec; 17] = [
     spec::<FrontendKey, FrontendValue>(map_names::FRONTENDS, MapType::Hash),
-    spec::<u32, ServiceValue>(map_names::SERVICES, MapType::Hash),
-    spec::<SlotKey, SlotValue>(map_names::SLOTS, MapType::Hash),
-    spec::<u32, BackendValue>(map_names::BACKENDS, MapType::Hash),
+    spec::<u32, SetEntry>(map_names::SETS, MapType::Array),
+    spec::<u32, BackendValue>(map_names::BACKENDS, MapType::Array),
     spec::<MemberKey, MemberValue>(map_names::MEMBERS, MapType::Hash),
-    spec::<AffinityKey, AffinityValue>(map_names::AFFINITY, MapType::Hash),
-    spec::<u32, ServiceCounters>(map_names::COUNTERS, MapType::PerCpuArray),
+    // State the programs write: kept by a generation that replaces another
+    // when its layout is the same (a layout change, or growth).
+    shared::<AffinityKey, AffinityValue>(map_names::AFFINITY, MapType::Hash),
+    spec::<u32, SetCounters>(map_names::COUNTERS, MapType::Array),
     spec::<u32, Config>(map_names::CONFIG, MapType::Array),
     // Reverse translations of live sockets: what getpeername and recvmsg
     // of established sockets read. Nothing could refill them. (SOCK_STATE
     // is layouts 1-3's, read only now.)
     shared::<i32, SockState>(map_names::SOCK_STATE, MapType::SkStorage),
-    spec::<u32, ServiceName>(map_names::SVC_NAMES, MapType::Hash),
     shared::<u64, RevNat>(map_names::UDP_CONNECTED, MapType::Hash),
     spec::<Addr, NodeAddrValue>(map_names::NODE_ADDRS, MapType::Hash),
     spec::<NodePortKey, NodePortValue>(map_names::NODEPORTS, MapType::Hash),
@@ -140,81 +141,8 @@ pub const MAP_SPECS: [MapSpec; 19] = [
     shared::<i32, UdpSockState>(map_names::SOCK_UDP, MapType::SkStorage),
     shared::<UdpRevKey, UdpRevValue>(map_names::UDP_REV, MapType::Hash),
     shared::<UdpIndexKey, UdpIndexValue>(map_names::UDP_REV_INDEX, MapType::Hash),
-    spec::<u32, u64>(map_names::STATS, MapType::PerCpuArray),
+    shared::<u32, u64>(map_names::STATS, MapType::PerCpuArray),
 ];
-
-/// Map sizes. Only used when a map is created; a pinned map keeps its size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Capacities {
-    pub services: u32,
-    pub frontends: u32,
-    pub backends: u32,
-    pub slots: u32,
-    pub members: u32,
-    pub affinity: u32,
-    pub udp_connected: u32,
-    pub node_addrs: u32,
-    pub node_ports: u32,
-    pub node_local: u32,
-    pub udp_reverse: u32,
-}
-
-impl Default for Capacities {
-    fn default() -> Self {
-        Self {
-            services: capacity::SERVICES,
-            frontends: capacity::FRONTENDS,
-            backends: capacity::BACKENDS,
-            slots: capacity::SLOTS,
-            members: capacity::MEMBERS,
-            affinity: capacity::AFFINITY,
-            udp_connected: capacity::UDP_CONNECTED,
-            node_addrs: capacity::NODE_ADDRS,
-            node_ports: capacity::NODEPORTS,
-            node_local: capacity::NODE_LOCAL,
-            udp_reverse: capacity::UDP_REV,
-        }
-    }
-}
-
-impl Capacities {
-    /// Sizes from the operator-facing numbers (`--max-affinity` and
-    /// `--max-udp-reverse` are taken as given, see [`Self::with`]).
-    pub fn sized(max_services: u32, max_backends: u32) -> Self {
-        let services = max_services.max(2);
-        let backends = max_backends.max(1);
-        Self {
-            services,
-            frontends: services.saturating_mul(2),
-            backends,
-            slots: backends.saturating_mul(2),
-            members: backends.saturating_mul(2),
-            ..Self::default()
-        }
-    }
-
-    /// These capacities with the affinity and UDP reverse tables sized.
-    pub fn with(self, affinity: u32, udp_reverse: u32) -> Self {
-        Self { affinity: affinity.max(1), udp_reverse: udp_reverse.max(1), ..self }
-    }
-
-    fn max_entries(&self, map: &str) -> Option<u32> {
-        Some(match map {
-            map_names::FRONTENDS => self.frontends,
-            map_names::SERVICES | map_names::COUNTERS | map_names::SVC_NAMES => self.services,
-            map_names::BACKENDS => self.backends,
-            map_names::SLOTS => self.slots,
-            map_names::MEMBERS => self.members,
-            map_names::AFFINITY => self.affinity,
-            map_names::UDP_CONNECTED => self.udp_connected,
-            map_names::NODE_ADDRS => self.node_addrs,
-            map_names::NODEPORTS => self.node_ports,
-            map_names::NODE_LOCAL => self.node_local,
-            map_names::UDP_REV | map_names::UDP_REV_INDEX => self.udp_reverse,
-            _ => return None,
-        })
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct InstallOptions {
@@ -224,11 +152,20 @@ pub struct InstallOptions {
     /// Behave as on a kernel without `bpf_set_retval` (tests only: the
     /// agent sets it from `SOCKLB_TEST_NO_SET_RETVAL`).
     pub without_set_retval: bool,
+    /// Build a new generation of this layout beside the live one even if
+    /// that one is of this layout too (growing the maps).
+    pub fresh_generation: bool,
 }
 
 impl InstallOptions {
     pub fn new(cgroup: PathBuf, bpffs: PathBuf) -> Self {
-        Self { cgroup, bpffs, capacities: Capacities::default(), without_set_retval: false }
+        Self {
+            cgroup,
+            bpffs,
+            capacities: Capacities::default(),
+            without_set_retval: false,
+            fresh_generation: false,
+        }
     }
 }
 
@@ -349,6 +286,15 @@ pub fn install(opts: &InstallOptions) -> Result<Installed, LoaderError> {
     let live = pins::live_generation(&links, &gens);
     let ours = |g: &&Generation| g.layout == LAYOUT_VERSION;
     let (target, replacing) = match &live {
+        // Growth: a fresh generation of this layout, sized anew; a leftover
+        // of an interrupted growth is removed first (it may be too small).
+        Some(old) if opts.fresh_generation => {
+            for g in gens.iter().filter(|g| g.dir != old.dir && g.layout == LAYOUT_VERSION) {
+                pins::remove_generation(g).map_err(io_err(&g.dir))?;
+            }
+            let gens = pins::generations(&opts.bpffs).map_err(io_err(&opts.bpffs))?;
+            (pins::create_generation(&opts.bpffs, &gens).map_err(io_err(&opts.bpffs))?, Some(old.clone()))
+        }
         Some(g) if g.layout == LAYOUT_VERSION => (g.clone(), None),
         // Another layout serves: build ours beside it (reusing one left by
         // an interrupted attempt) and switch once it is filled.
@@ -381,7 +327,12 @@ pub fn install(opts: &InstallOptions) -> Result<Installed, LoaderError> {
         let pin = target.map(spec.name);
         if pin.exists() {
             let pinned = check_pinned_map(&pin, spec)?;
-            if let Some(asked) = opts.capacities.max_entries(spec.name).filter(|n| *n != pinned) {
+            // The agent sizes its own maps from what it programs (growing
+            // them by generations); only the tables the programs fill are
+            // sized by flags, and those keep their pinned size.
+            if spec.shared_across_layouts
+                && let Some(asked) = opts.capacities.max_entries(spec.name).filter(|n| *n != pinned)
+            {
                 report.size_mismatches.push((spec.name, pinned, asked));
             }
             report.maps_adopted.push(spec.name);
@@ -688,8 +639,12 @@ mod tests {
     #[test]
     fn capacities_cover_the_sized_maps() {
         let c = Capacities::default();
-        assert_eq!(c.max_entries(map_names::COUNTERS), Some(c.services));
+        assert_eq!(c.max_entries(map_names::COUNTERS), Some(c.sets));
         assert_eq!(c.max_entries(map_names::CONFIG), None);
         assert_eq!(c.max_entries(map_names::SOCK_STATE), None);
+        for spec in MAP_SPECS.iter().filter(|s| !s.shared_across_layouts) {
+            let sized = c.max_entries(spec.name).is_some();
+            assert!(sized || spec.name == map_names::CONFIG, "{} has no size", spec.name);
+        }
     }
 }

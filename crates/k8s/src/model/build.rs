@@ -24,7 +24,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use socklb_common::{MAX_BACKENDS_PER_SERVICE, SCOPE_EXTERNAL, SCOPE_INTERNAL, service_flags};
+use socklb_common::{MAX_BACKENDS_PER_SET, SCOPE_EXTERNAL, SCOPE_INTERNAL, set_flags};
 
 use super::{
     BackendSet, Family, Frontend, FrontendKind, NodeContext, NodePortFrontend, Policy, ServiceModel, SetId,
@@ -117,31 +117,31 @@ pub fn build_service(
             let mut make_set = |policy: Policy, addrs: Vec<SocketAddr>, fallback: bool| {
                 let mut flags = 0;
                 if policy != Policy::Cluster {
-                    flags |= service_flags::LOCAL_ONLY;
+                    flags |= set_flags::LOCAL_ONLY;
                 }
                 if fallback {
-                    flags |= service_flags::TERMINATING_FALLBACK;
+                    flags |= set_flags::TERMINATING_FALLBACK;
                 }
                 if svc.affinity_timeout_secs.is_some() {
-                    flags |= service_flags::AFFINITY | service_flags::MEMBERSHIP;
+                    flags |= set_flags::AFFINITY | set_flags::MEMBERSHIP;
                 }
                 if port.proto == super::Proto::Udp {
-                    flags |= service_flags::MEMBERSHIP;
+                    flags |= set_flags::MEMBERSHIP;
                 }
                 let mut backends = addrs;
                 backends.sort_unstable();
                 backends.dedup();
-                if backends.len() > MAX_BACKENDS_PER_SERVICE {
+                if backends.len() > MAX_BACKENDS_PER_SET {
                     problems.push(Problem::new(
                         ProblemKind::TooManyEndpoints,
                         format!("Service {}", svc.key),
                         format!("port {}", port.port),
                         format!(
-                            "{} endpoints; only the first {MAX_BACKENDS_PER_SERVICE} are used",
+                            "{} endpoints; only the first {MAX_BACKENDS_PER_SET} are used",
                             backends.len()
                         ),
                     ));
-                    backends.truncate(MAX_BACKENDS_PER_SERVICE);
+                    backends.truncate(MAX_BACKENDS_PER_SET);
                 }
                 let local = endpoints
                     .iter()

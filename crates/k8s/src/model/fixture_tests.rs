@@ -281,7 +281,7 @@ ports: [{name: "", port: 8080}]
     let svc = &m[&ObjKey::new("ns", "drain")];
     assert_eq!(backends(svc, "ns/drain:80/TCP ipv4 cluster"), ["10.244.0.1:8080"]);
     assert_ne!(
-        flags(svc, "ns/drain:80/TCP ipv4 cluster") & socklb_common::service_flags::TERMINATING_FALLBACK,
+        flags(svc, "ns/drain:80/TCP ipv4 cluster") & socklb_common::set_flags::TERMINATING_FALLBACK,
         0
     );
 }
@@ -378,7 +378,7 @@ fn external_traffic_policy_local_gives_each_other_node_its_own_endpoints() {
     );
     assert_eq!(backends(svc, "ns/pol:80/TCP ipv4 node:node-b"), ["10.244.0.2:8080"]);
     assert_eq!(backends(svc, "ns/pol:80/TCP ipv4 cluster"), ["10.244.0.1:8080", "10.244.0.2:8080"]);
-    assert_ne!(flags(svc, "ns/pol:80/TCP ipv4 node:node-b") & socklb_common::service_flags::LOCAL_ONLY, 0);
+    assert_ne!(flags(svc, "ns/pol:80/TCP ipv4 node:node-b") & socklb_common::set_flags::LOCAL_ONLY, 0);
 }
 
 // internalTrafficPolicy governs the ClusterIP; a NodePort of the same port
@@ -495,7 +495,7 @@ spec: {clusterIP: 10.96.6.2, sessionAffinity: ClientIP, ports: [{port: 80}]}
 "#;
     let (m, _) = model(yaml, &ctx());
     let a = &m[&ObjKey::new("ns", "a")].sets[0];
-    assert_ne!(a.flags & socklb_common::service_flags::AFFINITY, 0);
+    assert_ne!(a.flags & socklb_common::set_flags::AFFINITY, 0);
     assert_eq!(a.affinity_timeout_secs, 60);
     assert_eq!(m[&ObjKey::new("ns", "b")].sets[0].affinity_timeout_secs, 10_800, "kube-proxy's default");
 }

@@ -150,7 +150,7 @@ pub struct BackendSet {
     /// destroyed) only when it is no longer here.
     /// Sorted, without duplicates (a Vec: it is as large as the slices).
     pub known: Vec<SocketAddr>,
-    /// `socklb_common::service_flags`.
+    /// `socklb_common::set_flags`.
     pub flags: u16,
     pub affinity_timeout_secs: u32,
 }

@@ -1,11 +1,12 @@
-//! Wraps a datapath and fails chosen writes, to test that plans converge and
-//! that a failed service update leaves the previous version serving.
+//! Wraps a datapath and fails chosen writes, to test that updates converge
+//! and that a failed set update leaves the previous version serving.
 
 use std::collections::BTreeMap;
 
-use socklb_common::ServiceCounters;
+use socklb_common::{BackendValue, SetCounters, SetEntry};
 
 use super::{Datapath, DatapathError, MapOp, MapState};
+use crate::{capacity::Capacities, slots::Run};
 
 /// Decides whether the n-th write fails.
 pub trait FaultPolicy {
@@ -31,6 +32,11 @@ impl RandomFaults {
     pub fn new(seed: u64, per_mille: u64) -> Self {
         Self { state: seed | 1, per_mille }
     }
+
+    /// Stops failing (the fault went away).
+    pub fn heal(&mut self) {
+        self.per_mille = 0;
+    }
 }
 
 impl FaultPolicy for RandomFaults {
@@ -43,7 +49,7 @@ impl FaultPolicy for RandomFaults {
     }
 }
 
-/// Fails writes to one map (as a full map would).
+/// Fails writes to one map (as a map that cannot take them would).
 #[derive(Clone, Copy, Debug)]
 pub struct FailMap(pub &'static str);
 
@@ -67,6 +73,10 @@ impl<D, P> FaultyDatapath<D, P> {
 }
 
 impl<D: Datapath, P: FaultPolicy> Datapath for FaultyDatapath<D, P> {
+    fn capacities(&self) -> Capacities {
+        self.inner.capacities()
+    }
+
     fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError> {
         let n = self.writes;
         self.writes += 1;
@@ -75,17 +85,46 @@ impl<D: Datapath, P: FaultPolicy> Datapath for FaultyDatapath<D, P> {
             return Err(DatapathError::Write {
                 map: op.map_name(),
                 op: format!("{op:?}"),
-                source: std::io::Error::from_raw_os_error(7), // E2BIG, as a full map
+                // EIO: a failure that growing the map would not cure.
+                source: std::io::Error::from_raw_os_error(5),
             });
         }
         self.inner.apply(op)
+    }
+
+    fn read_sets(&self) -> Result<Vec<(u32, SetEntry)>, DatapathError> {
+        self.inner.read_sets()
+    }
+
+    fn read_slots(&self, run: Run) -> Result<Vec<BackendValue>, DatapathError> {
+        self.inner.read_slots(run)
     }
 
     fn read_state(&self) -> Result<MapState, DatapathError> {
         self.inner.read_state()
     }
 
-    fn read_counters(&self) -> Result<BTreeMap<u32, ServiceCounters>, DatapathError> {
+    fn read_counters(&self) -> Result<BTreeMap<u32, SetCounters>, DatapathError> {
         self.inner.read_counters()
+    }
+
+    fn grow(&mut self, to: &Capacities) -> Result<(), DatapathError> {
+        self.inner.grow(to)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.inner.epoch()
+    }
+
+    fn completed_epoch(&self) -> u64 {
+        self.inner.completed_epoch()
+    }
+
+    fn end_epoch(&mut self) {
+        self.inner.end_epoch();
+    }
+
+    fn wait_grace(&mut self) {
+        self.inner.wait_grace();
     }
 }
