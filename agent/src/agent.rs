@@ -231,13 +231,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         expected.insert("file", cfg.from_files.len());
         for (i, path) in cfg.from_files.iter().enumerate() {
             let origin = u16::try_from(i).context("too many --from-file")?;
-            tokio::spawn(source::file::run(
-                path.clone(),
-                origin,
-                cfg.service_proxy_name.clone(),
-                tx.clone(),
-                metrics.clone(),
-            ));
+            tokio::spawn(source::file::run(path.clone(), origin, tx.clone(), metrics.clone()));
         }
         drop(tx);
     }
@@ -441,6 +435,10 @@ fn after_sync(
     report: &SyncReport,
     not_ready_retry: &mut Option<tokio::time::Instant>,
 ) {
+    if report.services > 1_024 {
+        // The models of a big sync are gone: give their memory back.
+        socklb_common::sys::release_free_memory();
+    }
     if let (Some(f), false) = (&cfg.on_doomed, report.doomed.is_empty() && report.revived.is_empty()) {
         f(&report.doomed, &report.revived);
     }

@@ -347,6 +347,8 @@ fn run(cli: Cli) -> Result<()> {
                 stale_socket_grace,
                 udp_idle_timeout,
             };
+            // Two arenas: the event loop's and one for every other thread.
+            socklb_common::sys::limit_malloc_arenas(2);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

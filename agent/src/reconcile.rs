@@ -8,18 +8,18 @@
 //! backoff; nothing else is planned again.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use socklb_bpf::stale::Doomed;
 use socklb_k8s::{
-    model::{NodeContext, ObjKey, Problem, build_service, service::ServiceOutcome, slices::ParsedSlice},
-    store::{SourceEvent, Store},
+    model::{NodeContext, ObjKey, Problem, build::NamedSlice, build_service, service::ServiceOutcome},
+    store::{ServiceId, SourceEvent, Store},
 };
 use socklb_lb::{
-    Balancer, ServiceNames, ServiceRef,
+    Balancer, ServiceRef,
     balancer::{Drift, Failure, Stats},
     capacity::Ceilings,
     datapath::{Datapath, DatapathError},
@@ -42,7 +42,9 @@ pub struct SyncReport {
     pub failures: usize,
     /// Every change took effect.
     pub complete: bool,
-    /// Services handed to the balancer in this sync.
+    /// Services handed to the balancer in this sync (at most the first
+    /// few named in `changed`).
+    pub services: usize,
     pub changed: Vec<ObjKey>,
     /// Backends that left a set in this sync (their sockets are stale).
     pub doomed: Vec<Doomed>,
@@ -51,76 +53,42 @@ pub struct SyncReport {
     pub revived: Vec<Doomed>,
 }
 
-/// Service names by the small ids the balancer knows them by.
-#[derive(Debug, Default)]
-struct Refs {
-    by_key: HashMap<ObjKey, ServiceRef>,
-    keys: Vec<Option<ObjKey>>,
-    free: Vec<u32>,
-}
-
-impl Refs {
-    fn get_or_add(&mut self, key: &ObjKey) -> ServiceRef {
-        if let Some(r) = self.by_key.get(key) {
-            return *r;
-        }
-        let r = match self.free.pop() {
-            Some(i) => {
-                self.keys[i as usize] = Some(key.clone());
-                ServiceRef(i)
-            }
-            None => {
-                self.keys.push(Some(key.clone()));
-                ServiceRef(self.keys.len() as u32 - 1)
-            }
-        };
-        self.by_key.insert(key.clone(), r);
-        r
-    }
-
-    fn release(&mut self, r: ServiceRef) {
-        if let Some(Some(key)) = self.keys.get_mut(r.0 as usize).map(Option::take) {
-            self.by_key.remove(&key);
-            self.free.push(r.0);
-        }
-    }
-}
-
-impl ServiceNames for Refs {
-    fn key(&self, service: ServiceRef) -> Option<&ObjKey> {
-        self.keys.get(service.0 as usize).and_then(Option::as_ref)
-    }
-}
-
 /// Per-Service retries after a failure: 1 s, doubling to 60 s.
 #[derive(Debug, Default)]
 struct Retries {
-    due: BTreeMap<ObjKey, (u32, Instant)>,
+    due: BTreeMap<ServiceId, (u32, Instant)>,
 }
 
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
 impl Retries {
-    fn failed(&mut self, key: &ObjKey, now: Instant) -> Duration {
-        let attempts = self.due.get(key).map_or(0, |(n, _)| *n);
+    fn failed(&mut self, id: ServiceId, now: Instant) -> Duration {
+        let attempts = self.due.get(&id).map_or(0, |(n, _)| *n);
         let wait = RETRY_FIRST.saturating_mul(1 << attempts.min(6)).min(RETRY_MAX);
-        self.due.insert(key.clone(), (attempts + 1, now + wait));
+        self.due.insert(id, (attempts + 1, now + wait));
         wait
     }
 
-    fn succeeded(&mut self, key: &ObjKey) {
-        self.due.remove(key);
+    fn succeeded(&mut self, id: ServiceId) {
+        self.due.remove(&id);
     }
 
-    fn take_due(&mut self, now: Instant) -> Vec<ObjKey> {
-        self.due.iter().filter(|(_, (_, at))| *at <= now).map(|(k, _)| k.clone()).collect()
+    fn take_due(&mut self, now: Instant) -> Vec<ServiceId> {
+        self.due.iter().filter(|(_, (_, at))| *at <= now).map(|(k, _)| *k).collect()
     }
 
     fn next(&self) -> Option<Instant> {
         self.due.values().map(|(_, at)| *at).min()
     }
 }
+
+/// Services built and applied at a time in a big sync.
+const SYNC_CHUNK: usize = 1_024;
+
+/// Up to this many changed Services are logged one line each; more get one
+/// summary line.
+const PER_SERVICE_LINES: usize = 20;
 
 /// Sets checked per resync step: a step takes a few milliseconds, so an
 /// event never waits long behind a resync.
@@ -131,9 +99,8 @@ pub struct Reconciler {
     balancer: Balancer,
     store: Store,
     ctx: NodeContext,
-    refs: Refs,
     /// Problems of the models (invalid input is reported once).
-    problems: BTreeMap<ObjKey, BTreeSet<Problem>>,
+    problems: BTreeMap<ServiceId, BTreeSet<Problem>>,
     retries: Retries,
     metrics: Arc<Metrics>,
     /// The first sync after start adopts what a previous agent left.
@@ -166,9 +133,8 @@ impl Reconciler {
         Ok(Self {
             dp,
             balancer,
-            store: Store::default(),
+            store: Store::new(ctx.service_proxy_name.clone()),
             ctx,
-            refs: Refs::default(),
             problems: BTreeMap::new(),
             retries: Retries::default(),
             metrics,
@@ -249,7 +215,7 @@ impl Reconciler {
     /// The Service a set belongs to, and the set's identity, as text.
     pub fn set_name(&self, id: u32) -> Option<String> {
         let rec = self.balancer.set(id)?;
-        let key = self.refs.key(rec.owner)?;
+        let key = self.store.key(rec.owner.0)?;
         let policy = match rec.key.policy {
             socklb_lb::desired::PolicyKey::Cluster => "cluster".to_string(),
             socklb_lb::desired::PolicyKey::Local => "local".to_string(),
@@ -284,40 +250,50 @@ impl Reconciler {
         let now = Instant::now();
         let mut report = socklb_lb::ApplyReport::default();
         let mut nodes_complete = true;
-        if self.store.take_nodes_dirty() || !self.nodes_rendered {
+        if self.store.take_nodes_dirty() || !self.nodes_rendered || self.leftovers {
             self.nodes_rendered = true;
             self.refresh_node_context();
             nodes_complete =
                 self.balancer.update_nodes(&self.ctx, self.store.nodes(), self.dp.as_mut(), &mut report);
         }
-        let mut keys = match self.store.take_dirty() {
-            Some(dirty) => dirty,
-            None => {
-                let mut all = self.store.all_service_keys();
-                all.extend(self.refs.by_key.keys().cloned());
-                all
-            }
-        };
-        keys.extend(self.retries.take_due(now));
+        let mut ids = self.store.take_dirty().unwrap_or_else(|| self.store.all_ids());
+        ids.extend(self.retries.take_due(now));
+        let ids: Vec<ServiceId> = ids.into_iter().collect();
 
-        let mut models = Vec::with_capacity(keys.len());
-        for key in &keys {
-            let model = self.model_of(key);
-            let r = self.refs.get_or_add(key);
-            models.push((r, model));
+        // A big change goes in chunks, so that only a chunk's models exist
+        // at a time; the maps grow once, up front.
+        let mut applied = socklb_lb::ApplyReport::default();
+        let (mut built, mut write_time) = (Duration::ZERO, Duration::ZERO);
+        if ids.len() > SYNC_CHUNK {
+            let t = Instant::now();
+            let need = self.estimate(&ids);
+            applied.merge(self.balancer.reserve(need, self.dp.as_mut()));
+            write_time += t.elapsed();
         }
-        let built = started.elapsed();
-        let changes: Vec<_> = models.iter().map(|(r, m)| (*r, m.as_ref())).collect();
+        let mut gone: Vec<ServiceId> = Vec::new();
+        // With nothing changed, one empty apply still retries what is left
+        // over (a set to remove, a frontend whose write failed).
+        let chunks: Vec<&[ServiceId]> =
+            if ids.is_empty() { vec![&[]] } else { ids.chunks(SYNC_CHUNK).collect() };
+        for chunk in chunks {
+            let t = Instant::now();
+            let models: Vec<_> = chunk.iter().map(|&id| (ServiceRef(id), self.model_of(id))).collect();
+            built += t.elapsed();
+            let t = Instant::now();
+            let changes: Vec<_> = models.iter().map(|(r, m)| (*r, m.as_ref())).collect();
+            applied.merge(self.balancer.apply(&changes, &self.store, self.dp.as_mut()));
+            write_time += t.elapsed();
+            gone.extend(models.iter().filter(|(_, m)| m.is_none()).map(|(r, _)| r.0));
+        }
         let write_started = Instant::now();
-        let mut applied = self.balancer.apply(&changes, &self.refs, self.dp.as_mut());
         if self.adopting {
-            let done = self.balancer.finish_adoption(&self.refs, self.dp.as_mut());
+            let done = self.balancer.finish_adoption(&self.store, self.dp.as_mut());
             applied.ops += done.ops;
             applied.departed.extend(done.departed);
             applied.failed.extend(done.failed);
             self.adopting = false;
         }
-        let write_time = write_started.elapsed();
+        write_time += write_started.elapsed();
         if applied.ops > 0 {
             self.metrics.map_write_duration.observe(write_time.as_secs_f64());
             self.metrics.syncs.inc();
@@ -336,14 +312,14 @@ impl Reconciler {
         }
 
         let triggers = self.store.take_triggers();
-        let mut failed_keys: BTreeSet<ObjKey> = BTreeSet::new();
+        let mut failed_ids: BTreeSet<ServiceId> = BTreeSet::new();
         // Over capacity is not "stuck": retrying cannot help until the
         // cluster or the limits change (it is retried all the same, and
         // reported as a problem); health waits only for write failures.
         let mut write_failures = 0;
         for (r, f) in &applied.failed {
-            let Some(key) = self.refs.key(*r).cloned() else { continue };
-            let wait = self.retries.failed(&key, now);
+            let Some(key) = self.store.key(r.0) else { continue };
+            let wait = self.retries.failed(r.0, now);
             self.metrics.reconcile_errors.inc();
             match f {
                 Failure::Capacity(why) => {
@@ -358,23 +334,29 @@ impl Reconciler {
                         "update failed: the service keeps its previous version");
                 }
             }
-            failed_keys.insert(key);
+            failed_ids.insert(r.0);
         }
-        let mut changed = Vec::new();
-        for (r, model) in &models {
-            let Some(key) = self.refs.key(*r).cloned() else { continue };
-            if !failed_keys.contains(&key) {
-                self.retries.succeeded(&key);
-                if model.is_none() {
-                    self.refs.release(*r);
-                }
+        let mut changed = Vec::with_capacity(ids.len().min(PER_SERVICE_LINES + 1));
+        for &id in &ids {
+            if changed.len() <= PER_SERVICE_LINES
+                && let Some(key) = self.store.key(id)
+            {
+                changed.push(key.clone());
             }
-            changed.push(key);
+            if !failed_ids.contains(&id) {
+                self.retries.succeeded(id);
+            }
         }
-        self.observe_programming(triggers, &failed_keys);
+        for id in gone {
+            if !failed_ids.contains(&id) {
+                self.store.release(id);
+            }
+        }
+        let failed_keys: BTreeSet<ObjKey> = failed_ids.iter().filter_map(|id| self.store.key(*id)).collect();
+        self.observe_programming(triggers, &failed_ids);
         self.leftovers = self.balancer.has_leftovers() || !nodes_complete;
         let complete = write_failures == 0 && !self.leftovers;
-        self.log_sync(&changed, &failed_keys, applied.ops, built, write_time);
+        self.log_sync(ids.len(), &changed, &failed_keys, applied.ops, built, write_time);
         self.update_gauges();
         if applied.ops > 0 {
             self.refresh_set_labels();
@@ -382,6 +364,7 @@ impl Reconciler {
         let total = started.elapsed();
         self.metrics.sync_duration.observe(total.as_secs_f64());
         SyncReport {
+            services: ids.len(),
             ops_applied: report.ops,
             failures: failed_keys.len(),
             complete,
@@ -395,18 +378,18 @@ impl Reconciler {
     /// per Service for a few.
     fn log_sync(
         &mut self,
+        count: usize,
         changed: &[ObjKey],
         failed: &BTreeSet<ObjKey>,
         ops: usize,
         built: Duration,
         wrote: Duration,
     ) {
-        const PER_SERVICE_LINES: usize = 20;
-        if !self.first_sync_done || changed.len() > PER_SERVICE_LINES {
+        if !self.first_sync_done || count > PER_SERVICE_LINES {
             self.first_sync_done = true;
             let stats = self.balancer.stats();
             tracing::info!(
-                services = changed.len() - failed.len(),
+                services = count.saturating_sub(failed.len()),
                 failed = failed.len(),
                 sets = stats.sets,
                 slots = stats.slots,
@@ -419,9 +402,9 @@ impl Reconciler {
             return;
         }
         for key in changed.iter().filter(|k| !failed.contains(*k)) {
-            match self.refs.by_key.get(key) {
-                Some(r) => {
-                    let sets = self.balancer.sets_of(*r);
+            match self.store.id(key).filter(|id| !self.balancer.sets_of(ServiceRef(*id)).is_empty()) {
+                Some(id) => {
+                    let sets = self.balancer.sets_of(ServiceRef(id));
                     let backends: u64 = sets
                         .iter()
                         .filter_map(|id| self.balancer.set(*id))
@@ -437,7 +420,11 @@ impl Reconciler {
     /// `socklb_network_programming_duration_seconds`: for each Service whose
     /// change is now in the datapath, from its trigger time to now. Changes
     /// a sync could not apply wait for the next one.
-    fn observe_programming(&mut self, triggers: BTreeMap<ObjKey, SystemTime>, failed: &BTreeSet<ObjKey>) {
+    fn observe_programming(
+        &mut self,
+        triggers: BTreeMap<ServiceId, SystemTime>,
+        failed: &BTreeSet<ServiceId>,
+    ) {
         if triggers.is_empty() {
             return;
         }
@@ -482,7 +469,7 @@ impl Reconciler {
             .balancer
             .sets()
             .filter_map(|(id, rec)| {
-                let key = self.refs.key(rec.owner)?;
+                let key = self.store.key(rec.owner.0)?;
                 Some((
                     id,
                     crate::metrics::ServiceLabels {
@@ -509,16 +496,12 @@ impl Reconciler {
         self.resync_found += drift.found;
         if !drift.services.is_empty() {
             // Sets that differ: write those Services again from their models.
-            let keys: Vec<ObjKey> =
-                drift.services.iter().filter_map(|r| self.refs.key(*r).cloned()).collect();
-            let models: Vec<_> = keys.iter().map(|k| (self.refs.get_or_add(k), self.model_of(k))).collect();
+            let models: Vec<_> = drift.services.iter().map(|r| (*r, self.model_of(r.0))).collect();
             let changes: Vec<_> = models.iter().map(|(r, m)| (*r, m.as_ref())).collect();
             let force: BTreeSet<ServiceRef> = drift.services.clone();
-            let r = self.balancer.apply_forced(&changes, &force, &self.refs, self.dp.as_mut());
+            let r = self.balancer.apply_forced(&changes, &force, &self.store, self.dp.as_mut());
             for s in r.failed.keys() {
-                if let Some(k) = self.refs.key(*s).cloned() {
-                    self.retries.failed(&k, Instant::now());
-                }
+                self.retries.failed(s.0, Instant::now());
             }
         }
         if !drift.round_done {
@@ -600,13 +583,37 @@ impl Reconciler {
         }
     }
 
+    /// A generous estimate of the map entries `ids` will need (before a big
+    /// change, so that the maps grow once).
+    fn estimate(&self, ids: &[ServiceId]) -> socklb_lb::capacity::Usage {
+        let mut u = socklb_lb::capacity::Usage::default();
+        for &id in ids {
+            let Some(ServiceOutcome::Proxied(svc)) = self.store.service(id) else { continue };
+            let (families, ports) = (svc.cluster_ips.len() as u64, svc.ports.len() as u64);
+            let policies = 1 + u64::from(svc.internal_local || svc.external_local);
+            let externals = (svc.external_ips.len() + svc.load_balancer_ips.len()) as u64;
+            u.sets += families * ports * policies;
+            u.frontends += ports * (families + externals * policies);
+            u.node_ports += svc.ports.iter().filter(|p| p.node_port.is_some()).count() as u64 * families;
+            let endpoints: u64 = self.store.slices_of(id).map(|(_, s)| s.endpoints.len() as u64).sum();
+            u.slots += endpoints * ports * policies;
+            if svc.affinity_timeout_secs.is_some()
+                || svc.ports.iter().any(|p| p.proto == socklb_k8s::model::Proto::Udp)
+            {
+                u.members += endpoints * ports;
+            }
+        }
+        u
+    }
+
     /// One Service's model, or `None` when it is gone or not proxied.
-    fn model_of(&mut self, key: &ObjKey) -> Option<socklb_k8s::model::ServiceModel> {
-        let slices: Vec<&ParsedSlice> = self.store.slices_of(key).filter_map(|s| s.parsed.as_ref()).collect();
+    fn model_of(&mut self, id: ServiceId) -> Option<socklb_k8s::model::ServiceModel> {
+        let key = self.store.key(id)?;
         let mut problems = BTreeSet::new();
-        let model = match self.store.service(key).map(|s| &s.outcome) {
+        let model = match self.store.service(id) {
             Some(ServiceOutcome::Proxied(svc)) => {
-                let (model, ps) = build_service(svc, &slices, &self.ctx);
+                let slices: Vec<NamedSlice<'_>> = self.store.slices_of(id).collect();
+                let (model, ps) = build_service(&key, svc, &slices, &self.ctx, self.store.names());
                 problems.extend(ps);
                 Some(model)
             }
@@ -616,12 +623,12 @@ impl Reconciler {
             }
             None => None,
         };
-        let old = self.problems.remove(key).unwrap_or_default();
+        let old = self.problems.remove(&id).unwrap_or_default();
         for p in problems.difference(&old) {
             self.report(p);
         }
         if !problems.is_empty() {
-            self.problems.insert(key.clone(), problems);
+            self.problems.insert(id, problems);
         }
         model
     }

@@ -16,7 +16,11 @@ use socklb::{
     metrics::Metrics,
     reconcile::{Limits, Reconciler},
 };
-use socklb_k8s::{decode::files::ingest_text, model::NodeContext, store::SourceEvent};
+use socklb_k8s::{
+    decode::files::read_all,
+    model::NodeContext,
+    store::{Kinds, SourceEvent},
+};
 use socklb_lb::datapath::fake::SharedFake;
 
 fn node() -> NodeContext {
@@ -280,7 +284,7 @@ fn objects() -> impl Strategy<Value = Vec<Value>> {
 fn sync(items: Vec<Value>, yaml: bool) -> (Vec<Row>, usize) {
     let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
     let text = if yaml { serde_yaml_ng::to_string(&list).expect("yaml") } else { list.to_string() };
-    let (ingested, problems) = ingest_text(&text, None).expect("well-formed text always ingests");
+    let (ingested, problems) = read_all(&text).expect("well-formed text always ingests");
     for p in &problems {
         assert!(!p.object.is_empty() && !p.field.is_empty() && !p.reason.is_empty(), "{p:?}");
     }
@@ -289,6 +293,7 @@ fn sync(items: Vec<Value>, yaml: bool) -> (Vec<Row>, usize) {
     let mut r = Reconciler::new(Box::new(dp.clone()), node(), &limits, Arc::new(Metrics::new())).expect("r");
     r.apply_event(SourceEvent::Replace {
         origin: 0,
+        kinds: Kinds::ALL,
         services: ingested.services,
         slices: ingested.slices,
         nodes: ingested.nodes,
@@ -356,7 +361,7 @@ fn the_generated_objects_are_both_served_and_rejected() {
 #[test]
 fn malformed_text_is_an_error_with_a_message() {
     for text in ["{", "[1, 2", "items: [\n  - {", "apiVersion: v1\nkind: [", "{\"items\": 5}", "a: b: c"] {
-        match ingest_text(text, None) {
+        match read_all(text) {
             Ok(_) => panic!("{text:?} was accepted"),
             Err(e) => assert!(!e.message.is_empty(), "{text:?}"),
         }

@@ -13,7 +13,7 @@ use socklb_k8s::{
     decode::files::parse_objects,
     decode::node::ingest_node,
     model::NodeContext,
-    store::{SourceEvent, ingest_service, ingest_slice},
+    store::{Kinds, SourceEvent},
 };
 use socklb_lb::datapath::fake::SharedFake;
 
@@ -40,8 +40,9 @@ fn check(name: &str) {
         .expect("reconciler");
     r.apply_event(SourceEvent::Replace {
         origin: 0,
-        services: objects.services.iter().map(|s| ingest_service(s, None)).collect(),
-        slices: objects.slices.iter().map(ingest_slice).collect(),
+        kinds: Kinds::ALL,
+        services: objects.services,
+        slices: objects.slices,
         nodes: objects.nodes.iter().filter_map(ingest_node).collect(),
     });
     let report = r.sync();

@@ -27,7 +27,7 @@ fn example_sync(metrics: Arc<Metrics>) -> Reconciler {
     };
     let limits = Limits { max_services: 1000, max_backends: 1000 };
     let mut r = Reconciler::new(Box::new(SharedFake::default()), node, &limits, metrics).expect("reconciler");
-    r.apply_event(SourceEvent::replace(0, &o.services, &o.slices, None));
+    r.apply_event(SourceEvent::replace(0, &o.services, &o.slices));
     assert!(r.sync().complete);
     r
 }
@@ -86,7 +86,7 @@ fn invalid_objects_are_counted_by_reason() {
         "apiVersion: v1\nkind: Service\nmetadata: {name: bad, namespace: x}\nspec: {clusterIP: 10.96.9.9, ports: [{port: 70000}, {port: 80}]}\n",
     )
     .expect("yaml");
-    r.apply_event(SourceEvent::replace(1, &o.services, &o.slices, None));
+    r.apply_event(SourceEvent::replace(1, &o.services, &o.slices));
     r.sync();
     let text = metrics.encode();
     assert_eq!(sample(&text, "socklb_invalid_objects_total{reason=\"invalid_port\"}"), 1.0);
@@ -183,7 +183,7 @@ async fn healthz_fails_when_changes_wait_past_the_health_timeout() {
         .await;
     });
     assert!(metrics.health.verdict(std::time::Instant::now()).is_ok(), "healthy while waiting for sources");
-    tx.send(SourceEvent::replace(0, &o.services, &o.slices, None)).await.expect("send");
+    tx.send(SourceEvent::replace(0, &o.services, &o.slices)).await.expect("send");
     tx.send(SourceEvent::Synced("file")).await.expect("send");
     let start = std::time::Instant::now();
     let why = loop {

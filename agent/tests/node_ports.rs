@@ -14,7 +14,7 @@ use socklb_k8s::{
         NodeContext,
         nodes::{NodeInfo, NodePortAddresses},
     },
-    store::{SourceEvent, ingest_service, ingest_slice},
+    store::{Kinds, SourceEvent},
 };
 use socklb_lb::datapath::fake::SharedFake;
 
@@ -78,8 +78,9 @@ fn load(r: &mut Reconciler) {
     assert!(problems.is_empty(), "{problems:?}");
     r.apply_event(SourceEvent::Replace {
         origin: 0,
-        services: objects.services.iter().map(|s| ingest_service(s, None)).collect(),
-        slices: objects.slices.iter().map(ingest_slice).collect(),
+        kinds: Kinds::ALL,
+        services: objects.services,
+        slices: objects.slices,
         nodes: nodes(),
     });
 }

@@ -4,7 +4,6 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use proptest::prelude::*;
 use socklb::{
     agent::{LoopConfig, drive},
@@ -12,6 +11,7 @@ use socklb::{
     reconcile::{Limits, Reconciler},
 };
 use socklb_common::{BackendValue, SetState};
+use socklb_k8s::decode::objects::{EndpointSlice, Service};
 use socklb_k8s::{decode::files::parse_objects, model::NodeContext, store::SourceEvent};
 use socklb_lb::{
     capacity::Capacities,
@@ -46,7 +46,7 @@ fn example() -> (Vec<Service>, Vec<EndpointSlice>) {
 }
 
 fn load(r: &mut Reconciler, services: Vec<Service>, slices: Vec<EndpointSlice>) {
-    r.apply_event(SourceEvent::replace(0, &services, &slices, None));
+    r.apply_event(SourceEvent::replace(0, &services, &slices));
 }
 
 #[test]
@@ -99,7 +99,7 @@ fn a_relist_deletes_what_it_no_longer_contains() {
     let web_frontends = dp.state().frontends.len();
     let kept: Vec<Service> =
         services.into_iter().filter(|s| s.metadata.name.as_deref() != Some("web")).collect();
-    r.apply_event(SourceEvent::replace_services(0, &kept, None));
+    r.apply_event(SourceEvent::replace_services(0, &kept));
     r.sync();
     assert_eq!(dp.state().frontends.len(), web_frontends - 1);
     assert!(dp.state().is_tidy());
@@ -148,7 +148,7 @@ fn a_deleted_backend_is_doomed_and_a_terminating_or_unready_one_is_not() {
     // Not ready (and not terminating): out of the set, but not gone.
     let slice =
         slices.iter_mut().find(|s| s.metadata.name.as_deref() == Some("web-7xk2p")).expect("web slice");
-    slice.endpoints[0].conditions = Some(k8s_openapi::api::discovery::v1::EndpointConditions {
+    slice.endpoints[0].conditions = Some(socklb_k8s::decode::objects::EndpointConditions {
         ready: Some(false),
         serving: Some(false),
         terminating: Some(false),
@@ -171,7 +171,7 @@ fn a_deleted_backend_is_doomed_and_a_terminating_or_unready_one_is_not() {
     // The whole service deleted: every backend is doomed.
     let kept: Vec<Service> =
         services.into_iter().filter(|s| s.metadata.name.as_deref() != Some("web")).collect();
-    r.apply_event(SourceEvent::replace_services(0, &kept, None));
+    r.apply_event(SourceEvent::replace_services(0, &kept));
     let report = r.sync();
     assert_eq!(report.doomed.len(), 2, "{:?}", report.doomed);
 }
@@ -198,7 +198,7 @@ fn a_service_that_no_longer_fits_keeps_its_previous_version_and_others_go_on() {
     };
     let apply = |r: &mut Reconciler, text: String| {
         let (o, _) = parse_objects(&text).expect("yaml");
-        r.apply_event(SourceEvent::replace(0, &o.services, &o.slices, None));
+        r.apply_event(SourceEvent::replace(0, &o.services, &o.slices));
         r.sync()
     };
     assert!(apply(&mut r, yaml(&["10.244.0.1", "10.244.0.2"], &["10.244.0.3"])).complete);
@@ -260,7 +260,7 @@ async fn the_loop_touches_nothing_until_every_source_part_has_synced() {
 
     // Services listed, slices not yet: a prune now would drop every backend.
     let (services, slices) = example();
-    tx.send(SourceEvent::replace_services(9, &services, None)).await.expect("send");
+    tx.send(SourceEvent::replace_services(9, &services)).await.expect("send");
     tx.send(SourceEvent::Synced("services")).await.expect("send");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(dp.state(), before, "a partial initial state must not touch the maps");
@@ -333,7 +333,7 @@ fn arb_event() -> impl Strategy<Value = Ev> {
 fn to_source(ev: &Ev) -> SourceEvent {
     match ev {
         Ev::Service { i, ports, local, node_port } => {
-            SourceEvent::service(0, &service(*i, ports, *local, *node_port), None)
+            SourceEvent::service(0, &service(*i, ports, *local, *node_port))
         }
         Ev::DeleteService(i) => {
             SourceEvent::ServiceDeleted { key: socklb_k8s::model::ObjKey::new("ns", format!("s{i}")) }

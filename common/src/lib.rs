@@ -670,6 +670,9 @@ const _: () = {
 pub mod sys;
 
 #[cfg(feature = "user")]
+pub mod counting_alloc;
+
+#[cfg(feature = "user")]
 mod pod {
     use super::*;
     // SAFETY: every type is #[repr(C)], made only of integers and arrays of

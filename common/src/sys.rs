@@ -624,3 +624,27 @@ pub fn map_lookup<K: aya::Pod, V: aya::Pod + Default>(map: impl AsFd, key: &K) -
     bpf(BPF_MAP_LOOKUP_ELEM, &mut attr)?;
     Ok(value)
 }
+
+/// Caps glibc's malloc arenas: every thread that allocates may otherwise
+/// get an arena of its own, and memory freed by another thread stays with
+/// the arena that gave it (the agent's decoding threads hand objects to the
+/// event loop). A no-op on other C libraries.
+pub fn limit_malloc_arenas(arenas: i32) {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a tunable of the allocator.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, arenas);
+    }
+    #[cfg(not(target_env = "gnu"))]
+    let _ = arenas;
+}
+
+/// Gives memory malloc holds free back to the system (after a big sync,
+/// whose temporary models are gone). A no-op on other C libraries.
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns unused heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -11,7 +11,11 @@ use socklb::{
     metrics::Metrics,
     reconcile::{Limits, Reconciler},
 };
-use socklb_k8s::{decode::files::ingest_text, model::NodeContext, store::SourceEvent};
+use socklb_k8s::{
+    decode::files::read_all,
+    model::NodeContext,
+    store::{Kinds, SourceEvent},
+};
 use socklb_lb::datapath::fake::SharedFake;
 
 /// What one input led to, so that callers can check more than "no panic".
@@ -31,7 +35,7 @@ pub struct Outcome {
 pub fn run_objects(data: &[u8]) -> Outcome {
     let mut outcome = Outcome::default();
     let Ok(text) = std::str::from_utf8(data) else { return outcome };
-    let Ok((ingested, problems)) = ingest_text(text, None) else { return outcome };
+    let Ok((ingested, problems)) = read_all(text) else { return outcome };
     outcome.parsed = true;
     outcome.services = ingested.services.len();
     outcome.slices = ingested.slices.len();
@@ -53,6 +57,7 @@ pub fn run_objects(data: &[u8]) -> Outcome {
     };
     r.apply_event(SourceEvent::Replace {
         origin: 0,
+        kinds: Kinds::ALL,
         services: ingested.services,
         slices: ingested.slices,
         nodes: ingested.nodes,

@@ -75,6 +75,22 @@ pub struct Faults {
     pub watch_lifetime: Option<Duration>,
     /// Delay every response by this much (a slow server).
     pub delay: Option<Duration>,
+    /// How the server treats `sendInitialEvents` (streaming lists).
+    pub streaming_lists: StreamingLists,
+}
+
+/// What a watch with `sendInitialEvents=true` gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StreamingLists {
+    /// The objects as ADDED events, then a bookmark marking their end
+    /// (Kubernetes 1.27+ with WatchList).
+    #[default]
+    Supported,
+    /// 422, as a server with the WatchList feature off answers.
+    Refused,
+    /// The parameter is ignored: the objects as ADDED events (a watch from
+    /// resourceVersion 0) and never a bookmark marking their end.
+    Ignored,
 }
 
 #[derive(Debug)]
@@ -291,6 +307,7 @@ struct ListParams {
     field_selector: Option<String>,
     timeout_seconds: Option<u64>,
     allow_watch_bookmarks: Option<String>,
+    send_initial_events: Option<String>,
 }
 
 async fn handle_services(State(s): State<Shared>, Query(q): Query<ListParams>) -> Response {
@@ -339,10 +356,13 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
 
 async fn handle(s: Shared, q: ListParams, kind: Kind) -> Response {
     let is_watch = q.watch.as_deref().is_some_and(|w| w == "true" || w == "1");
-    let (delay, fail, lifetime) = {
+    let initial_events = is_watch && q.send_initial_events.as_deref() == Some("true");
+    let (delay, fail, lifetime, streaming) = {
         let mut st = s.state.lock().expect("lock");
         st.requests += 1;
-        let fail = if is_watch {
+        // A streaming list is the list: it is counted and failed as one.
+        let lists = !is_watch || (initial_events && st.faults.streaming_lists == StreamingLists::Supported);
+        let fail = if !lists {
             st.watches += 1;
             let fail = st.faults.fail_watches > 0;
             st.faults.fail_watches = st.faults.fail_watches.saturating_sub(1);
@@ -353,8 +373,18 @@ async fn handle(s: Shared, q: ListParams, kind: Kind) -> Response {
             st.faults.fail_lists = st.faults.fail_lists.saturating_sub(1);
             fail
         };
-        (st.faults.delay, fail, st.faults.watch_lifetime)
+        (st.faults.delay, fail, st.faults.watch_lifetime, st.faults.streaming_lists)
     };
+    if initial_events && streaming == StreamingLists::Refused {
+        let body = status(
+            422,
+            "Invalid",
+            "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+        )
+        .to_string();
+        return (StatusCode::UNPROCESSABLE_ENTITY, [(header::CONTENT_TYPE, "application/json")], body)
+            .into_response();
+    }
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
@@ -390,10 +420,21 @@ async fn handle(s: Shared, q: ListParams, kind: Kind) -> Response {
     let (backlog, too_old, current) = {
         let st = s.state.lock().expect("lock");
         let too_old = from != 0 && from < st.compacted;
+        // A streaming list, or a watch from 0 that ignores it: every
+        // object as ADDED, then (if supported) the bookmark that ends them.
         let backlog: Vec<WatchEvent> =
-            st.history.iter().filter(|e| e.rv > from && e.kind == kind).cloned().collect();
+            if initial_events || (from == 0 && streaming == StreamingLists::Ignored) {
+                st.objects
+                    .iter()
+                    .filter(|((k, _, _), _)| *k == kind)
+                    .map(|(_, o)| WatchEvent { rv: st.rv, kind, kind_of_event: "ADDED", object: o.clone() })
+                    .collect()
+            } else {
+                st.history.iter().filter(|e| e.rv > from && e.kind == kind).cloned().collect()
+            };
         (backlog, too_old, st.rv)
     };
+    let end_of_initial = initial_events && streaming == StreamingLists::Supported;
     let bookmarks = q.allow_watch_bookmarks.as_deref() == Some("true");
     let timeout = Duration::from_secs(q.timeout_seconds.unwrap_or(300))
         .min(lifetime.unwrap_or(Duration::from_secs(3600)));
@@ -407,6 +448,16 @@ async fn handle(s: Shared, q: ListParams, kind: Kind) -> Response {
         for e in backlog {
             if matches(&e.object) {
                 let _ = tx.send(line(json!({"type": e.kind_of_event, "object": e.object}))).await;
+            }
+        }
+        if end_of_initial {
+            let bm = json!({"type": "BOOKMARK", "object": {
+                "kind": match kind { Kind::Service => "Service", Kind::EndpointSlice => "EndpointSlice", Kind::Node => "Node" },
+                "apiVersion": kind.api_version(),
+                "metadata": {"resourceVersion": current.to_string(),
+                             "annotations": {"k8s.io/initial-events-end": "true"}}}});
+            if tx.send(line(bm)).await.is_err() {
+                return;
             }
         }
         let mut last_rv = current;

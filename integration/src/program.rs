@@ -102,8 +102,8 @@ impl Svc {
 struct Names(BTreeMap<ServiceRef, ObjKey>);
 
 impl ServiceNames for Names {
-    fn key(&self, s: ServiceRef) -> Option<&ObjKey> {
-        self.0.get(&s)
+    fn key(&self, s: ServiceRef) -> Option<ObjKey> {
+        self.0.get(&s).cloned()
     }
 }
 

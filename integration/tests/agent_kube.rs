@@ -10,7 +10,7 @@ use std::{
 
 use socklb_integration::{
     Sandbox,
-    apiserver::{FakeApiServer, Faults, Kind, objects},
+    apiserver::{FakeApiServer, Faults, Kind, StreamingLists, objects},
     probe::by_backend,
     require_root, sa,
 };
@@ -119,9 +119,11 @@ fn services_from_the_api_server_reach_the_kernel_and_follow_updates_outages_and_
     // cart-1 goes away while the agent cannot see it: only the relist tells.
     api.delete(Kind::EndpointSlice, "shop", "cart-1");
     api.compact();
-    // 500s on the first relists after the return.
+    // 500s on the first relists after the return (streaming lists are
+    // watches; a paginated list would be a list).
     api.set_faults(Faults {
         fail_lists: 3,
+        fail_watches: 3,
         watch_lifetime: Some(Duration::from_secs(3)),
         ..Default::default()
     });
@@ -130,5 +132,34 @@ fn services_from_the_api_server_reach_the_kernel_and_follow_updates_outages_and_
     converges(&sb, "10.96.0.21:80", &set(&[1]), wait);
     assert!(agent.is_running(), "no crash:\n{}", agent.log_text());
     assert!(!agent.log_text().contains("panicked"), "{}", agent.log_text());
-    assert_eq!(api.faults().fail_lists, 0, "the agent retried through the injected 500s");
+    assert_eq!(api.faults().fail_watches, 0, "the agent retried through the injected 500s");
+}
+
+/// Streaming lists where the server has them; a list where it refuses
+/// them (422) or ignores them (no end-of-list bookmark).
+#[test]
+fn an_api_server_without_streaming_lists_is_listed_instead() {
+    require_root!();
+    for mode in [StreamingLists::Supported, StreamingLists::Refused, StreamingLists::Ignored] {
+        let sb = sandbox();
+        let api = FakeApiServer::start();
+        api.set_faults(Faults { streaming_lists: mode, ..Default::default() });
+        api.apply(objects::service("default", "web", "10.96.0.10", 80));
+        api.apply(objects::slice("default", "web-1", "web", &["10.244.0.1"], 8080));
+        let kubeconfig = sb.workdir().join("kubeconfig");
+        std::fs::write(&kubeconfig, api.kubeconfig()).expect("kubeconfig");
+        let mut agent = sb.start_agent(&["--kubeconfig", kubeconfig.to_str().expect("utf8")]);
+        // An ignored parameter costs the quiet period (10 s) before the list.
+        agent.wait_ready(Duration::from_secs(60));
+        converges(&sb, "10.96.0.10:80", &set(&[1]), Duration::from_secs(10));
+        let log = agent.log_text();
+        let streamed = log.contains("streaming=true");
+        assert_eq!(streamed, mode == StreamingLists::Supported, "{mode:?}:\n{log}");
+        if mode != StreamingLists::Supported {
+            assert!(log.contains("listing instead"), "{mode:?}:\n{log}");
+        }
+        // Changes after the initial state arrive through the watch either way.
+        api.apply(objects::slice("default", "web-1", "web", &["10.244.0.2"], 8080));
+        converges(&sb, "10.96.0.10:80", &set(&[2]), Duration::from_secs(10));
+    }
 }

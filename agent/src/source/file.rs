@@ -13,6 +13,12 @@
 //! interval, a read during which the file moved is thrown away, and a file
 //! that turned empty must stay empty for [`EMPTY_SETTLE`] before it removes
 //! every service it used to hold.
+//!
+//! A JSON file is read twice, and never held: once to check that it is
+//! well-formed from end to end (and hash it), then object by object, each
+//! sent to the agent as it is decoded, between a `ReplaceStart` and a
+//! `ReplaceEnd`. A 100k-service file thus costs the agent one object at a
+//! time, not a copy of the cluster.
 
 use std::{
     path::{Path, PathBuf},
@@ -22,8 +28,10 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use socklb_k8s::decode::files::{Ingested, ingest_text};
-use socklb_k8s::store::{Origin, SourceEvent};
+use socklb_k8s::{
+    decode::files::{Object, check_json, read_objects, stream_json},
+    store::{Kinds, Origin, SourceEvent},
+};
 
 use crate::metrics::Metrics;
 
@@ -99,53 +107,53 @@ fn is_blank(text: &str) -> bool {
 enum Reading {
     /// Nothing to do (unchanged, still moving, or a touch).
     Nothing,
-    Objects(Ingested),
+    /// The content went to the agent.
+    Sent,
     /// The file turned empty and has not stayed so for long enough.
     EmptyPending,
     Failed(String),
+    /// The agent is gone.
+    Closed,
 }
 
 /// Watches one file and sends its whole content on every change.
-pub async fn run(
-    path: PathBuf,
-    origin: Origin,
-    service_proxy_name: Option<String>,
-    tx: mpsc::Sender<SourceEvent>,
-    metrics: Arc<Metrics>,
-) {
-    let mut watch = FileWatch { path, proxy: service_proxy_name, ..Default::default() };
+pub async fn run(path: PathBuf, origin: Origin, tx: mpsc::Sender<SourceEvent>, metrics: Arc<Metrics>) {
+    let mut watch = Some(FileWatch { path, origin, ..Default::default() });
     let mut last_error: Option<String> = None;
     let mut warned_empty = false;
     let mut synced = false;
     loop {
-        // Parsing a large file takes a while: off the async workers.
-        match tokio::task::block_in_place(|| watch.poll(Instant::now(), &metrics)) {
-            Reading::Objects(objects) => {
+        // Reading a large file takes a while: on a blocking thread, which
+        // hands each object to the agent as it is decoded.
+        let Some(mut w) = watch.take() else { return };
+        let (tx2, metrics2) = (tx.clone(), metrics.clone());
+        let Ok((w, reading)) = tokio::task::spawn_blocking(move || {
+            let r = w.poll(Instant::now(), &metrics2, &tx2);
+            (w, r)
+        })
+        .await
+        else {
+            return;
+        };
+        match reading {
+            Reading::Sent => {
                 last_error = None;
                 warned_empty = false;
-                let event = SourceEvent::Replace {
-                    origin,
-                    services: objects.services,
-                    slices: objects.slices,
-                    nodes: objects.nodes,
-                };
-                if tx.send(event).await.is_err() {
-                    return;
-                }
                 if !synced {
                     synced = true;
                     if tx.send(SourceEvent::Synced("file")).await.is_err() {
                         return;
                     }
                 }
-                tracing::info!(file = %watch.path.display(), "loaded");
+                tracing::info!(file = %w.path.display(), "loaded");
             }
             Reading::Nothing => {}
+            Reading::Closed => return,
             Reading::EmptyPending => {
                 if !warned_empty {
                     warned_empty = true;
                     tracing::warn!(
-                        file = %watch.path.display(),
+                        file = %w.path.display(),
                         wait = %humantime::format_duration(EMPTY_SETTLE),
                         "the file is empty; its services are removed if it stays so"
                     );
@@ -159,6 +167,7 @@ pub async fn run(
                 }
             }
         }
+        watch = Some(w);
         tokio::time::sleep(POLL).await;
     }
 }
@@ -166,7 +175,7 @@ pub async fn run(
 #[derive(Default)]
 struct FileWatch {
     path: PathBuf,
-    proxy: Option<String>,
+    origin: Origin,
     settle: Settle,
     /// A hash of the last content used, to skip touches without keeping a
     /// copy of a possibly large file.
@@ -175,8 +184,24 @@ struct FileWatch {
     had_objects: bool,
 }
 
+fn event_of(origin: Origin, o: Object) -> SourceEvent {
+    match o {
+        Object::Service(service) => SourceEvent::ServiceApplied { origin, service },
+        Object::Slice(slice) => SourceEvent::SliceApplied { origin, slice },
+        Object::Node(node) => SourceEvent::NodeApplied { origin, node },
+    }
+}
+
+fn is_json(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else { return false };
+    let mut buf = [0u8; 256];
+    let n = f.read(&mut buf).unwrap_or(0);
+    buf[..n].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
 impl FileWatch {
-    fn poll(&mut self, now: Instant, metrics: &Metrics) -> Reading {
+    fn poll(&mut self, now: Instant, metrics: &Metrics, tx: &mpsc::Sender<SourceEvent>) -> Reading {
         let seen = stamp(&self.path);
         let Some(stable_for) = self.settle.observe(seen.clone(), now) else {
             return Reading::Nothing;
@@ -184,6 +209,58 @@ impl FileWatch {
         if stable_for < QUIET {
             return Reading::Nothing;
         }
+        let failed = |e: &dyn std::fmt::Display| Reading::Failed(format!("{}: {e}", self.path.display()));
+        if is_json(&self.path) {
+            // First pass: well-formed from end to end, and changed?
+            let hash = match std::fs::File::open(&self.path).map(check_json) {
+                Ok(Ok(h)) => h,
+                Ok(Err(e)) => {
+                    self.settle.mark_read(seen);
+                    return failed(&e);
+                }
+                Err(e) => {
+                    self.settle.mark_read(seen);
+                    return failed(&e);
+                }
+            };
+            if stamp(&self.path) != seen {
+                return Reading::Nothing; // it moved while we read: again once it settles
+            }
+            self.settle.mark_read(seen);
+            if self.last_hash == Some(hash) {
+                return Reading::Nothing;
+            }
+            // Second pass: object by object.
+            let origin = self.origin;
+            if tx.blocking_send(SourceEvent::ReplaceStart { origin, kinds: Kinds::ALL }).is_err() {
+                return Reading::Closed;
+            }
+            let mut objects = 0usize;
+            let mut closed = false;
+            let streamed = std::fs::File::open(&self.path).map(|f| {
+                stream_json(f, |o| {
+                    objects += 1;
+                    closed |= !closed && tx.blocking_send(event_of(origin, o)).is_err();
+                })
+            });
+            if closed {
+                return Reading::Closed;
+            }
+            let problems = match streamed {
+                Ok(Ok(p)) => p,
+                // It changed between the passes: the next poll reads it again.
+                Ok(Err(e)) => return failed(&e),
+                Err(e) => return failed(&e),
+            };
+            self.report(&problems, metrics);
+            if tx.blocking_send(SourceEvent::ReplaceEnd { origin, kinds: Kinds::ALL }).is_err() {
+                return Reading::Closed;
+            }
+            self.last_hash = Some(hash);
+            self.had_objects = objects > 0;
+            return Reading::Sent;
+        }
+
         let text = std::fs::read_to_string(&self.path);
         if stamp(&self.path) != seen {
             // It moved while we read: read it again once it settles.
@@ -193,7 +270,7 @@ impl FileWatch {
             Ok(t) => t,
             Err(e) => {
                 self.settle.mark_read(seen);
-                return Reading::Failed(format!("{}: {e}", self.path.display()));
+                return failed(&e);
             }
         };
         if self.had_objects && is_blank(&text) && stable_for < EMPTY_SETTLE {
@@ -209,17 +286,31 @@ impl FileWatch {
         if self.last_hash == Some(hash) {
             return Reading::Nothing;
         }
-        match ingest_text(&text, self.proxy.as_deref()) {
-            Ok((objects, problems)) => {
-                for p in &problems {
-                    tracing::warn!(file = %self.path.display(), object = %p.object, field = %p.field, reason = %p.reason, "skipped invalid object");
-                    metrics.invalid(p.kind.label());
-                }
-                self.last_hash = Some(hash);
-                self.had_objects = !objects.services.is_empty() || !objects.slices.is_empty();
-                Reading::Objects(objects)
+        // YAML is parsed whole first (a syntax error anywhere refuses it all).
+        let mut objects = Vec::new();
+        let problems = match read_objects(&text, |o| objects.push(o)) {
+            Ok(p) => p,
+            Err(e) => return failed(&e),
+        };
+        self.report(&problems, metrics);
+        let origin = self.origin;
+        self.had_objects = !objects.is_empty();
+        let events = std::iter::once(SourceEvent::ReplaceStart { origin, kinds: Kinds::ALL })
+            .chain(objects.into_iter().map(|o| event_of(origin, o)))
+            .chain(std::iter::once(SourceEvent::ReplaceEnd { origin, kinds: Kinds::ALL }));
+        for e in events {
+            if tx.blocking_send(e).is_err() {
+                return Reading::Closed;
             }
-            Err(e) => Reading::Failed(format!("{}: {e}", self.path.display())),
+        }
+        self.last_hash = Some(hash);
+        Reading::Sent
+    }
+
+    fn report(&self, problems: &[socklb_k8s::model::Problem], metrics: &Metrics) {
+        for p in problems {
+            tracing::warn!(file = %self.path.display(), object = %p.object, field = %p.field, reason = %p.reason, "skipped invalid object");
+            metrics.invalid(p.kind.label());
         }
     }
 }
@@ -289,21 +380,38 @@ mod tests {
         metrics: Metrics,
         w: FileWatch,
         t: Instant,
+        tx: mpsc::Sender<SourceEvent>,
+        rx: mpsc::Receiver<SourceEvent>,
     }
 
     impl Fixture {
         fn new() -> Self {
             let dir = tempfile::tempdir().expect("tempdir");
             let w = FileWatch { path: dir.path().join("cluster.yaml"), ..Default::default() };
-            Self { _dir: dir, metrics: Metrics::new(), w, t: Instant::now() }
+            let (tx, rx) = mpsc::channel(1024);
+            Self { _dir: dir, metrics: Metrics::new(), w, t: Instant::now(), tx, rx }
         }
 
         /// A fixture whose file held one service, already read.
         fn loaded() -> Self {
             let mut f = Self::new();
             f.write(ONE_SERVICE);
-            assert!(matches!(f.settle(), Reading::Objects(o) if o.services.len() == 1));
+            assert!(matches!(f.settle(), Reading::Sent));
+            assert_eq!(f.sent_services(), Some(1));
             f
+        }
+
+        /// The Services of the replace sent since the last call, if one was.
+        fn sent_services(&mut self) -> Option<usize> {
+            let (mut n, mut ended) = (0, false);
+            while let Ok(e) = self.rx.try_recv() {
+                match e {
+                    SourceEvent::ServiceApplied { .. } => n += 1,
+                    SourceEvent::ReplaceEnd { .. } => ended = true,
+                    _ => {}
+                }
+            }
+            ended.then_some(n)
         }
 
         fn write(&self, text: &str) {
@@ -312,7 +420,7 @@ mod tests {
 
         fn poll(&mut self) -> Reading {
             self.t += POLL;
-            self.w.poll(self.t, &self.metrics)
+            self.w.poll(self.t, &self.metrics, &self.tx)
         }
 
         /// Polls until the file yields something other than `Nothing`.
@@ -343,7 +451,8 @@ mod tests {
         };
         assert!(pending > 0, "an empty file is held back");
         assert!(f.t - first >= EMPTY_SETTLE, "released after {:?}", f.t - first);
-        assert!(matches!(outcome, Reading::Objects(o) if o.services.is_empty()), "then it is applied");
+        assert!(matches!(outcome, Reading::Sent), "then it is applied");
+        assert_eq!(f.sent_services(), Some(0));
     }
 
     #[test]
@@ -362,7 +471,8 @@ mod tests {
         let mut f = Fixture::loaded();
         f.write("apiVersion: v1\nkind: List\nitems: []\n");
         let before = f.t;
-        assert!(matches!(f.settle(), Reading::Objects(o) if o.services.is_empty()));
+        assert!(matches!(f.settle(), Reading::Sent));
+        assert_eq!(f.sent_services(), Some(0));
         assert!(f.t - before <= 3 * POLL, "took {:?}", f.t - before);
     }
 
@@ -370,6 +480,26 @@ mod tests {
     fn an_empty_file_at_start_is_an_empty_state() {
         let mut f = Fixture::new();
         f.write("");
-        assert!(matches!(f.settle(), Reading::Objects(o) if o.services.is_empty()));
+        assert!(matches!(f.settle(), Reading::Sent));
+        assert_eq!(f.sent_services(), Some(0));
+    }
+
+    #[test]
+    fn a_json_file_is_sent_object_by_object_and_a_broken_one_not_at_all() {
+        let mut f = Fixture::new();
+        let svc = |i: u32| {
+            format!(
+                r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"s{i}","namespace":"n"}},"spec":{{"clusterIP":"10.96.0.{i}","ports":[{{"port":80}}]}}}}"#
+            )
+        };
+        let items: Vec<String> = (1..=3).map(svc).collect();
+        f.write(&format!(r#"{{"apiVersion":"v1","kind":"List","items":[{}]}}"#, items.join(",")));
+        assert!(matches!(f.settle(), Reading::Sent));
+        assert_eq!(f.sent_services(), Some(3));
+        // Cut short: refused before anything is sent.
+        f.write(&format!(r#"{{"apiVersion":"v1","kind":"List","items":[{},"#, items[0]));
+        assert!(matches!(f.settle(), Reading::Failed(m) if m.contains("line")));
+        assert_eq!(f.sent_services(), None, "nothing of a broken file is sent");
+        assert!(f.rx.try_recv().is_err());
     }
 }

@@ -20,18 +20,15 @@ use std::{
 };
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{Api, Client, Resource, runtime::watcher};
 use serde::de::DeserializeOwned;
+use socklb_k8s::decode::objects::{EndpointSlice, Service};
 use tokio::sync::mpsc;
 
 use socklb_k8s::{
-    decode::node::{IngestedNode, NodeObject, ingest_node},
+    decode::node::{NodeObject, ingest_node},
     model::service::{LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME},
-    store::{
-        IngestedService, IngestedSlice, Origin, SourceEvent, ingest_service, ingest_slice, service_key,
-        slice_key,
-    },
+    store::{Kinds, Origin, SourceEvent, service_key, slice_key},
 };
 
 use super::backoff::{Report, Retry, error_chain, is_transport_error};
@@ -71,62 +68,73 @@ pub struct Access {
 pub async fn run(client: Client, cfg: WatchConfig, tx: mpsc::Sender<SourceEvent>, metrics: Arc<Metrics>) {
     let WatchConfig { node_name, service_proxy_name, access } = cfg;
     let selector = label_selector(service_proxy_name.as_deref());
-    let proxy = service_proxy_name.clone();
-    let services = watch_kind::<Service, IngestedService>(
+    let services = watch_kind::<Service>(
         Api::all(client.clone()),
         watcher::Config::default().labels(&selector),
         "services",
+        Kinds::SERVICES,
         &access,
         tx.clone(),
         metrics.clone(),
-        move |obj| ingest_service(obj, proxy.as_deref()),
-        |objs| SourceEvent::ReplaceServices { origin: ORIGIN, services: objs },
         |obj| Some(SourceEvent::ServiceApplied { origin: ORIGIN, service: Box::new(obj) }),
         |obj| SourceEvent::ServiceDeleted { key: service_key(&obj) },
     );
-    let slices = watch_kind::<EndpointSlice, IngestedSlice>(
+    let slices = watch_kind::<EndpointSlice>(
         Api::all(client.clone()),
         watcher::Config::default().labels(&selector),
         "endpointslices",
+        Kinds::SLICES,
         &access,
         tx.clone(),
         metrics.clone(),
-        ingest_slice,
-        |objs| SourceEvent::ReplaceSlices { origin: ORIGIN, slices: objs },
         |obj| Some(SourceEvent::SliceApplied { origin: ORIGIN, slice: Box::new(obj) }),
         |obj| SourceEvent::SliceDeleted { key: slice_key(&obj) },
     );
     // Every Node: NodePorts are served on every node's addresses. Only
     // their names, addresses and zone are decoded (see `node`).
     let _ = node_name;
-    let nodes = watch_kind::<NodeObject, Option<IngestedNode>>(
+    let nodes = watch_kind::<NodeObject>(
         Api::all(client),
         watcher::Config::default(),
         "nodes",
+        Kinds::NODES,
         &access,
         tx,
         metrics,
-        ingest_node,
-        |nodes| SourceEvent::ReplaceNodes { origin: ORIGIN, nodes: nodes.into_iter().flatten().collect() },
-        |node| node.map(|node| SourceEvent::NodeApplied { origin: ORIGIN, node: Box::new(node) }),
+        |node| {
+            ingest_node(&node).map(|node| SourceEvent::NodeApplied { origin: ORIGIN, node: Box::new(node) })
+        },
         |node| SourceEvent::NodeDeleted { name: node.metadata.name.unwrap_or_default() },
     );
     tokio::join!(services, slices, nodes);
 }
 
-/// Watches one kind. Objects are validated as they arrive (`ingest`), so a
-/// relist buffers only their small validated forms.
+/// How long an initial watch (a streaming list) may go quiet before the
+/// initial-events-end bookmark: a server that ignores `sendInitialEvents`
+/// sends the objects and then nothing, so it is listed instead.
+const STREAMING_LIST_QUIET: Duration = Duration::from_secs(10);
+
+/// Whether a failed watch start means the server refuses streaming lists
+/// (an API server before 1.27, or with the WatchList feature off, answers
+/// 400 or 422 to `sendInitialEvents`).
+fn refuses_streaming_lists(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::WatchStartFailed(kube::Error::Api(status)) if matches!(status.code, 400 | 422))
+}
+
+/// Watches one kind, and forwards each object as it arrives: the initial
+/// state (a streaming list, `sendInitialEvents`, where the server supports
+/// it; a paginated list otherwise) between a `ReplaceStart` and a
+/// `ReplaceEnd`, so that nothing of the cluster is buffered here.
 #[allow(clippy::too_many_arguments)]
-async fn watch_kind<K, I>(
+async fn watch_kind<K>(
     api: Api<K>,
     config: watcher::Config,
     what: &'static str,
+    kinds: Kinds,
     access: &Access,
     tx: mpsc::Sender<SourceEvent>,
     metrics: Arc<Metrics>,
-    ingest: impl Fn(&K) -> I,
-    replace: impl Fn(Vec<I>) -> SourceEvent,
-    applied: impl Fn(I) -> Option<SourceEvent>,
+    applied: impl Fn(K) -> Option<SourceEvent>,
     deleted: impl Fn(K) -> SourceEvent,
 ) where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
@@ -134,15 +142,37 @@ async fn watch_kind<K, I>(
     let url = format!("{}{}", access.server.trim_end_matches('/'), K::url_path(&(), None));
     // No stream backoff: kube-rs resets it on the Init that precedes every
     // list attempt, so it never grows (see `backoff`).
-    let mut stream = watcher(api, config).boxed();
+    let mut streaming = true;
+    let mut stream = watcher(api.clone(), config.clone().streaming_lists()).boxed();
     let mut retry = Retry::new(access.retry_max);
-    let mut buffer: Vec<I> = Vec::new();
     let mut synced = false;
+    let mut initial = false;
+    let mut listed = 0usize;
     loop {
-        let event = match stream.try_next().await {
+        let next = if streaming && initial {
+            match tokio::time::timeout(STREAMING_LIST_QUIET, stream.try_next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    tracing::info!(what, url = %url, "the API server sends no end to a streaming list; listing instead");
+                    streaming = false;
+                    stream = watcher(api.clone(), config.clone()).boxed();
+                    continue;
+                }
+            }
+        } else {
+            stream.try_next().await
+        };
+        let event = match next {
             Ok(Some(event)) => event,
             Ok(None) => return,
             Err(e) => {
+                if streaming && refuses_streaming_lists(&e) {
+                    tracing::info!(what, url = %url, error = %error_chain(&e),
+                        "the API server refuses streaming lists; listing instead");
+                    streaming = false;
+                    stream = watcher(api.clone(), config.clone()).boxed();
+                    continue;
+                }
                 metrics.source_error(what);
                 let gone = is_gone(&e);
                 let (delay, report) = retry.failed(Instant::now(), gone);
@@ -167,18 +197,20 @@ async fn watch_kind<K, I>(
         let list_done = matches!(event, watcher::Event::InitDone);
         let out = match event {
             watcher::Event::Init => {
-                buffer.clear();
-                None
+                initial = true;
+                listed = 0;
+                Some(SourceEvent::ReplaceStart { origin: ORIGIN, kinds })
             }
             watcher::Event::InitApply(obj) => {
-                buffer.push(ingest(&obj));
-                None
+                listed += 1;
+                applied(obj)
             }
             watcher::Event::InitDone => {
-                tracing::info!(what, objects = buffer.len(), "list complete");
-                Some(replace(std::mem::take(&mut buffer)))
+                initial = false;
+                tracing::info!(what, objects = listed, streaming, "list complete");
+                Some(SourceEvent::ReplaceEnd { origin: ORIGIN, kinds })
             }
-            watcher::Event::Apply(obj) => applied(ingest(&obj)),
+            watcher::Event::Apply(obj) => applied(obj),
             watcher::Event::Delete(obj) => Some(deleted(obj)),
         };
         if let Some(event) = out {

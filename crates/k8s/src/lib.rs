@@ -14,4 +14,5 @@
 pub mod cidr;
 pub mod decode;
 pub mod model;
+pub mod paged;
 pub mod store;

@@ -148,6 +148,17 @@ impl Env {
         source: &[&str],
         metrics_port: u16,
     ) -> Result<Duration> {
+        self.start_agent_logging(socklb, source, metrics_port, "warn")
+    }
+
+    /// As [`Self::start_agent_with`], with the log level (`RUST_LOG`).
+    pub fn start_agent_logging(
+        &mut self,
+        socklb: &Path,
+        source: &[&str],
+        metrics_port: u16,
+        rust_log: &str,
+    ) -> Result<Duration> {
         let log = fs::File::create(self.workdir.join("agent.log"))?;
         let started = Instant::now();
         let child = Command::new(socklb)
@@ -158,7 +169,7 @@ impl Env {
             .arg("--bpffs")
             .arg(&self.bpffs)
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}"), "--node-name", "bench"])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()?;
@@ -178,6 +189,11 @@ impl Env {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// The agent's log so far.
+    pub fn agent_log(&self) -> String {
+        fs::read_to_string(self.workdir.join("agent.log")).unwrap_or_default()
     }
 
     pub fn agent_pid(&self) -> Option<u32> {
@@ -227,7 +243,9 @@ pub fn map_memory(bpffs: &Path) -> u64 {
     use std::os::fd::{AsFd, AsRawFd};
     let mut total = 0;
     for name in socklb_common::map_names::ALL {
-        let Ok(map) = aya::maps::MapData::from_pin(bpffs.join(name)) else { continue };
+        let Ok(map) = aya::maps::MapData::from_pin(socklb_bpf::loader::map_pin(bpffs, name)) else {
+            continue;
+        };
         let fd = map.fd().as_fd().as_raw_fd();
         if let Ok(info) = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
             && let Some(v) = info.lines().find_map(|l| l.strip_prefix("memlock:"))

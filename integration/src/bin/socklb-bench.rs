@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use socklb_integration::bench::{
     env::{Env, Peer, map_memory, peak_rss},
+    footprint::{self, Source},
     kubeproxy,
     report::{self, ControlPlane, DatapathRow, Results},
     stats::{Run, summarize},
@@ -91,7 +92,29 @@ enum Cmd {
         /// Skip the kube-proxy peers (a socklb-only run, for development).
         #[arg(long)]
         socklb_only: bool,
+        /// Skip the agent footprint runs (100k x 10 and 1M x 1 from a file
+        /// and from the API server).
+        #[arg(long)]
+        no_footprint: bool,
         /// Names this run's namespaces and cgroups (for `cleanup`).
+        #[arg(long, default_value_t = std::process::id().to_string())]
+        run_id: String,
+    },
+    /// The agent's footprint at one size (first sync, memory, scrape, event
+    /// latency alone and during a resync); prints JSON.
+    Footprint {
+        #[arg(long)]
+        socklb: PathBuf,
+        #[arg(long)]
+        services: usize,
+        #[arg(long)]
+        endpoints: usize,
+        #[arg(long, value_enum, default_value = "file")]
+        source: Source,
+        #[arg(long, default_value_t = 30)]
+        trials: usize,
+        #[arg(long, default_value_t = 0)]
+        resync_trials: usize,
         #[arg(long, default_value_t = std::process::id().to_string())]
         run_id: String,
     },
@@ -207,13 +230,29 @@ fn main() -> Result<()> {
             }
             bail!("{to} never answered")
         }
+        Cmd::Footprint { socklb, services, endpoints, source, trials, resync_trials, run_id } => {
+            let f = footprint::measure(&run_id, &socklb, services, endpoints, source, trials, resync_trials)?;
+            println!("{}", serde_json::to_string_pretty(&f)?);
+            Ok(())
+        }
         Cmd::Cleanup { run_id } => {
             socklb_integration::bench::env::cleanup(&run_id);
             Ok(())
         }
-        Cmd::Run { quick, socklb, out, plots, load_bound_secs, sizes, endpoints, socklb_only, run_id } => {
+        Cmd::Run {
+            quick,
+            socklb,
+            out,
+            plots,
+            load_bound_secs,
+            sizes,
+            endpoints,
+            socklb_only,
+            no_footprint,
+            run_id,
+        } => {
             let bound = if socklb_only { Duration::ZERO } else { Duration::from_secs(load_bound_secs) };
-            let results = run_all(&run_id, quick, &socklb, bound, &sizes, &endpoints)?;
+            let results = run_all(&run_id, quick, &socklb, bound, &sizes, &endpoints, !no_footprint)?;
             fs::create_dir_all(&plots)?;
             report::write(&results, &out, &plots)?;
             println!("{}", report::summary_table(&results));
@@ -384,6 +423,7 @@ fn run_all(
     bound: Duration,
     sizes_override: &[usize],
     eps_override: &[usize],
+    footprint: bool,
 ) -> Result<Results> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmark needs root (network namespaces, cgroups, BPF)");
@@ -555,6 +595,25 @@ fn run_all(
                 let latencies = api_event_latency(run_id, socklb, &Workload::new(n, e), trials)?;
                 results.api_event_latency.insert(n, latencies);
             }
+        }
+    }
+    if footprint {
+        let sizes: &[(usize, usize, Source, usize, usize)] = if quick {
+            &[(10, 1, Source::File, 0, 0), (10_000, 1, Source::File, 10, 0), (10_000, 1, Source::Api, 10, 10)]
+        } else {
+            &[
+                (10, 1, Source::File, 0, 0),
+                (10_000, 10, Source::File, 30, 0),
+                (10_000, 10, Source::Api, 30, 0),
+                (100_000, 10, Source::File, 10, 30),
+                (100_000, 10, Source::Api, 30, 30),
+                (1_000_000, 1, Source::File, 0, 0),
+            ]
+        };
+        for &(n, e, source, trials, resync_trials) in sizes {
+            eprintln!("[bench] footprint N={n} E={e} source={source:?}");
+            let f = footprint::measure(run_id, socklb, n, e, source, trials, resync_trials)?;
+            results.footprint.push(f);
         }
     }
     Ok(results)

@@ -8,14 +8,15 @@
 //! well-formed YAML but not a valid Service or EndpointSlice is skipped with
 //! a problem naming it and the offending field.
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use crate::{
-    decode::node::{IngestedNode, NodeObject, ingest_node},
+    decode::{
+        node::{IngestedNode, NodeObject, ingest_node},
+        objects::{EndpointSlice, Service},
+    },
     model::{Problem, problem::ProblemKind},
-    store::{IngestedService, IngestedSlice, ingest_service, ingest_slice},
 };
 
 #[derive(Clone, Debug, Default)]
@@ -26,94 +27,197 @@ pub struct Objects {
     pub nodes: Vec<NodeObject>,
 }
 
-/// Validated objects, ready for the store.
+/// One object of a file, decoded.
+#[derive(Clone, Debug)]
+pub enum Object {
+    Service(Box<Service>),
+    Slice(Box<EndpointSlice>),
+    Node(Box<IngestedNode>),
+}
+
+/// Checks that a JSON text is well-formed from end to end, without keeping
+/// any of it; returns a hash of it (to skip a file that did not change).
+/// A half-written file is refused here, before any of it is used.
+pub fn check_json(reader: impl std::io::Read) -> Result<u64, SyntaxError> {
+    use std::hash::Hasher;
+    struct Hashing<R> {
+        inner: R,
+        hash: std::collections::hash_map::DefaultHasher,
+    }
+    impl<R: std::io::Read> std::io::Read for Hashing<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.hash.write(&buf[..n]);
+            Ok(n)
+        }
+    }
+    let mut r = Hashing { inner: std::io::BufReader::new(reader), hash: Default::default() };
+    let mut de = serde_json::Deserializer::from_reader(&mut r);
+    serde::de::IgnoredAny::deserialize(&mut de).map_err(json_error)?;
+    de.end().map_err(json_error)?;
+    drop(de);
+    Ok(r.hash.finish())
+}
+
+fn json_error(e: serde_json::Error) -> SyntaxError {
+    SyntaxError { line: e.line(), column: e.column(), message: e.to_string() }
+}
+
+/// Reads a JSON file object by object: a `kind: List` is streamed (each
+/// item decoded into its compact form and handed to `each` before the next
+/// is read), so a file of 100k services never exists as a whole in memory.
+/// Returns the problems of objects that could not be decoded.
+pub fn stream_json(
+    reader: impl std::io::Read,
+    mut each: impl FnMut(Object),
+) -> Result<Vec<Problem>, SyntaxError> {
+    use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+    use serde_json::value::RawValue;
+
+    struct Items<'a, F>(&'a mut F, &'a mut Vec<Problem>);
+    impl<'de, F: FnMut(Object)> DeserializeSeed<'de> for Items<'_, F> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de, F: FnMut(Object)> Visitor<'de> for Items<'_, F> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of objects")
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
+                decode_item(raw.get(), self.0, self.1);
+            }
+            Ok(())
+        }
+    }
+    struct Top<'a, F>(&'a mut F, &'a mut Vec<Problem>);
+    impl<'de, F: FnMut(Object)> Visitor<'de> for Top<'_, F> {
+        /// The fields other than `items` (a single object), as raw JSON.
+        type Value = Vec<(String, Box<RawValue>)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a Kubernetes object or list")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut rest = Vec::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if key == "items" {
+                    map.next_value_seed(Items(&mut *self.0, &mut *self.1))?;
+                } else {
+                    rest.push((key, map.next_value::<Box<RawValue>>()?));
+                }
+            }
+            Ok(rest)
+        }
+    }
+    let mut problems = Vec::new();
+    let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::new(reader));
+    let rest =
+        serde::Deserializer::deserialize_map(&mut de, Top(&mut each, &mut problems)).map_err(json_error)?;
+    de.end().map_err(json_error)?;
+    // Not a list: the text was one object; put it back together.
+    if !rest.iter().any(|(k, _)| k == "items") && rest.iter().any(|(k, _)| k == "kind") {
+        let fields: Vec<String> = rest
+            .iter()
+            .map(|(k, v)| format!("{}:{}", serde_json::Value::from(k.as_str()), v.get()))
+            .collect();
+        let text = format!("{{{}}}", fields.join(","));
+        decode_item(&text, &mut each, &mut problems);
+    }
+    Ok(problems)
+}
+
+/// Decodes one JSON object of a list into its kind's compact form.
+fn decode_item(raw: &str, each: &mut impl FnMut(Object), problems: &mut Vec<Problem>) {
+    #[derive(serde::Deserialize, Default)]
+    struct Meta {
+        name: Option<String>,
+        namespace: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Head {
+        #[serde(default)]
+        kind: String,
+        #[serde(default)]
+        api_version: String,
+        #[serde(default)]
+        metadata: Option<Meta>,
+    }
+    let Ok(head) = serde_json::from_str::<Head>(raw) else {
+        problems.push(Problem::new(
+            ProblemKind::Malformed,
+            "object in the list",
+            "(object)",
+            "not a Kubernetes object",
+        ));
+        return;
+    };
+    let meta = head.metadata.unwrap_or_default();
+    let (ns, name) =
+        (meta.namespace.unwrap_or_else(|| "default".into()), meta.name.unwrap_or_else(|| "<unnamed>".into()));
+    match (head.api_version.as_str(), head.kind.as_str()) {
+        ("v1", "Service") => {
+            if let Some(svc) = decode_raw::<Service>(raw, "Service", &ns, &name, problems) {
+                each(Object::Service(Box::new(svc)));
+            }
+        }
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            if let Some(slice) = decode_raw::<EndpointSlice>(raw, "EndpointSlice", &ns, &name, problems) {
+                each(Object::Slice(Box::new(slice)));
+            }
+        }
+        ("v1", "Node") => {
+            if let Some(node) = decode_raw::<NodeObject>(raw, "Node", &ns, &name, problems)
+                && let Some(node) = ingest_node(&node)
+            {
+                each(Object::Node(Box::new(node)));
+            }
+        }
+        (api, kind) => tracing::debug!(api, kind, "ignoring object of another kind"),
+    }
+}
+
+/// Every object of a text, sorted by kind (tests, small inputs).
 #[derive(Clone, Debug, Default)]
-pub struct Ingested {
-    pub services: Vec<IngestedService>,
-    pub slices: Vec<IngestedSlice>,
+pub struct All {
+    pub services: Vec<Service>,
+    pub slices: Vec<EndpointSlice>,
     pub nodes: Vec<IngestedNode>,
 }
 
-/// Parses and validates a file's text. JSON is streamed object by object
-/// (each raw object is validated and dropped before the next is decoded), so
-/// a file of 100k services never exists as a tree in memory.
-pub fn ingest_text(
-    text: &str,
-    service_proxy_name: Option<&str>,
-) -> Result<(Ingested, Vec<Problem>), SyntaxError> {
-    let mut out = Ingested::default();
-    if !text.trim_start().starts_with('{') {
-        let (objects, problems) = parse_objects(text)?;
-        out.services = objects.services.iter().map(|s| ingest_service(s, service_proxy_name)).collect();
-        out.slices = objects.slices.iter().map(ingest_slice).collect();
-        out.nodes = objects.nodes.iter().filter_map(ingest_node).collect();
-        return Ok((out, problems));
+/// Reads every object of a YAML or JSON text at once.
+pub fn read_all(text: &str) -> Result<(All, Vec<Problem>), SyntaxError> {
+    let mut all = All::default();
+    let problems = read_objects(text, |o| match o {
+        Object::Service(s) => all.services.push(*s),
+        Object::Slice(s) => all.slices.push(*s),
+        Object::Node(n) => all.nodes.push(*n),
+    })?;
+    Ok((all, problems))
+}
+
+/// Every object of a YAML or JSON text (small files, tests).
+pub fn read_objects(text: &str, mut each: impl FnMut(Object)) -> Result<Vec<Problem>, SyntaxError> {
+    if text.trim_start().starts_with('{') {
+        return stream_json(text.as_bytes(), each);
     }
-    #[derive(serde::Deserialize)]
-    struct List<'a> {
-        #[serde(borrow, default)]
-        items: Option<Vec<&'a serde_json::value::RawValue>>,
+    let (objects, problems) = parse_objects(text)?;
+    for s in objects.services {
+        each(Object::Service(Box::new(s)));
     }
-    let json_error =
-        |e: serde_json::Error| SyntaxError { line: e.line(), column: e.column(), message: e.to_string() };
-    let whole: &serde_json::value::RawValue = serde_json::from_str(text).map_err(json_error)?;
-    let items = match serde_json::from_str::<List<'_>>(whole.get()).map_err(json_error)?.items {
-        Some(items) => items,
-        None => vec![whole],
-    };
-    let mut problems = Vec::new();
-    for raw in items {
-        #[derive(serde::Deserialize, Default)]
-        struct Meta {
-            name: Option<String>,
-            namespace: Option<String>,
-        }
-        #[derive(serde::Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Head {
-            #[serde(default)]
-            kind: String,
-            #[serde(default)]
-            api_version: String,
-            #[serde(default)]
-            metadata: Option<Meta>,
-        }
-        let Ok(head) = serde_json::from_str::<Head>(raw.get()) else {
-            problems.push(Problem::new(
-                ProblemKind::Malformed,
-                "object in the list",
-                "(object)",
-                "not a Kubernetes object",
-            ));
-            continue;
-        };
-        let meta = head.metadata.unwrap_or_default();
-        let (ns, name) = (
-            meta.namespace.unwrap_or_else(|| "default".into()),
-            meta.name.unwrap_or_else(|| "<unnamed>".into()),
-        );
-        match (head.api_version.as_str(), head.kind.as_str()) {
-            ("v1", "Service") => {
-                if let Some(svc) = decode_raw::<Service>(raw.get(), "Service", &ns, &name, &mut problems) {
-                    out.services.push(ingest_service(&svc, service_proxy_name));
-                }
-            }
-            ("discovery.k8s.io/v1", "EndpointSlice") => {
-                if let Some(slice) =
-                    decode_raw::<EndpointSlice>(raw.get(), "EndpointSlice", &ns, &name, &mut problems)
-                {
-                    out.slices.push(ingest_slice(&slice));
-                }
-            }
-            ("v1", "Node") => {
-                if let Some(node) = decode_raw::<NodeObject>(raw.get(), "Node", &ns, &name, &mut problems) {
-                    out.nodes.extend(ingest_node(&node));
-                }
-            }
-            (api, kind) => tracing::debug!(api, kind, "ignoring object of another kind"),
-        }
+    for s in objects.slices {
+        each(Object::Slice(Box::new(s)));
     }
-    Ok((out, problems))
+    for n in objects.nodes.iter().filter_map(ingest_node) {
+        each(Object::Node(Box::new(n)));
+    }
+    Ok(problems)
 }
 
 fn decode_raw<T: serde::de::DeserializeOwned>(
@@ -350,22 +454,36 @@ items:
     }
 
     #[test]
-    fn json_is_ingested_object_by_object_with_the_same_problems() {
+    fn json_is_streamed_object_by_object_with_the_same_problems() {
         let text = r#"{"apiVersion":"v1","kind":"List","items":[
             {"apiVersion":"v1","kind":"Service","metadata":{"name":"web","namespace":"default"},"spec":{"clusterIP":"10.96.0.10","ports":[{"port":80}]}},
             {"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"name":"web-1","namespace":"default","labels":{"kubernetes.io/service-name":"web"}},"addressType":"IPv4","endpoints":[{"addresses":["10.244.0.1"]}]},
             {"apiVersion":"v1","kind":"Service","metadata":{"name":"bad","namespace":"default"},"spec":{"ports":[{"port":"x"}]}},
             {"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"}}]}"#;
-        let (ingested, problems) = ingest_text(text, None).expect("valid json");
-        assert_eq!(ingested.services.len(), 1);
-        assert_eq!(ingested.slices.len(), 1);
-        assert_eq!(
-            ingested.slices[0].service.as_ref().map(ToString::to_string).as_deref(),
-            Some("default/web")
-        );
+        let (mut services, mut slices) = (0, 0);
+        let problems = stream_json(text.as_bytes(), |o| match o {
+            Object::Service(_) => services += 1,
+            Object::Slice(_) => slices += 1,
+            Object::Node(_) => {}
+        })
+        .expect("valid json");
+        assert_eq!((services, slices), (1, 1));
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].object, "Service default/bad");
         assert_eq!(problems[0].field, "spec.ports[0].port");
+    }
+
+    #[test]
+    fn one_json_object_is_read_and_a_broken_file_is_refused_before_anything_is_used() {
+        let one = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"web"},"spec":{"clusterIP":"10.96.0.10"}}"#;
+        let mut n = 0;
+        stream_json(one.as_bytes(), |_| n += 1).expect("valid json");
+        assert_eq!(n, 1);
+        let broken =
+            r#"{"kind":"List","items":[{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"}},"#;
+        let err = check_json(broken.as_bytes()).expect_err("half written");
+        assert_eq!(err.line, 1);
+        assert_eq!(check_json(one.as_bytes()).ok(), check_json(one.as_bytes()).ok(), "the hash is stable");
     }
 
     #[test]

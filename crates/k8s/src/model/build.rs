@@ -27,31 +27,43 @@ use std::{
 use socklb_common::{MAX_BACKENDS_PER_SET, SCOPE_EXTERNAL, SCOPE_INTERNAL, set_flags};
 
 use super::{
-    BackendSet, Family, Frontend, FrontendKind, NodeContext, NodePortFrontend, Policy, ServiceModel, SetId,
+    BackendSet, Family, Frontend, FrontendKind, NodeContext, NodePortFrontend, ObjKey, Policy, ServiceModel,
+    SetId,
     categorize::{Endpoint, categorize, node_local},
+    names::Names,
     problem::{Problem, ProblemKind},
     service::{ParsedService, ServicePortSpec},
     slices::ParsedSlice,
 };
 
+/// A slice of the Service, with its name (the order slices are merged in).
+pub type NamedSlice<'a> = (&'a str, &'a ParsedSlice);
+
 /// Endpoints of one service port in one family, merged over slices.
 /// Slices with endpoints exist, yet none carries this port.
-fn port_unresolved(port: &ServicePortSpec, slices: &[&ParsedSlice]) -> bool {
-    slices.iter().any(|s| !s.endpoints.is_empty())
-        && !slices.iter().any(|s| s.ports.iter().any(|p| p.name == port.name && p.proto == port.proto))
+fn port_unresolved(port: &ServicePortSpec, slices: &[NamedSlice<'_>]) -> bool {
+    slices.iter().any(|(_, s)| !s.endpoints.is_empty())
+        && !slices.iter().any(|(_, s)| s.ports.iter().any(|p| p.name == port.name && p.proto == port.proto))
 }
 
-fn merged_endpoints(port: &ServicePortSpec, slices: &[&ParsedSlice], node: &str) -> Vec<Endpoint> {
-    let mut sorted: Vec<&&ParsedSlice> = slices.iter().collect();
-    sorted.sort_by(|a, b| a.key.cmp(&b.key));
+fn merged_endpoints(
+    port: &ServicePortSpec,
+    slices: &[NamedSlice<'_>],
+    node: &str,
+    names: &Names,
+) -> Vec<Endpoint> {
+    let mut sorted: Vec<&NamedSlice<'_>> = slices.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
     let mut by_addr: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
-    for slice in sorted {
+    for (_, slice) in sorted {
         let Some(sp) = slice.ports.iter().find(|p| p.name == port.name && p.proto == port.proto) else {
             continue;
         };
-        for e in &slice.endpoints {
-            let addr = SocketAddr::new(e.addr, sp.port);
-            let local = e.node_name.as_deref() == Some(node);
+        for (i, e) in slice.endpoints.iter().enumerate() {
+            let hints = slice.hints_of(i);
+            let addr = SocketAddr::new(e.addr(), sp.port);
+            let node_name = names.node(e.node);
+            let local = node_name.map(|n| &**n) == Some(node);
             if by_addr.get(&addr).is_some_and(|prev| !local || prev.local) {
                 continue;
             }
@@ -59,13 +71,13 @@ fn merged_endpoints(port: &ServicePortSpec, slices: &[&ParsedSlice], node: &str)
                 addr,
                 Endpoint {
                     addr,
-                    ready: e.ready,
-                    serving: e.serving,
-                    terminating: e.terminating,
+                    ready: e.ready(),
+                    serving: e.serving(),
+                    terminating: e.terminating(),
                     local,
-                    node: e.node_name.clone(),
-                    zone_hints: e.zone_hints.clone(),
-                    node_hints: e.node_hints.clone(),
+                    node: node_name.cloned(),
+                    zone_hints: hints.into_iter().flat_map(|h| h.zones.iter().cloned()).collect(),
+                    node_hints: hints.into_iter().flat_map(|h| h.nodes.iter().cloned()).collect(),
                 },
             );
         }
@@ -73,16 +85,20 @@ fn merged_endpoints(port: &ServicePortSpec, slices: &[&ParsedSlice], node: &str)
     by_addr.into_values().collect()
 }
 
+/// One Service (`key`) and its slices to its model; `names` resolves the
+/// endpoints' node names.
 pub fn build_service(
+    key: &ObjKey,
     svc: &ParsedService,
-    slices: &[&ParsedSlice],
+    slices: &[NamedSlice<'_>],
     ctx: &NodeContext,
+    names: &Names,
 ) -> (ServiceModel, Vec<Problem>) {
     let mut model = ServiceModel::default();
     let mut problems = Vec::new();
-    for (&family, &cluster_ip) in &svc.cluster_ips {
-        let family_slices: Vec<&ParsedSlice> =
-            slices.iter().copied().filter(|s| s.family == family && s.service == svc.key).collect();
+    for &(family, cluster_ip) in svc.cluster_ips.iter() {
+        let family_slices: Vec<NamedSlice<'_>> =
+            slices.iter().copied().filter(|(_, s)| s.family == family).collect();
         let of_family = |ips: &[IpAddr]| -> Vec<IpAddr> {
             ips.iter().copied().filter(|ip| Family::of(ip) == family).collect()
         };
@@ -90,11 +106,11 @@ pub fn build_service(
         let lb_ips = of_family(&svc.load_balancer_ips);
 
         for port in &svc.ports {
-            let endpoints = merged_endpoints(port, &family_slices, &ctx.node_name);
+            let endpoints = merged_endpoints(port, &family_slices, &ctx.node_name, names);
             if endpoints.is_empty() && port_unresolved(port, &family_slices) {
                 problems.push(Problem::new(
                     ProblemKind::UnresolvedPort,
-                    format!("Service {}", svc.key),
+                    format!("Service {key}"),
                     format!("spec.ports[{}]", port.index),
                     format!(
                         "no {family} EndpointSlice of the service has a {} port named {:?} (a named \
@@ -107,13 +123,8 @@ pub fn build_service(
             let uses_cluster = !svc.internal_local || external;
             let uses_local = svc.internal_local || (svc.external_local && external);
             let cat = categorize(&endpoints, uses_cluster, uses_local, &ctx.node_name, ctx.zone.as_deref());
-            let set_id = |policy| SetId {
-                service: svc.key.clone(),
-                port: port.port,
-                proto: port.proto,
-                family,
-                policy,
-            };
+            let set_id =
+                |policy| SetId { service: key.clone(), port: port.port, proto: port.proto, family, policy };
             let mut make_set = |policy: Policy, addrs: Vec<SocketAddr>, fallback: bool| {
                 let mut flags = 0;
                 if policy != Policy::Cluster {
@@ -134,7 +145,7 @@ pub fn build_service(
                 if backends.len() > MAX_BACKENDS_PER_SET {
                     problems.push(Problem::new(
                         ProblemKind::TooManyEndpoints,
-                        format!("Service {}", svc.key),
+                        format!("Service {key}"),
                         format!("port {}", port.port),
                         format!(
                             "{} endpoints; only the first {MAX_BACKENDS_PER_SET} are used",
@@ -151,7 +162,7 @@ pub fn build_service(
                     .collect();
                 BackendSet {
                     id: set_id(policy),
-                    port_name: port.name.clone(),
+                    port_name: port.name.to_string(),
                     backends,
                     local,
                     // merged_endpoints comes sorted by address, deduplicated.

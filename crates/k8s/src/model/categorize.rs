@@ -8,7 +8,7 @@
 //!   `PreferSameZone` when every ready endpoint has a zone hint and one
 //!   names this node's zone; otherwise all endpoints.
 
-use std::{collections::BTreeSet, net::SocketAddr};
+use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
 
 /// One endpoint of one service port, merged over the service's slices.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,9 +20,9 @@ pub struct Endpoint {
     /// On this node.
     pub local: bool,
     /// The node it runs on (`nodeName`), if the slice says.
-    pub node: Option<String>,
-    pub zone_hints: BTreeSet<String>,
-    pub node_hints: BTreeSet<String>,
+    pub node: Option<Arc<str>>,
+    pub zone_hints: BTreeSet<Arc<str>>,
+    pub node_hints: BTreeSet<Arc<str>>,
 }
 
 impl Endpoint {

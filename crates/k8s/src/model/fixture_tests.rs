@@ -9,7 +9,10 @@ use super::{
     slices::parse_slice,
     *,
 };
-use crate::decode::files::parse_objects;
+use crate::{
+    decode::files::parse_objects,
+    store::{service_key, slice_key},
+};
 
 fn ctx() -> NodeContext {
     NodeContext {
@@ -24,21 +27,29 @@ fn ctx() -> NodeContext {
 /// Runs the model over a YAML fixture: every Service with its slices.
 fn model(yaml: &str, ctx: &NodeContext) -> (BTreeMap<ObjKey, ServiceModel>, Vec<Problem>) {
     let (objects, mut problems) = parse_objects(yaml).expect("fixture is valid YAML");
+    let mut names = names::Names::default();
     let mut slices = Vec::new();
     for s in &objects.slices {
-        let (parsed, ps) = parse_slice(s);
+        let (parsed, ps) = parse_slice(s, &mut names);
         problems.extend(ps);
-        slices.extend(parsed);
+        if let (Some(p), Some(owner)) = (parsed, slices::slice_service(s)) {
+            slices.push((slice_key(s).name, owner, p));
+        }
     }
     let mut out = BTreeMap::new();
     for svc in &objects.services {
-        let (outcome, ps) = parse_service(svc, ctx.service_proxy_name.as_deref());
+        let key = service_key(svc);
+        let (outcome, ps) = parse_service(svc, ctx.service_proxy_name.as_deref(), &mut names);
         problems.extend(ps);
         if let ServiceOutcome::Proxied(svc) = outcome {
-            let mine: Vec<_> = slices.iter().filter(|s| s.service == svc.key).collect();
-            let (m, ps) = build_service(&svc, &mine, ctx);
+            let mine: Vec<build::NamedSlice<'_>> = slices
+                .iter()
+                .filter(|(_, owner, _)| *owner == key)
+                .map(|(n, _, p)| (n.as_str(), p))
+                .collect();
+            let (m, ps) = build_service(&key, &svc, &mine, ctx, &names);
             problems.extend(ps);
-            out.insert(svc.key.clone(), m);
+            out.insert(key, m);
         }
     }
     (out, problems)

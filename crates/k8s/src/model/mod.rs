@@ -8,6 +8,7 @@
 
 pub mod build;
 pub mod categorize;
+pub mod names;
 pub mod nodes;
 pub mod problem;
 pub mod service;

@@ -5,15 +5,13 @@
 //! own family; SCTP ports are ignored; load-balancer ingress IPs count only
 //! when `ipMode` is `VIP` or unset.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-};
+use std::{net::IpAddr, sync::Arc};
 
-use k8s_openapi::api::core::v1::Service;
+use crate::decode::objects::Service;
 
 use super::{
     Family, ObjKey, Proto,
+    names::Names,
     problem::{Problem, ProblemKind},
 };
 
@@ -27,22 +25,22 @@ pub const MAX_AFFINITY_TIMEOUT_SECS: u32 = 86_400;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePortSpec {
     /// Its index in `spec.ports`, for problems that name the field.
-    pub index: usize,
-    pub name: String,
+    pub index: u16,
+    pub name: Arc<str>,
     pub port: u16,
     pub proto: Proto,
     /// Only for NodePort and LoadBalancer services.
     pub node_port: Option<u16>,
 }
 
+/// A Service, validated; its name is kept by the store, once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParsedService {
-    pub key: ObjKey,
-    /// One ClusterIP per family.
-    pub cluster_ips: BTreeMap<Family, IpAddr>,
-    pub ports: Vec<ServicePortSpec>,
-    pub external_ips: Vec<IpAddr>,
-    pub load_balancer_ips: Vec<IpAddr>,
+    /// One ClusterIP per family, in family order.
+    pub cluster_ips: Box<[(Family, IpAddr)]>,
+    pub ports: Box<[ServicePortSpec]>,
+    pub external_ips: Box<[IpAddr]>,
+    pub load_balancer_ips: Box<[IpAddr]>,
     pub internal_local: bool,
     pub external_local: bool,
     /// `Some(timeout)` for `sessionAffinity: ClientIP`.
@@ -50,8 +48,8 @@ pub struct ParsedService {
 }
 
 impl ParsedService {
-    pub fn families(&self) -> BTreeSet<Family> {
-        self.cluster_ips.keys().copied().collect()
+    pub fn families(&self) -> impl Iterator<Item = Family> + '_ {
+        self.cluster_ips.iter().map(|(f, _)| *f)
     }
 
     /// kube-proxy's `ExternallyAccessible`.
@@ -82,7 +80,11 @@ fn parse_ip(text: &str) -> Option<IpAddr> {
 }
 
 /// Validates a Service; every skipped part is reported as a [`Problem`].
-pub fn parse_service(svc: &Service, service_proxy_name: Option<&str>) -> (ServiceOutcome, Vec<Problem>) {
+pub fn parse_service(
+    svc: &Service,
+    service_proxy_name: Option<&str>,
+    names: &mut Names,
+) -> (ServiceOutcome, Vec<Problem>) {
     let mut problems = Vec::new();
     let meta = &svc.metadata;
     let Some(name) = meta.name.clone().filter(|n| !n.is_empty()) else {
@@ -134,7 +136,7 @@ pub fn parse_service(svc: &Service, service_proxy_name: Option<&str>) -> (Servic
         return (ServiceOutcome::NotProxied("headless"), problems);
     }
     let declared_families = spec.ip_families.clone().unwrap_or_default();
-    let mut cluster_ips = BTreeMap::new();
+    let mut cluster_ips: Vec<(Family, IpAddr)> = Vec::new();
     for (i, (field, text)) in listed.iter().enumerate() {
         let Some(ip) = parse_ip(text) else {
             problems.push(Problem::new(
@@ -161,7 +163,7 @@ pub fn parse_service(svc: &Service, service_proxy_name: Option<&str>) -> (Servic
                 ));
             }
         }
-        if cluster_ips.contains_key(&family) {
+        if cluster_ips.iter().any(|(f, _)| *f == family) {
             problems.push(Problem::new(
                 ProblemKind::FamilyMismatch,
                 &obj,
@@ -170,8 +172,9 @@ pub fn parse_service(svc: &Service, service_proxy_name: Option<&str>) -> (Servic
             ));
             continue;
         }
-        cluster_ips.insert(family, ip);
+        cluster_ips.push((family, ip));
     }
+    cluster_ips.sort_by_key(|(f, _)| *f);
     if cluster_ips.is_empty() {
         return (ServiceOutcome::NotProxied("no valid ClusterIP"), problems);
     }
@@ -230,7 +233,7 @@ pub fn parse_service(svc: &Service, service_proxy_name: Option<&str>) -> (Servic
             ));
             continue;
         }
-        let name = p.name.clone().unwrap_or_default();
+        let name = names.intern(p.name.as_deref().unwrap_or_default());
         if !name.is_empty() && ports.iter().any(|q| q.name == name) {
             problems.push(Problem::new(
                 ProblemKind::DuplicatePort,
@@ -240,7 +243,8 @@ pub fn parse_service(svc: &Service, service_proxy_name: Option<&str>) -> (Servic
             ));
             continue;
         }
-        ports.push(ServicePortSpec { index: i, name, port, proto, node_port });
+        let index = u16::try_from(i).unwrap_or(u16::MAX);
+        ports.push(ServicePortSpec { index, name, port, proto, node_port });
     }
     if spec.ports.as_ref().is_none_or(Vec::is_empty) {
         problems.push(Problem::new(
@@ -254,7 +258,7 @@ pub fn parse_service(svc: &Service, service_proxy_name: Option<&str>) -> (Servic
         return (ServiceOutcome::NotProxied("no usable port"), problems);
     }
 
-    let families: BTreeSet<Family> = cluster_ips.keys().copied().collect();
+    let families: Vec<Family> = cluster_ips.iter().map(|(f, _)| *f).collect();
     let mut external_ips = Vec::new();
     for (i, text) in spec.external_ips.iter().flatten().enumerate() {
         let field = format!("spec.externalIPs[{i}]");
@@ -329,12 +333,12 @@ pub fn parse_service(svc: &Service, service_proxy_name: Option<&str>) -> (Servic
         _ => None,
     };
 
+    let _ = key;
     let parsed = ParsedService {
-        key,
-        cluster_ips,
-        ports,
-        external_ips,
-        load_balancer_ips,
+        cluster_ips: cluster_ips.into(),
+        ports: ports.into(),
+        external_ips: external_ips.into(),
+        load_balancer_ips: load_balancer_ips.into(),
         internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
         external_local: matches!(spec.external_traffic_policy.as_deref(), Some("Local" | "OnlyLocal")),
         affinity_timeout_secs,

@@ -4,12 +4,13 @@
 //! counts; `ready` and `serving` default to true and `terminating` to false
 //! when unset; FQDN slices are ignored.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{net::IpAddr, sync::Arc};
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use crate::decode::objects::EndpointSlice;
 
 use super::{
     Family, ObjKey, Proto,
+    names::Names,
     problem::{Problem, ProblemKind},
     service::LABEL_HEADLESS,
 };
@@ -18,35 +19,96 @@ pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlicePort {
-    pub name: String,
+    pub name: Arc<str>,
     pub port: u16,
     pub proto: Proto,
 }
 
+/// One endpoint, compactly (24 bytes: a million fit in 24 MB): the node is
+/// a [`Names`] id; topology hints, which few clusters use, are kept by the
+/// slice beside its endpoints.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SliceEndpoint {
-    pub addr: IpAddr,
-    pub ready: bool,
-    pub serving: bool,
-    pub terminating: bool,
-    pub node_name: Option<String>,
-    pub zone_hints: BTreeSet<String>,
-    pub node_hints: BTreeSet<String>,
+    addr: [u8; 16],
+    /// The [`Names::node_id`] of `nodeName`; 0: none.
+    pub node: u32,
+    conditions: u8,
 }
 
+/// `hints.forZones` and `hints.forNodes` of an endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hints {
+    pub zones: Box<[Arc<str>]>,
+    pub nodes: Box<[Arc<str>]>,
+}
+
+const READY: u8 = 1;
+const SERVING: u8 = 2;
+const TERMINATING: u8 = 4;
+const V6: u8 = 8;
+
+impl SliceEndpoint {
+    pub fn new(addr: IpAddr, ready: bool, serving: bool, terminating: bool) -> Self {
+        let (bytes, v6) = match addr {
+            IpAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.octets());
+                (b, 0)
+            }
+            IpAddr::V6(a) => (a.octets(), V6),
+        };
+        let conditions = (if ready { READY } else { 0 })
+            | (if serving { SERVING } else { 0 })
+            | (if terminating { TERMINATING } else { 0 })
+            | v6;
+        Self { addr: bytes, node: 0, conditions }
+    }
+
+    pub fn addr(&self) -> IpAddr {
+        if self.conditions & V6 != 0 {
+            IpAddr::from(self.addr)
+        } else {
+            IpAddr::from([self.addr[0], self.addr[1], self.addr[2], self.addr[3]])
+        }
+    }
+
+    pub fn ready(&self) -> bool {
+        self.conditions & READY != 0
+    }
+
+    pub fn serving(&self) -> bool {
+        self.conditions & SERVING != 0
+    }
+
+    pub fn terminating(&self) -> bool {
+        self.conditions & TERMINATING != 0
+    }
+}
+
+/// An EndpointSlice, validated. Its name and its Service's are kept by the
+/// store, once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParsedSlice {
-    pub key: ObjKey,
-    /// The Service this slice belongs to.
-    pub service: ObjKey,
     pub family: Family,
-    pub ports: Vec<SlicePort>,
-    pub endpoints: Vec<SliceEndpoint>,
+    pub ports: Box<[SlicePort]>,
+    pub endpoints: Box<[SliceEndpoint]>,
+    /// The hints of each endpoint, when any endpoint has some.
+    pub hints: Option<Box<[Hints]>>,
 }
 
+impl ParsedSlice {
+    /// The hints of endpoint `i`.
+    pub fn hints_of(&self, i: usize) -> Option<&Hints> {
+        self.hints.as_ref()?.get(i)
+    }
+}
+
+const _: () = assert!(size_of::<SliceEndpoint>() == 24);
+
 /// Validates an EndpointSlice. `None` when the slice is not for this proxy
-/// or unusable; every skipped part is reported.
-pub fn parse_slice(slice: &EndpointSlice) -> (Option<ParsedSlice>, Vec<Problem>) {
+/// or unusable; every skipped part is reported. Names go through `names`,
+/// so that a node's name is one allocation however many endpoints it has.
+pub fn parse_slice(slice: &EndpointSlice, names: &mut Names) -> (Option<ParsedSlice>, Vec<Problem>) {
     let mut problems = Vec::new();
     let meta = &slice.metadata;
     let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
@@ -119,7 +181,7 @@ pub fn parse_slice(slice: &EndpointSlice) -> (Option<ParsedSlice>, Vec<Problem>)
             ));
             continue;
         };
-        let name = p.name.clone().unwrap_or_default();
+        let name = names.intern(p.name.as_deref().unwrap_or_default());
         if ports.iter().any(|q| q.name == name && q.proto == proto) {
             problems.push(Problem::new(
                 ProblemKind::DuplicatePort,
@@ -133,6 +195,7 @@ pub fn parse_slice(slice: &EndpointSlice) -> (Option<ParsedSlice>, Vec<Problem>)
     }
 
     let mut endpoints = Vec::with_capacity(slice.endpoints.len());
+    let mut hints: Vec<Hints> = Vec::with_capacity(slice.endpoints.len());
     for (i, ep) in slice.endpoints.iter().enumerate() {
         let Some(text) = ep.addresses.first() else {
             continue;
@@ -160,22 +223,30 @@ pub fn parse_slice(slice: &EndpointSlice) -> (Option<ParsedSlice>, Vec<Problem>)
         let ready = cond.and_then(|c| c.ready).unwrap_or(true);
         let serving = cond.and_then(|c| c.serving).unwrap_or(true);
         let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
-        let hints = ep.hints.as_ref();
-        let zone_hints =
-            hints.and_then(|h| h.for_zones.as_ref()).into_iter().flatten().map(|z| z.name.clone()).collect();
-        let node_hints =
-            hints.and_then(|h| h.for_nodes.as_ref()).into_iter().flatten().map(|n| n.name.clone()).collect();
-        endpoints.push(SliceEndpoint {
-            addr,
-            ready,
-            serving,
-            terminating,
-            node_name: ep.node_name.clone(),
-            zone_hints,
-            node_hints,
-        });
+        let mut e = SliceEndpoint::new(addr, ready, serving, terminating);
+        e.node = ep.node_name.as_deref().map_or(0, |n| names.node_id(n));
+        let mut list = |v: Option<&Vec<crate::decode::objects::ForName>>| -> Box<[Arc<str>]> {
+            v.into_iter().flatten().map(|z| names.intern(&z.name)).collect()
+        };
+        let h = ep.hints.as_ref();
+        let hint = Hints {
+            zones: list(h.and_then(|h| h.for_zones.as_ref())),
+            nodes: list(h.and_then(|h| h.for_nodes.as_ref())),
+        };
+        endpoints.push(e);
+        hints.push(hint);
     }
 
-    let service = ObjKey::new(key.namespace.clone(), service.clone());
-    (Some(ParsedSlice { key, service, family, ports, endpoints }), problems)
+    let _ = service;
+    let any_hints = hints.iter().any(|h| !h.zones.is_empty() || !h.nodes.is_empty());
+    let hints = any_hints.then(|| hints.into_boxed_slice());
+    (Some(ParsedSlice { family, ports: ports.into(), endpoints: endpoints.into(), hints }), problems)
+}
+
+/// The Service a slice belongs to (its `kubernetes.io/service-name` label).
+pub fn slice_service(slice: &EndpointSlice) -> Option<ObjKey> {
+    let name = slice.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
+    (!name.is_empty()).then(|| {
+        ObjKey::new(slice.metadata.namespace.clone().unwrap_or_else(|| "default".into()), name.clone())
+    })
 }

@@ -8,28 +8,29 @@ use std::collections::{BTreeSet, HashMap};
 use socklb_common::{FrontendKey, FrontendValue, NodeLocalKey, NodeLocalValue, NodePortKey, NodePortValue};
 use socklb_k8s::model::{Problem, problem::ProblemKind};
 
-use super::{ApplyReport, Balancer, Failure, ServiceNames, ServiceRecord, ServiceRef};
+use super::{ApplyReport, Balancer, Draft, Failure, ServiceNames, ServiceRef};
 use crate::{
     datapath::{Datapath, DatapathError, MapOp},
     desired::{DesiredService, SetKey},
 };
 
-/// Who wants a key, and what the maps hold for it.
+/// Who wants a key, and what the maps hold for it. One claimant is kept
+/// inline (conflicts are rare).
 #[derive(Clone, Debug)]
 pub(super) struct Claim<V> {
     pub programmed: Option<V>,
-    pub claims: Vec<(ServiceRef, V)>,
+    pub claims: smallvec::SmallVec<[(ServiceRef, V); 1]>,
 }
 
 impl<V> Default for Claim<V> {
     fn default() -> Self {
-        Self { programmed: None, claims: Vec::new() }
+        Self { programmed: None, claims: smallvec::SmallVec::new() }
     }
 }
 
 impl<V: Copy + PartialEq> Claim<V> {
     pub fn programmed(v: V) -> Self {
-        Self { programmed: Some(v), claims: Vec::new() }
+        Self { programmed: Some(v), claims: smallvec::SmallVec::new() }
     }
 
     fn set_claim(&mut self, s: ServiceRef, v: V) {
@@ -106,8 +107,8 @@ impl Balancer {
     pub(super) fn claim(
         &mut self,
         service: ServiceRef,
-        old: &ServiceRecord,
-        rec: &mut ServiceRecord,
+        old: &Draft,
+        rec: &mut Draft,
         want: Option<&DesiredService>,
         by_key: &HashMap<SetKey, u32>,
     ) {
@@ -207,24 +208,28 @@ impl Balancer {
         report: &mut ApplyReport,
     ) {
         for s in services {
-            let Some(rec) = self.services.get(s) else { continue };
+            let Some(rec) = self.service(*s) else { continue };
             let mut found: Vec<(ServiceRef, String)> = Vec::new();
-            for (k, _) in &rec.frontends {
+            for (k, _) in rec.frontends.iter() {
                 if let Some(w) = self.frontends.get(k).and_then(|c| c.winner(names)).filter(|(w, _)| w != s) {
                     found.push((w.0, format!("frontend {}", frontend_text(k))));
                 }
             }
-            for (k, _) in &rec.node_ports {
+            for (k, _) in rec.node_ports() {
                 if let Some(w) = self.node_ports.get(k).and_then(|c| c.winner(names)).filter(|(w, _)| w != s)
                 {
                     found.push((w.0, format!("NodePort {}/{}", u16::from_be(k.port), proto_text(k.proto))));
                 }
             }
+            let had = rec.problems().iter().any(|p| p.kind == ProblemKind::FrontendConflict);
+            if found.is_empty() && !had {
+                continue;
+            }
             let object = names.key(*s).map_or_else(|| "Service".to_string(), |k| format!("Service {k}"));
             let problems: Vec<Problem> = found
                 .into_iter()
                 .map(|(w, what)| {
-                    let owner = names.key(w).map_or_else(String::new, ToString::to_string);
+                    let owner = names.key(w).map_or_else(String::new, |k| k.to_string());
                     Problem::new(
                         ProblemKind::FrontendConflict,
                         &object,
@@ -233,16 +238,13 @@ impl Balancer {
                     )
                 })
                 .collect();
-            let Some(rec) = self.services.get_mut(s) else { continue };
-            let old: Vec<Problem> =
-                rec.problems.iter().filter(|p| p.kind == ProblemKind::FrontendConflict).cloned().collect();
-            rec.problems.retain(|p| p.kind != ProblemKind::FrontendConflict);
-            for p in problems {
-                if !old.contains(&p) {
+            let Some(rec) = self.service_mut(*s) else { continue };
+            for p in &problems {
+                if !rec.problems().contains(p) {
                     report.problems.push((*s, p.clone()));
                 }
-                rec.problems.push(p);
             }
+            rec.set_problems(ProblemKind::FrontendConflict, problems);
         }
     }
 

@@ -28,6 +28,7 @@ use std::{
     net::SocketAddr,
 };
 
+use smallvec::SmallVec;
 use socklb_common::{
     FrontendKey, FrontendValue, NodeLocalKey, NodeLocalValue, NodePortKey, NodePortValue, SetEntry, SetState,
 };
@@ -51,7 +52,14 @@ pub struct ServiceRef(pub u32);
 /// The names of the Services, for conflicts (the first by namespace/name
 /// wins) and messages.
 pub trait ServiceNames {
-    fn key(&self, service: ServiceRef) -> Option<&ObjKey>;
+    fn key(&self, service: ServiceRef) -> Option<ObjKey>;
+}
+
+/// The store's Service ids are the balancer's Service refs.
+impl ServiceNames for socklb_k8s::store::Store {
+    fn key(&self, service: ServiceRef) -> Option<ObjKey> {
+        socklb_k8s::store::Store::key(self, service.0)
+    }
 }
 
 /// A backend that left a set (its sockets are stale), or joined one.
@@ -83,14 +91,69 @@ impl SetRecord {
     }
 }
 
-/// What one Service holds in the maps.
+/// What one Service holds in the maps, kept compact (there are as many as
+/// Services): NodePorts, other nodes' sets and problems are rare.
 #[derive(Clone, Debug, Default)]
 struct ServiceRecord {
+    sets: SmallVec<[u32; 2]>,
+    frontends: Box<[(FrontendKey, FrontendValue)]>,
+    rare: Option<Box<Rare>>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Rare {
+    node_ports: Vec<(NodePortKey, NodePortValue)>,
+    node_local: Vec<(NodeLocalKey, NodeLocalValue)>,
+    problems: Vec<Problem>,
+}
+
+/// A Service's record while an apply works on it.
+#[derive(Clone, Debug, Default)]
+struct Draft {
     sets: Vec<u32>,
     frontends: Vec<(FrontendKey, FrontendValue)>,
     node_ports: Vec<(NodePortKey, NodePortValue)>,
     node_local: Vec<(NodeLocalKey, NodeLocalValue)>,
     problems: Vec<Problem>,
+}
+
+impl ServiceRecord {
+    fn node_ports(&self) -> &[(NodePortKey, NodePortValue)] {
+        self.rare.as_ref().map_or(&[], |r| &r.node_ports)
+    }
+
+    fn problems(&self) -> &[Problem] {
+        self.rare.as_ref().map_or(&[], |r| &r.problems)
+    }
+
+    /// Replaces the problems of `kind` with `fresh`.
+    fn set_problems(&mut self, kind: socklb_k8s::model::problem::ProblemKind, fresh: Vec<Problem>) {
+        let rare = self.rare.get_or_insert_with(Default::default);
+        rare.problems.retain(|p| p.kind != kind);
+        rare.problems.extend(fresh);
+        if rare.node_ports.is_empty() && rare.node_local.is_empty() && rare.problems.is_empty() {
+            self.rare = None;
+        }
+    }
+
+    fn draft(&self) -> Draft {
+        let rare = self.rare.as_deref().cloned().unwrap_or_default();
+        Draft {
+            sets: self.sets.to_vec(),
+            frontends: self.frontends.to_vec(),
+            node_ports: rare.node_ports,
+            node_local: rare.node_local,
+            problems: rare.problems,
+        }
+    }
+
+    fn from_draft(d: Draft) -> Self {
+        let rare =
+            (!d.node_ports.is_empty() || !d.node_local.is_empty() || !d.problems.is_empty()).then(|| {
+                Box::new(Rare { node_ports: d.node_ports, node_local: d.node_local, problems: d.problems })
+            });
+        Self { sets: d.sets.into_iter().collect(), frontends: d.frontends.into(), rare }
+    }
 }
 
 /// Why a Service is not (completely) programmed.
@@ -132,6 +195,20 @@ pub struct ApplyReport {
     pub grow_error: Option<String>,
 }
 
+impl ApplyReport {
+    /// Adds another apply's report (a sync applied in chunks).
+    pub fn merge(&mut self, other: Self) {
+        self.ops += other.ops;
+        self.applied.extend(other.applied);
+        self.failed.extend(other.failed);
+        self.departed.extend(other.departed);
+        self.rejoined.extend(other.rejoined);
+        self.problems.extend(other.problems);
+        self.grew = other.grew.or(self.grew);
+        self.grow_error = other.grow_error.or(self.grow_error.take());
+    }
+}
+
 /// Counts for gauges.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -152,7 +229,8 @@ pub struct Balancer {
     sets: Vec<Option<SetRecord>>,
     ids: IdPool,
     slots: SlotPool,
-    services: HashMap<ServiceRef, ServiceRecord>,
+    /// By `ServiceRef` (dense: the store's ids).
+    services: Vec<Option<ServiceRecord>>,
     frontends: HashMap<FrontendKey, Claim<FrontendValue>>,
     node_ports: HashMap<NodePortKey, Claim<NodePortValue>>,
     node_local: HashMap<NodeLocalKey, Claim<NodeLocalValue>>,
@@ -186,7 +264,7 @@ impl Balancer {
             sets: Vec::new(),
             ids: IdPool::new(caps.sets.min(ceilings.sets)),
             slots: SlotPool::new(caps.slots.min(ceilings.slots)),
-            services: HashMap::new(),
+            services: Vec::new(),
             frontends: HashMap::new(),
             node_ports: HashMap::new(),
             node_local: HashMap::new(),
@@ -261,7 +339,7 @@ impl Balancer {
 
     pub fn stats(&self) -> Stats {
         Stats {
-            services: self.services.values().filter(|s| !s.sets.is_empty()).count(),
+            services: self.services.iter().flatten().filter(|s| !s.sets.is_empty()).count(),
             sets: self.ids.used(),
             slots: self.slots.used(),
             retired_slots: self.slots.retired(),
@@ -285,7 +363,7 @@ impl Balancer {
 
     /// The sets of a Service.
     pub fn sets_of(&self, service: ServiceRef) -> &[u32] {
-        self.services.get(&service).map_or(&[], |s| s.sets.as_slice())
+        self.service(service).map_or(&[], |s| s.sets.as_slice())
     }
 
     /// The frontends as programmed, with their values.
@@ -304,7 +382,31 @@ impl Balancer {
 
     /// The current problems of every Service.
     pub fn problems(&self) -> impl Iterator<Item = (ServiceRef, &Problem)> {
-        self.services.iter().flat_map(|(s, r)| r.problems.iter().map(move |p| (*s, p)))
+        self.services
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some((ServiceRef(i as u32), r.as_ref()?)))
+            .flat_map(|(s, r)| r.problems().iter().map(move |p| (s, p)))
+    }
+
+    fn service(&self, s: ServiceRef) -> Option<&ServiceRecord> {
+        self.services.get(s.0 as usize).and_then(Option::as_ref)
+    }
+
+    fn service_mut(&mut self, s: ServiceRef) -> Option<&mut ServiceRecord> {
+        self.services.get_mut(s.0 as usize).and_then(Option::as_mut)
+    }
+
+    fn take_service(&mut self, s: ServiceRef) -> Option<ServiceRecord> {
+        self.services.get_mut(s.0 as usize).and_then(Option::take)
+    }
+
+    fn put_service(&mut self, s: ServiceRef, rec: ServiceRecord) {
+        let i = s.0 as usize;
+        if self.services.len() <= i {
+            self.services.resize_with(i + 1, || None);
+        }
+        self.services[i] = Some(rec);
     }
 
     fn put_record(&mut self, id: u32, rec: SetRecord) {
@@ -359,6 +461,16 @@ impl Balancer {
         }
     }
 
+    /// Makes room for `extra` more entries in one growth, before a big
+    /// change is applied in chunks (growing chunk by chunk would copy the
+    /// maps again and again).
+    pub fn reserve(&mut self, extra: Usage, dp: &mut dyn Datapath) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        self.reclaim(dp);
+        self.make_room(extra, dp, &mut report);
+        report
+    }
+
     fn grew(&mut self, to: Capacities) {
         self.caps = to;
         self.ids.grow(to.sets.min(self.ceilings.sets));
@@ -398,7 +510,7 @@ impl Balancer {
             .iter()
             .map(|(s, m)| {
                 let d = match (m, names.key(*s)) {
-                    (Some(m), Some(key)) => Some(DesiredService::from_model(key, m, &mut self.node_ids)),
+                    (Some(m), Some(key)) => Some(DesiredService::from_model(&key, m, &mut self.node_ids)),
                     _ => None,
                 };
                 (*s, d)

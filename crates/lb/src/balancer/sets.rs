@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use socklb_common::{BackendValue, MemberKey, SetEntry, SetState, ip_from_addr, set_flags};
 
-use super::{ApplyReport, Balancer, Departed, Failure, ServiceRecord, ServiceRef, SetRecord};
+use super::{ApplyReport, Balancer, Departed, Draft, Failure, ServiceRecord, ServiceRef, SetRecord};
 use crate::{
     datapath::{Datapath, DatapathError, MapOp},
     desired::{DesiredService, DesiredSet, SetKey},
@@ -32,8 +32,8 @@ impl Balancer {
         report: &mut ApplyReport,
     ) {
         let object = names.key(service).map_or_else(|| "Service".to_string(), |k| format!("Service {k}"));
-        let old = self.services.remove(&service).unwrap_or_default();
-        let mut rec = ServiceRecord::default();
+        let old = self.take_service(service).map(|r| r.draft()).unwrap_or_default();
+        let mut rec = Draft::default();
         let mut by_key: HashMap<SetKey, u32> = HashMap::new();
         let mut failure: Option<Failure> = None;
         let old_problems: BTreeSet<_> = old.problems.iter().cloned().collect();
@@ -88,7 +88,7 @@ impl Balancer {
             report.failed.insert(service, f);
         }
         if want.is_some() {
-            self.services.insert(service, rec);
+            self.put_service(service, ServiceRecord::from_draft(rec));
         }
     }
 

@@ -23,8 +23,8 @@ use crate::{
 struct Names(BTreeMap<ServiceRef, ObjKey>);
 
 impl ServiceNames for Names {
-    fn key(&self, s: ServiceRef) -> Option<&ObjKey> {
-        self.0.get(&s)
+    fn key(&self, s: ServiceRef) -> Option<ObjKey> {
+        self.0.get(&s).cloned()
     }
 }
 
