@@ -81,6 +81,16 @@ pub struct AgentConfig {
 /// The most events one sync takes (more wait for the next, so that a flood
 /// cannot hold the datapath back for long).
 const MAX_BATCH: usize = 16_384;
+
+/// Events the sources may queue ahead of the loop. A list or a file sends
+/// batches of a few hundred objects, so this bounds what waits decoded in
+/// memory (a few thousand objects) while keeping the loop fed.
+const EVENT_QUEUE: usize = 32;
+
+/// How long the loop holds its sync while a source replaces everything it
+/// has (a relist, a file reload), so that the replace lands as one change;
+/// past this, what arrived is synced anyway.
+const REPLACE_HOLD: Duration = Duration::from_secs(2);
 /// Before the agent is ready: how soon to try a sync that did not complete.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -213,7 +223,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             }
         });
     }
-    let (tx, mut rx) = mpsc::channel::<SourceEvent>(4096);
+    let (tx, mut rx) = mpsc::channel::<SourceEvent>(EVENT_QUEUE);
     // This node's addresses, followed live (NodePorts on new addresses).
     tokio::spawn(source::netlink::run(tx.clone()));
     let mut expected: HashMap<&'static str, usize> = HashMap::new();
@@ -346,8 +356,11 @@ pub async fn drive(
     let mut all_synced = false;
     let mut not_ready_retry: Option<tokio::time::Instant> = None;
     let mut queries = cfg.sets_queries.take();
+    // Since when events wait for a replace to end (see REPLACE_HOLD).
+    let mut held_since: Option<Instant> = None;
 
     loop {
+        let hold_until = held_since.map(|t| tokio::time::Instant::from_std(t + REPLACE_HOLD));
         let retry_at = if all_synced {
             reconciler
                 .next_retry()
@@ -388,9 +401,20 @@ pub async fn drive(
                         continue;
                     }
                 }
+                let since = *held_since.get_or_insert(first_at);
+                if reconciler.replacing() && since.elapsed() < REPLACE_HOLD {
+                    continue;
+                }
+                held_since = None;
                 let report = reconciler.sync();
                 after_sync(reconciler, cfg, metrics, &report, &mut not_ready_retry);
-                metrics.event_to_datapath.observe(first_at.elapsed().as_secs_f64());
+                metrics.event_to_datapath.observe(since.elapsed().as_secs_f64());
+            }
+            _ = async { tokio::time::sleep_until(hold_until.unwrap_or_else(tokio::time::Instant::now)).await }, if hold_until.is_some() => {
+                let since = held_since.take().unwrap_or_else(Instant::now);
+                let report = reconciler.sync();
+                after_sync(reconciler, cfg, metrics, &report, &mut not_ready_retry);
+                metrics.event_to_datapath.observe(since.elapsed().as_secs_f64());
             }
             query = async { queries.as_mut()?.recv().await }, if queries.is_some() => {
                 match query {

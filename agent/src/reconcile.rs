@@ -156,6 +156,11 @@ impl Reconciler {
         }
     }
 
+    /// Whether a source is in the middle of a relist or a file reload.
+    pub fn replacing(&self) -> bool {
+        self.store.replacing()
+    }
+
     /// This node's context as the sources last described it: its zone
     /// (from its Node object; a change rebuilds every Service) and its
     /// interface addresses.

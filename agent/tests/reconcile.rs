@@ -274,6 +274,62 @@ async fn the_loop_touches_nothing_until_every_source_part_has_synced() {
     assert!(metrics.is_ready());
 }
 
+#[tokio::test]
+async fn a_relist_under_way_is_synced_once_it_ends_not_object_by_object() {
+    let dp = SharedFake::default();
+    let metrics = Arc::new(Metrics::new());
+    let mut r = Reconciler::new(Box::new(dp.clone()), node(), &LIMITS, metrics.clone()).expect("reconciler");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let mut cfg = LoopConfig {
+        expected: HashMap::from([("file", 1)]),
+        resync: Duration::from_secs(3600),
+        on_doomed: None,
+        before_ready: None,
+        sets_queries: None,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        drive(&mut r, &mut rx, &mut cfg, &metrics.clone(), async {
+            let _ = stop_rx.await;
+        })
+        .await;
+    });
+    let (services, slices) = example();
+    tx.send(SourceEvent::replace(0, &services, &slices)).await.expect("send");
+    tx.send(SourceEvent::Synced("file")).await.expect("send");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while dp.ops() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the first sync never happened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let settled = dp.ops();
+
+    // A relist starts and sends a changed slice: nothing is written while
+    // the relist is open (it is one change), everything once it ends.
+    let mut changed = slices.clone();
+    changed[0].endpoints.truncate(1);
+    let kinds = socklb_k8s::store::Kinds::ALL;
+    tx.send(SourceEvent::ReplaceStart { origin: 0, kinds }).await.expect("send");
+    for s in &services {
+        tx.send(SourceEvent::service(0, s)).await.expect("send");
+    }
+    tx.send(SourceEvent::slice(0, &changed[0])).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(dp.ops(), settled, "nothing written while the relist is open");
+    for s in &changed[1..] {
+        tx.send(SourceEvent::slice(0, s)).await.expect("send");
+    }
+    tx.send(SourceEvent::ReplaceEnd { origin: 0, kinds }).await.expect("send");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while dp.ops() == settled {
+        assert!(std::time::Instant::now() < deadline, "the relist was never synced");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop_tx.send(()).expect("stop");
+    task.await.expect("loop");
+}
+
 // ---- Random event sequences ----
 
 fn service(i: u8, ports: &[u16], local: bool, node_port: bool) -> Service {

@@ -117,6 +117,9 @@ const STREAMING_LIST_QUIET: Duration = Duration::from_secs(10);
 /// Whether a failed watch start means the server refuses streaming lists
 /// (an API server before 1.27, or with the WatchList feature off, answers
 /// 400 or 422 to `sendInitialEvents`).
+/// Listed objects per event sent to the agent.
+const LIST_BATCH: usize = 256;
+
 fn refuses_streaming_lists(e: &watcher::Error) -> bool {
     matches!(e, watcher::Error::WatchStartFailed(kube::Error::Api(status)) if matches!(status.code, 400 | 422))
 }
@@ -148,6 +151,7 @@ async fn watch_kind<K>(
     let mut synced = false;
     let mut initial = false;
     let mut listed = 0usize;
+    let mut pending: Vec<SourceEvent> = Vec::new();
     loop {
         let next = if streaming && initial {
             match tokio::time::timeout(STREAMING_LIST_QUIET, stream.try_next()).await {
@@ -174,6 +178,13 @@ async fn watch_kind<K>(
                     continue;
                 }
                 metrics.source_error(what);
+                if std::mem::take(&mut initial) {
+                    // The list broke off: what it sent stays, nothing goes.
+                    pending.push(SourceEvent::ReplaceAbort { origin: ORIGIN, kinds });
+                    if tx.send(SourceEvent::Batch(std::mem::take(&mut pending))).await.is_err() {
+                        return;
+                    }
+                }
                 let gone = is_gone(&e);
                 let (delay, report) = retry.failed(Instant::now(), gone);
                 log_failure(&e, report, &url, what, access, delay);
@@ -195,6 +206,7 @@ async fn watch_kind<K>(
             );
         }
         let list_done = matches!(event, watcher::Event::InitDone);
+        let listing = matches!(event, watcher::Event::InitApply(_));
         let out = match event {
             watcher::Event::Init => {
                 initial = true;
@@ -213,7 +225,18 @@ async fn watch_kind<K>(
             watcher::Event::Apply(obj) => applied(obj),
             watcher::Event::Delete(obj) => Some(deleted(obj)),
         };
-        if let Some(event) = out {
+        pending.extend(out);
+        // The objects of a list go to the agent in batches (one wake-up
+        // per batch); anything else goes at once, after them.
+        if listing && pending.len() < LIST_BATCH {
+            continue;
+        }
+        let event = match pending.len() {
+            0 => None,
+            1 => pending.pop(),
+            _ => Some(SourceEvent::Batch(std::mem::take(&mut pending))),
+        };
+        if let Some(event) = event {
             if tx.send(event).await.is_err() {
                 return;
             }

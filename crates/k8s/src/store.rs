@@ -100,6 +100,12 @@ pub enum SourceEvent {
         origin: Origin,
         kinds: Kinds,
     },
+    /// A replace that broke off (the text changed while it was read):
+    /// nothing is removed; the origin starts again later.
+    ReplaceAbort {
+        origin: Origin,
+        kinds: Kinds,
+    },
     /// Everything of `kinds` an origin has, at once (tests, small inputs).
     Replace {
         origin: Origin,
@@ -133,6 +139,10 @@ pub enum SourceEvent {
     HostAddresses(Vec<IpAddr>),
     /// A part of a source has delivered its complete initial state.
     Synced(&'static str),
+    /// Several events in order: a source that decodes many objects in a
+    /// row (a list, a file) hands them over in batches, so that the agent
+    /// is woken once per batch rather than once per object.
+    Batch(Vec<SourceEvent>),
 }
 
 impl SourceEvent {
@@ -236,6 +246,8 @@ pub struct Store {
     triggers: BTreeMap<ServiceId, SystemTime>,
     /// The current replace round of each (origin, kind).
     rounds: BTreeMap<(Origin, u8), u32>,
+    /// Replaces started and not yet ended, by (origin, kind).
+    open: BTreeSet<(Origin, u8)>,
 }
 
 impl Default for Store {
@@ -268,6 +280,7 @@ impl Store {
             host_addresses: None,
             triggers: BTreeMap::new(),
             rounds: BTreeMap::new(),
+            open: BTreeSet::new(),
         }
     }
 
@@ -409,6 +422,12 @@ impl Store {
         match event {
             SourceEvent::ReplaceStart { origin, kinds } => self.replace_start(origin, kinds),
             SourceEvent::ReplaceEnd { origin, kinds } => self.replace_end(origin, kinds),
+            SourceEvent::ReplaceAbort { origin, kinds } => self.close_replace(origin, kinds),
+            SourceEvent::Batch(events) => {
+                for e in events {
+                    fresh.extend(self.apply(e));
+                }
+            }
             SourceEvent::Replace { origin, kinds, services, slices, nodes } => {
                 self.replace_start(origin, kinds);
                 for s in &services {
@@ -451,11 +470,29 @@ impl Store {
         {
             if on {
                 *self.rounds.entry((origin, kind)).or_default() += 1;
+                self.open.insert((origin, kind));
+            }
+        }
+    }
+
+    /// Whether a source is in the middle of sending everything it has (a
+    /// relist or a file reload): its objects are better applied together.
+    pub fn replacing(&self) -> bool {
+        !self.open.is_empty()
+    }
+
+    fn close_replace(&mut self, origin: Origin, kinds: Kinds) {
+        for (kind, on) in
+            [(KIND_SERVICES, kinds.services), (KIND_SLICES, kinds.slices), (KIND_NODES, kinds.nodes)]
+        {
+            if on {
+                self.open.remove(&(origin, kind));
             }
         }
     }
 
     fn replace_end(&mut self, origin: Origin, kinds: Kinds) {
+        self.close_replace(origin, kinds);
         if kinds.services {
             let round = self.round(origin, KIND_SERVICES);
             let gone: Vec<ServiceId> = self

@@ -76,12 +76,23 @@ fn metric(port: u16, name: &str) -> Option<f64> {
         .ok()
 }
 
+/// A change built in full beforehand (the file written beside its final
+/// name, the objects made); calling it makes the change visible (the
+/// rename, or the API server's apply), and that is when the clock starts.
+pub type Commit<'a> = Box<dyn FnOnce() -> Result<()> + 'a>;
+
 /// Time from a change to the first answered connect of the new Service's
 /// VIP (a client already polls it).
-fn trial(env: &Env, extra: &workload::Service, change: impl FnOnce() -> Result<()>) -> Result<Duration> {
+pub fn trial<'a>(
+    env: &Env,
+    extra: &workload::Service,
+    prepare: impl FnOnce() -> Result<Commit<'a>>,
+) -> Result<Duration> {
+    let commit = prepare()?;
     let vip = SocketAddr::from((extra.vip, workload::TCP_PORT));
     let mut poll = Command::new(bin_path("socklb-bench"))
         .args(["poll", "--netns", &env.netns(super::env::Peer::Socklb), "--to", &vip.to_string()])
+        .args(["--timeout-ms", "120000"])
         .arg("--cgroup")
         .arg(&env.cgroup)
         .stdout(Stdio::piped())
@@ -90,12 +101,31 @@ fn trial(env: &Env, extra: &workload::Service, change: impl FnOnce() -> Result<(
     let mut ready_line = [0u8; 6];
     stdout.read_exact(&mut ready_line)?;
     let changed = crate::probe::now_ns();
-    change()?;
+    commit()?;
     let mut text = String::new();
     stdout.read_to_string(&mut text)?;
     let _ = poll.wait();
     let reached: u64 = text.trim().parse().context("poll result")?;
     Ok(Duration::from_nanos(reached.saturating_sub(changed)))
+}
+
+/// Writes the workload beside `file`; the commit renames it into place.
+pub fn file_change<'a>(file: &'a Path, w: &Workload) -> Result<Commit<'a>> {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, w.cluster_json())?;
+    Ok(Box::new(move || Ok(std::fs::rename(&tmp, file)?)))
+}
+
+/// Builds one Service and its slice; the commit applies them to the API
+/// server.
+pub fn api_change<'a>(api: &'a FakeApiServer, extra: &workload::Service) -> Result<Commit<'a>> {
+    let items: serde_json::Value = serde_json::from_str(&Workload::single_json(extra))?;
+    Ok(Box::new(move || {
+        for item in items["items"].as_array().into_iter().flatten() {
+            api.apply(item.clone());
+        }
+        Ok(())
+    }))
 }
 
 /// Measures one size. `trials` new Services are added one at a time
@@ -172,18 +202,9 @@ pub fn measure(
         trial(&env, &extra, || match &api {
             None => {
                 w.push(extra.clone());
-                let tmp = file.with_extension("tmp");
-                std::fs::write(&tmp, w.cluster_json())?;
-                std::fs::rename(&tmp, &file)?;
-                Ok(())
+                file_change(&file, w)
             }
-            Some(api) => {
-                let items: serde_json::Value = serde_json::from_str(&Workload::single_json(&extra))?;
-                for item in items["items"].as_array().into_iter().flatten() {
-                    api.apply(item.clone());
-                }
-                Ok(())
-            }
+            Some(api) => api_change(api, &extra),
         })
     };
     for k in 1..=trials {

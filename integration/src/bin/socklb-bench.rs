@@ -361,32 +361,6 @@ fn wait_sync(port: u16, before: (f64, f64)) -> Result<Duration> {
     bail!("the agent applied nothing")
 }
 
-/// One trial: start a client polling the new service's VIP, make the
-/// change, and return the time from the change to the first answer.
-fn event_trial(
-    env: &Env,
-    extra: &workload::Service,
-    change: impl FnOnce() -> Result<()>,
-) -> Result<Duration> {
-    let vip = SocketAddr::from((extra.vip, workload::TCP_PORT));
-    let mut poll = Command::new(self_bin())
-        .args(["poll", "--netns", &env.netns(Peer::Socklb), "--to", &vip.to_string()])
-        .arg("--cgroup")
-        .arg(&env.cgroup)
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut stdout = poll.stdout.take().context("poll stdout")?;
-    let mut ready_line = [0u8; 6];
-    stdout.read_exact(&mut ready_line)?;
-    let changed = socklb_integration::probe::now_ns();
-    change()?;
-    let mut text = String::new();
-    stdout.read_to_string(&mut text)?;
-    let _ = poll.wait();
-    let reached: u64 = text.trim().parse().context("poll result")?;
-    Ok(Duration::from_nanos(reached.saturating_sub(changed)))
-}
-
 /// Event-to-datapath through the test API server and the kube-rs watch path.
 fn api_event_latency(run_id: &str, socklb: &Path, w: &Workload, trials: usize) -> Result<Vec<Duration>> {
     use socklb_integration::apiserver::FakeApiServer;
@@ -404,13 +378,7 @@ fn api_event_latency(run_id: &str, socklb: &Path, w: &Workload, trials: usize) -
     let mut out = Vec::new();
     for k in 1..=trials {
         let extra = w.extra(k);
-        let items: serde_json::Value = serde_json::from_str(&Workload::single_json(&extra))?;
-        let latency = event_trial(&env, &extra, || {
-            for item in items["items"].as_array().into_iter().flatten() {
-                api.apply(item.clone());
-            }
-            Ok(())
-        })?;
+        let latency = footprint::trial(&env, &extra, || footprint::api_change(&api, &extra))?;
         out.push(latency);
     }
     Ok(out)
@@ -575,9 +543,9 @@ fn run_all(
                 let trials = if quick { 10 } else { 30 };
                 for k in 1..=trials {
                     let extra = w.extra(k);
-                    let latency = event_trial(&env, &extra, || {
+                    let latency = footprint::trial(&env, &extra, || {
                         w.push(extra.clone());
-                        write_file(&file, &w)
+                        footprint::file_change(&file, &w)
                     })?;
                     results.event_latency.entry(n).or_default().push(latency);
                 }

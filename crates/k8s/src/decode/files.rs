@@ -13,6 +13,7 @@ use serde_yaml_ng::Value;
 
 use crate::{
     decode::{
+        json_list,
         node::{IngestedNode, NodeObject, ingest_node},
         objects::{EndpointSlice, Service},
     },
@@ -37,8 +38,59 @@ pub enum Object {
 
 /// Checks that a JSON text is well-formed from end to end, without keeping
 /// any of it; returns a hash of it (to skip a file that did not change).
+/// A half-written file is refused here, before any of it is used. A
+/// `kind: List` is checked item by item from memory (see `json_list`).
+pub fn check_json<R: std::io::Read + std::io::Seek>(mut reader: R) -> Result<u64, SyntaxError> {
+    use std::hash::Hasher;
+    let mut hash = super::json_delta::text_hasher();
+    let shape = json_list::for_each_item(
+        &mut reader,
+        |item, at| {
+            serde_json::from_slice::<serde::de::IgnoredAny>(item)
+                .map(|_| ())
+                .map_err(|e| at.error_in_item(&e))
+        },
+        |bytes| hash.write(bytes),
+    )?;
+    match shape {
+        json_list::Shape::List => Ok(hash.finish()),
+        json_list::Shape::NotAList => {
+            reader.rewind().map_err(|e| SyntaxError { line: 1, column: 1, message: e.to_string() })?;
+            check_json_general(reader)
+        }
+    }
+}
+
+/// Reads a JSON file object by object: a `kind: List` is streamed (each
+/// item decoded into its compact form and handed to `each` before the next
+/// is read), so a file of 100k services never exists as a whole in memory.
+/// Returns the problems of objects that could not be decoded.
+pub fn stream_json<R: std::io::Read + std::io::Seek>(
+    mut reader: R,
+    mut each: impl FnMut(Object),
+) -> Result<Vec<Problem>, SyntaxError> {
+    let mut problems = Vec::new();
+    let shape = json_list::for_each_item(
+        &mut reader,
+        |item, _| {
+            decode_json_item(item, &mut each, &mut problems);
+            Ok(())
+        },
+        |_| {},
+    )?;
+    match shape {
+        json_list::Shape::List => Ok(problems),
+        json_list::Shape::NotAList => {
+            reader.rewind().map_err(|e| SyntaxError { line: 1, column: 1, message: e.to_string() })?;
+            stream_json_general(reader, each)
+        }
+    }
+}
+
+/// Checks that a JSON text is well-formed from end to end, without keeping
+/// any of it; returns a hash of it (to skip a file that did not change).
 /// A half-written file is refused here, before any of it is used.
-pub fn check_json(reader: impl std::io::Read) -> Result<u64, SyntaxError> {
+fn check_json_general(reader: impl std::io::Read) -> Result<u64, SyntaxError> {
     use std::hash::Hasher;
     struct Hashing<R> {
         inner: R,
@@ -51,12 +103,13 @@ pub fn check_json(reader: impl std::io::Read) -> Result<u64, SyntaxError> {
             Ok(n)
         }
     }
-    let mut r = Hashing { inner: std::io::BufReader::new(reader), hash: Default::default() };
+    // The hash sees the buffer's refills, not serde_json's byte reads.
+    let mut r = std::io::BufReader::new(Hashing { inner: reader, hash: Default::default() });
     let mut de = serde_json::Deserializer::from_reader(&mut r);
     serde::de::IgnoredAny::deserialize(&mut de).map_err(json_error)?;
     de.end().map_err(json_error)?;
     drop(de);
-    Ok(r.hash.finish())
+    Ok(r.into_inner().hash.finish())
 }
 
 fn json_error(e: serde_json::Error) -> SyntaxError {
@@ -67,7 +120,7 @@ fn json_error(e: serde_json::Error) -> SyntaxError {
 /// item decoded into its compact form and handed to `each` before the next
 /// is read), so a file of 100k services never exists as a whole in memory.
 /// Returns the problems of objects that could not be decoded.
-pub fn stream_json(
+fn stream_json_general(
     reader: impl std::io::Read,
     mut each: impl FnMut(Object),
 ) -> Result<Vec<Problem>, SyntaxError> {
@@ -91,7 +144,7 @@ pub fn stream_json(
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
             while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
-                decode_item(raw.get(), self.0, self.1);
+                decode_json_item(raw.get().as_bytes(), self.0, self.1);
             }
             Ok(())
         }
@@ -127,13 +180,13 @@ pub fn stream_json(
             .map(|(k, v)| format!("{}:{}", serde_json::Value::from(k.as_str()), v.get()))
             .collect();
         let text = format!("{{{}}}", fields.join(","));
-        decode_item(&text, &mut each, &mut problems);
+        decode_json_item(text.as_bytes(), &mut each, &mut problems);
     }
     Ok(problems)
 }
 
 /// Decodes one JSON object of a list into its kind's compact form.
-fn decode_item(raw: &str, each: &mut impl FnMut(Object), problems: &mut Vec<Problem>) {
+pub fn decode_json_item(raw: &[u8], each: &mut impl FnMut(Object), problems: &mut Vec<Problem>) {
     #[derive(serde::Deserialize, Default)]
     struct Meta {
         name: Option<String>,
@@ -149,7 +202,7 @@ fn decode_item(raw: &str, each: &mut impl FnMut(Object), problems: &mut Vec<Prob
         #[serde(default)]
         metadata: Option<Meta>,
     }
-    let Ok(head) = serde_json::from_str::<Head>(raw) else {
+    let Ok(head) = serde_json::from_slice::<Head>(raw) else {
         problems.push(Problem::new(
             ProblemKind::Malformed,
             "object in the list",
@@ -205,7 +258,7 @@ pub fn read_all(text: &str) -> Result<(All, Vec<Problem>), SyntaxError> {
 /// Every object of a YAML or JSON text (small files, tests).
 pub fn read_objects(text: &str, mut each: impl FnMut(Object)) -> Result<Vec<Problem>, SyntaxError> {
     if text.trim_start().starts_with('{') {
-        return stream_json(text.as_bytes(), each);
+        return stream_json(std::io::Cursor::new(text.as_bytes()), each);
     }
     let (objects, problems) = parse_objects(text)?;
     for s in objects.services {
@@ -221,13 +274,18 @@ pub fn read_objects(text: &str, mut each: impl FnMut(Object)) -> Result<Vec<Prob
 }
 
 fn decode_raw<T: serde::de::DeserializeOwned>(
-    raw: &str,
+    raw: &[u8],
     kind: &str,
     ns: &str,
     name: &str,
     problems: &mut Vec<Problem>,
 ) -> Option<T> {
-    let mut de = serde_json::Deserializer::from_str(raw);
+    // The plain decode is fast; the path of a bad field is worth a second
+    // decode only when there is one.
+    if let Ok(obj) = serde_json::from_slice::<T>(raw) {
+        return Some(obj);
+    }
+    let mut de = serde_json::Deserializer::from_slice(raw);
     match serde_path_to_error::deserialize::<_, T>(&mut de) {
         Ok(obj) => Some(obj),
         Err(e) => {
@@ -461,7 +519,7 @@ items:
             {"apiVersion":"v1","kind":"Service","metadata":{"name":"bad","namespace":"default"},"spec":{"ports":[{"port":"x"}]}},
             {"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"}}]}"#;
         let (mut services, mut slices) = (0, 0);
-        let problems = stream_json(text.as_bytes(), |o| match o {
+        let problems = stream_json(std::io::Cursor::new(text.as_bytes()), |o| match o {
             Object::Service(_) => services += 1,
             Object::Slice(_) => slices += 1,
             Object::Node(_) => {}
@@ -477,13 +535,17 @@ items:
     fn one_json_object_is_read_and_a_broken_file_is_refused_before_anything_is_used() {
         let one = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"web"},"spec":{"clusterIP":"10.96.0.10"}}"#;
         let mut n = 0;
-        stream_json(one.as_bytes(), |_| n += 1).expect("valid json");
+        stream_json(std::io::Cursor::new(one.as_bytes()), |_| n += 1).expect("valid json");
         assert_eq!(n, 1);
         let broken =
             r#"{"kind":"List","items":[{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"}},"#;
-        let err = check_json(broken.as_bytes()).expect_err("half written");
+        let err = check_json(std::io::Cursor::new(broken.as_bytes())).expect_err("half written");
         assert_eq!(err.line, 1);
-        assert_eq!(check_json(one.as_bytes()).ok(), check_json(one.as_bytes()).ok(), "the hash is stable");
+        assert_eq!(
+            check_json(std::io::Cursor::new(one.as_bytes())).ok(),
+            check_json(std::io::Cursor::new(one.as_bytes())).ok(),
+            "the hash is stable"
+        );
     }
 
     #[test]
