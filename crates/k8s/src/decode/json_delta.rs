@@ -214,7 +214,10 @@ mod tests {
         let a = service("a", "10.96.0.1");
         let b = service("b", "10.96.0.2");
         let memory = loaded(&list(&[a.clone(), b]));
-        assert!(matches!(memory.reload(list(std::slice::from_ref(&a)).as_bytes()).expect("valid"), Reload::Whole));
+        assert!(matches!(
+            memory.reload(list(std::slice::from_ref(&a)).as_bytes()).expect("valid"),
+            Reload::Whole
+        ));
         assert!(matches!(memory.reload(a.as_bytes()).expect("valid"), Reload::Whole));
         let many: Vec<String> = (0..MAX_DELTA + 1).map(|i| service(&format!("s{i}"), "10.96.1.1")).collect();
         assert!(matches!(memory.reload(list(&many).as_bytes()).expect("valid"), Reload::Whole));
