@@ -360,18 +360,23 @@ async fn handle(s: Shared, q: ListParams, kind: Kind) -> Response {
     let (delay, fail, lifetime, streaming) = {
         let mut st = s.state.lock().expect("lock");
         st.requests += 1;
-        // A streaming list is the list: it is counted and failed as one.
+        // A streaming list is a list and a watch in one request: it is
+        // counted as both, and fails as a list first, then as a watch.
         let lists = !is_watch || (initial_events && st.faults.streaming_lists == StreamingLists::Supported);
-        let fail = if !lists {
+        if is_watch {
             st.watches += 1;
-            let fail = st.faults.fail_watches > 0;
-            st.faults.fail_watches = st.faults.fail_watches.saturating_sub(1);
-            fail
-        } else {
+        }
+        if lists {
             st.list_times.entry(kind).or_default().push(std::time::Instant::now());
-            let fail = st.faults.fail_lists > 0;
-            st.faults.fail_lists = st.faults.fail_lists.saturating_sub(1);
-            fail
+        }
+        let fail = if lists && st.faults.fail_lists > 0 {
+            st.faults.fail_lists -= 1;
+            true
+        } else if is_watch && st.faults.fail_watches > 0 {
+            st.faults.fail_watches -= 1;
+            true
+        } else {
+            false
         };
         (st.faults.delay, fail, st.faults.watch_lifetime, st.faults.streaming_lists)
     };
