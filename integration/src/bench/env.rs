@@ -199,6 +199,14 @@ impl Env {
     pub fn agent_pid(&self) -> Option<u32> {
         self.agent.as_ref().map(Child::id)
     }
+
+    /// Stops the agent (SIGKILL: the datapath stays, as after a crash).
+    pub fn stop_agent(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
 }
 
 impl Drop for Env {

@@ -144,7 +144,7 @@ pub fn measure(
     let mut env = Env::create(run_id, &format!("fp{n}x{e}"))?;
     env.start_servers()?;
     let port = crate::agent::free_port();
-    let resync = if resync_trials > 0 { "1s" } else { "5m" };
+
     let file = env.workdir.join("cluster.json");
     let api = match source {
         Source::File => {
@@ -171,7 +171,7 @@ pub fn measure(
         }
     };
     let mut args: Vec<&str> = source_args.iter().map(String::as_str).collect();
-    args.extend(["--resync", resync]);
+    args.extend(["--resync", "5m"]);
     let ready = env.start_agent_logging(socklb, &args, port, "info")?;
     let pid = env.agent_pid().context("agent pid")?;
     let mut out = Footprint {
@@ -197,9 +197,9 @@ pub fn measure(
     out.rss_before_scrape = before;
     out.rss_after_scrape = rss_now(pid);
 
-    let add = |w: &mut Workload, k: usize| -> Result<Duration> {
+    let add = |env: &Env, w: &mut Workload, k: usize| -> Result<Duration> {
         let extra = w.extra(k);
-        trial(&env, &extra, || match &api {
+        trial(env, &extra, || match &api {
             None => {
                 w.push(extra.clone());
                 file_change(&file, w)
@@ -208,18 +208,27 @@ pub fn measure(
         })
     };
     for k in 1..=trials {
-        out.event_ms.push(add(&mut w, k)?.as_secs_f64() * 1e3);
+        out.event_ms.push(add(&env, &mut w, k)?.as_secs_f64() * 1e3);
         std::thread::sleep(Duration::from_millis(50));
-    }
-    for k in 0..resync_trials {
-        // Spread over the resync rounds (one a second).
-        std::thread::sleep(Duration::from_millis(137));
-        out.event_during_resync_ms.push(add(&mut w, trials + 1 + k)?.as_secs_f64() * 1e3);
     }
     out.peak_rss_bytes = out.peak_rss_bytes.max(peak_rss(pid).unwrap_or(0));
     let _ = std::fs::copy(
         env.workdir.join("agent.log"),
         std::env::temp_dir().join(format!("socklb-footprint-{n}x{e}-{}.log", out.source)),
     );
+    if resync_trials > 0 {
+        // The same maps, adopted by an agent that resyncs every second
+        // (each round reads every set back; at 100k one takes longer than
+        // a second, so a resync is always under way).
+        env.stop_agent();
+        let mut args: Vec<&str> = source_args.iter().map(String::as_str).collect();
+        args.extend(["--resync", "1s"]);
+        env.start_agent_logging(socklb, &args, port, "info")?;
+        std::thread::sleep(Duration::from_secs(2));
+        for k in 0..resync_trials {
+            std::thread::sleep(Duration::from_millis(137));
+            out.event_during_resync_ms.push(add(&env, &mut w, trials + 1 + k)?.as_secs_f64() * 1e3);
+        }
+    }
     Ok(out)
 }
