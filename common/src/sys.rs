@@ -511,6 +511,19 @@ pub struct BatchCursor {
 }
 
 impl BatchCursor {
+    /// A cursor that reads an array from index `first` on.
+    pub fn array_from(first: u32) -> Self {
+        match first.checked_sub(1) {
+            // The kernel goes on after the key in the cursor.
+            Some(before) => {
+                let mut token = [0u8; 8];
+                token[..4].copy_from_slice(&before.to_ne_bytes());
+                Self { token, started: true, done: false }
+            }
+            None => Self::default(),
+        }
+    }
+
     /// The whole map has been read.
     pub fn is_done(&self) -> bool {
         self.done

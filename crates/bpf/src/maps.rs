@@ -313,6 +313,39 @@ fn delete_batch<K: aya::Pod>(map: &MapData, keys: &[K], ops: &[MapOp]) -> (usize
 }
 
 impl AyaMaps {
+    /// Everything the agent writes; the sets and slots only `with_sets`.
+    fn read_map_state(&self, with_sets: bool) -> Result<MapState, DatapathError> {
+        fn dump<K: aya::Pod + Default + Ord, V: aya::Pod + Default>(
+            map: &MapData,
+            name: &'static str,
+        ) -> Result<BTreeMap<K, V>, DatapathError> {
+            sys::map_dump::<K, V>(map.fd().as_fd(), CHUNK)
+                .map(|v| v.into_iter().collect())
+                .map_err(|source| DatapathError::Read { map: name, source })
+        }
+        let sets: BTreeMap<u32, SetEntry> =
+            if with_sets { self.read_sets()?.into_iter().collect() } else { BTreeMap::new() };
+        let mut slots = BTreeMap::new();
+        for e in sets.values() {
+            let st = SetState::unpack(e.state);
+            let run = Run { base: st.base, len: u32::from(st.count) };
+            for (i, b) in self.read_slots(run)?.into_iter().enumerate() {
+                slots.insert(run.base + i as u32, b);
+            }
+        }
+        Ok(MapState {
+            frontends: dump(self.frontends.map(), names::FRONTENDS)?,
+            sets,
+            slots,
+            members: dump::<MemberKey, MemberValue>(self.members.map(), names::MEMBERS)?
+                .into_keys()
+                .collect(),
+            node_addrs: dump(self.node_addrs.map(), names::NODE_ADDRS)?,
+            node_ports: dump(self.node_ports.map(), names::NODEPORTS)?,
+            node_local: dump(self.node_local.map(), names::NODE_LOCAL)?,
+        })
+    }
+
     /// One batch syscall for a run of hash-map operations of one kind.
     fn batch_run(&mut self, run: &[MapOp]) -> (usize, Option<DatapathError>) {
         macro_rules! collect {
@@ -467,43 +500,46 @@ impl Datapath for AyaMaps {
         if run.end() > self.capacities.slots {
             return Err(err(io::Error::from_raw_os_error(7)));
         }
-        let mut out = Vec::with_capacity(run.len as usize);
-        for i in run.base..run.end() {
-            let v = sys::map_lookup::<u32, BackendValue>(self.backends.fd().as_fd(), &i).map_err(err)?;
-            out.push(v);
+        // One BPF_MAP_LOOKUP_BATCH for the run (an array reads in order).
+        let len = run.len as usize;
+        let mut keys = vec![0u32; len];
+        let mut values = vec![BackendValue::default(); len];
+        let mut cursor = sys::BatchCursor::array_from(run.base);
+        let mut got = 0;
+        while got < len && !cursor.is_done() {
+            let n = sys::map_lookup_batch(
+                self.backends.fd().as_fd(),
+                &mut cursor,
+                &mut keys[got..],
+                &mut values[got..],
+            )
+            .map_err(err)?;
+            if n == 0 {
+                break;
+            }
+            got += n;
         }
-        Ok(out)
+        if got < len || keys.first().is_some_and(|k| *k != run.base) {
+            return Err(err(io::Error::from_raw_os_error(5 /* EIO */)));
+        }
+        Ok(values)
+    }
+
+    fn read_sets_in(&self, from: u32, to: u32) -> Result<Vec<(u32, SetEntry)>, DatapathError> {
+        Ok((from..to.min(self.sets.len() as u32))
+            .filter_map(|i| {
+                let e = self.sets.get(i as usize)?;
+                SetState::unpack(e.state).is_present().then_some((i, e))
+            })
+            .collect())
+    }
+
+    fn read_tables(&self) -> Result<MapState, DatapathError> {
+        self.read_map_state(false)
     }
 
     fn read_state(&self) -> Result<MapState, DatapathError> {
-        fn dump<K: aya::Pod + Default + Ord, V: aya::Pod + Default>(
-            map: &MapData,
-            name: &'static str,
-        ) -> Result<BTreeMap<K, V>, DatapathError> {
-            sys::map_dump::<K, V>(map.fd().as_fd(), CHUNK)
-                .map(|v| v.into_iter().collect())
-                .map_err(|source| DatapathError::Read { map: name, source })
-        }
-        let sets: BTreeMap<u32, SetEntry> = self.read_sets()?.into_iter().collect();
-        let mut slots = BTreeMap::new();
-        for e in sets.values() {
-            let st = SetState::unpack(e.state);
-            let run = Run { base: st.base, len: u32::from(st.count) };
-            for (i, b) in self.read_slots(run)?.into_iter().enumerate() {
-                slots.insert(run.base + i as u32, b);
-            }
-        }
-        Ok(MapState {
-            frontends: dump(self.frontends.map(), names::FRONTENDS)?,
-            sets,
-            slots,
-            members: dump::<MemberKey, MemberValue>(self.members.map(), names::MEMBERS)?
-                .into_keys()
-                .collect(),
-            node_addrs: dump(self.node_addrs.map(), names::NODE_ADDRS)?,
-            node_ports: dump(self.node_ports.map(), names::NODEPORTS)?,
-            node_local: dump(self.node_local.map(), names::NODE_LOCAL)?,
-        })
+        self.read_map_state(true)
     }
 
     fn read_counters(&self) -> Result<BTreeMap<u32, SetCounters>, DatapathError> {

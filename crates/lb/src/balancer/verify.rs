@@ -32,10 +32,10 @@ impl Balancer {
     /// Checks up to `max_sets` sets, from where the last call stopped.
     pub fn verify_chunk(&mut self, max_sets: u32, dp: &mut dyn Datapath) -> Result<Drift, DatapathError> {
         let mut drift = Drift::default();
-        let kernel: BTreeMap<u32, socklb_common::SetEntry> = dp.read_sets()?.into_iter().collect();
         let end = self.caps.sets;
         let from = self.verify_cursor.min(end);
         let to = from.saturating_add(max_sets).min(end);
+        let kernel: BTreeMap<u32, socklb_common::SetEntry> = dp.read_sets_in(from, to)?.into_iter().collect();
         for id in from..to {
             drift.checked += 1;
             let k = kernel.get(&id);
@@ -75,7 +75,7 @@ impl Balancer {
 
     /// Frontends, NodePorts, node tables and members against the records.
     fn verify_tables(&mut self, dp: &mut dyn Datapath, drift: &mut Drift) -> Result<(), DatapathError> {
-        let st = dp.read_state()?;
+        let st = dp.read_tables()?;
         let mut ops: Vec<MapOp> = Vec::new();
         let diff = |ops: &mut Vec<MapOp>, found: &mut usize, want: Vec<MapOp>, extra: Vec<MapOp>| {
             *found += want.len() + extra.len();

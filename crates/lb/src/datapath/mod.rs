@@ -94,6 +94,20 @@ pub trait Datapath {
     /// The backends in a run of slots.
     fn read_slots(&self, run: Run) -> Result<Vec<BackendValue>, DatapathError>;
 
+    /// The present sets with ids in `from..to` (a chunk of a resync).
+    fn read_sets_in(&self, from: u32, to: u32) -> Result<Vec<(u32, SetEntry)>, DatapathError> {
+        Ok(self.read_sets()?.into_iter().filter(|(id, _)| (from..to).contains(id)).collect())
+    }
+
+    /// What [`Datapath::read_state`] reads, without the sets and slots
+    /// (the resync checks those a chunk at a time).
+    fn read_tables(&self) -> Result<MapState, DatapathError> {
+        let mut st = self.read_state()?;
+        st.sets.clear();
+        st.slots.clear();
+        Ok(st)
+    }
+
     /// Everything the agent writes (for checks, dumps and `socklb list`).
     fn read_state(&self) -> Result<MapState, DatapathError>;
 
