@@ -352,6 +352,8 @@ pub async fn drive(
     let mut resync = tokio::time::interval(cfg.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
+    let mut gauges = tokio::time::interval(crate::reconcile::GAUGE_PERIOD);
+    gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut synced: HashMap<&'static str, usize> = HashMap::new();
     let mut all_synced = false;
     let mut not_ready_retry: Option<tokio::time::Instant> = None;
@@ -431,6 +433,9 @@ pub async fn drive(
             }
             _ = resync.tick(), if all_synced => {
                 reconciler.start_resync();
+            }
+            _ = gauges.tick() => {
+                reconciler.flush_gauges();
             }
             // A chunk of the resync, when no event waits (biased order).
             _ = std::future::ready(()), if reconciler.resyncing() => {

@@ -117,7 +117,19 @@ pub struct Reconciler {
     first_sync_done: bool,
     /// `--per-service-metrics`: each set's labels, for the counters.
     set_labels: Option<crate::inspect::SetLabels>,
+    /// When the gauges were last refreshed, and whether a sync since left
+    /// them behind (see `GAUGES_EVERY_SYNC_UP_TO`).
+    gauges_at: Option<Instant>,
+    gauges_stale: bool,
+    gauge_period: Duration,
 }
+
+/// Up to this many Services the gauges are refreshed at every sync. Above,
+/// at most once per [`GAUGE_PERIOD`] (and by the loop's tick): they count
+/// over every Service and frontend, which at 100k Services costs more than
+/// the sync of one change.
+const GAUGES_EVERY_SYNC_UP_TO: usize = 10_000;
+pub const GAUGE_PERIOD: Duration = Duration::from_secs(1);
 
 impl Reconciler {
     /// Adopts what the maps hold: the sets keep their ids and slots, so an
@@ -144,6 +156,9 @@ impl Reconciler {
             nodes_rendered: false,
             warned_no_node: false,
             resyncing: false,
+            gauges_at: None,
+            gauges_stale: false,
+            gauge_period: GAUGE_PERIOD,
             resync_found: 0,
             first_sync_done: false,
             set_labels: None,
@@ -362,7 +377,7 @@ impl Reconciler {
         self.leftovers = self.balancer.has_leftovers() || !nodes_complete;
         let complete = write_failures == 0 && !self.leftovers;
         self.log_sync(ids.len(), &changed, &failed_keys, applied.ops, built, write_time);
-        self.update_gauges();
+        self.refresh_gauges();
         if applied.ops > 0 {
             self.refresh_set_labels();
         }
@@ -521,7 +536,7 @@ impl Reconciler {
                 "resync found the maps drifted from what was programmed; repaired"
             );
         }
-        self.update_gauges();
+        self.refresh_gauges();
         Ok(Some(found))
     }
 
@@ -533,6 +548,34 @@ impl Reconciler {
             if let Some(found) = self.resync_step()? {
                 return Ok(found);
             }
+        }
+    }
+
+    /// Refreshes the gauges now, or leaves it to the next period in a big
+    /// cluster.
+    fn refresh_gauges(&mut self) {
+        let small = self.store.service_count() <= GAUGES_EVERY_SYNC_UP_TO;
+        if small || self.gauges_at.is_none_or(|t| t.elapsed() >= self.gauge_period) {
+            self.update_gauges();
+            self.gauges_at = Some(Instant::now());
+            self.gauges_stale = false;
+        } else {
+            self.gauges_stale = true;
+        }
+    }
+
+    /// How often the gauges of a big cluster are refreshed (tests).
+    pub fn set_gauge_period(&mut self, period: Duration) {
+        self.gauge_period = period;
+    }
+
+    /// Brings gauges that a sync left behind up to date (the loop calls it
+    /// every [`GAUGE_PERIOD`]).
+    pub fn flush_gauges(&mut self) {
+        if self.gauges_stale {
+            self.update_gauges();
+            self.gauges_at = Some(Instant::now());
+            self.gauges_stale = false;
         }
     }
 

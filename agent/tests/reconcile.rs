@@ -330,6 +330,50 @@ async fn a_relist_under_way_is_synced_once_it_ends_not_object_by_object() {
     task.await.expect("loop");
 }
 
+#[test]
+fn in_a_big_cluster_the_gauges_follow_each_period_not_each_sync() {
+    let big = Limits { max_services: 1 << 16, max_backends: 1 << 16 };
+    let metrics = Arc::new(Metrics::new());
+    let mut r =
+        Reconciler::new(Box::new(SharedFake::default()), node(), &big, metrics.clone()).expect("reconciler");
+    // A period no slow machine outruns.
+    r.set_gauge_period(Duration::from_secs(3600));
+    let service = |i: usize| -> Service {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": format!("s{i}"), "namespace": "big"},
+            "spec": {"clusterIP": format!("10.96.{}.{}", i / 250, i % 250 + 1), "ports": [{"port": 80}]},
+        }))
+        .expect("service")
+    };
+    let slice = |i: usize| -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("s{i}-x"), "namespace": "big",
+                         "labels": {"kubernetes.io/service-name": format!("s{i}")}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [format!("10.1.{}.{}", i / 250, i % 250 + 1)], "conditions": {"ready": true}}],
+            "ports": [{"port": 8080}],
+        }))
+        .expect("slice")
+    };
+    let n = 10_001;
+    let services: Vec<Service> = (0..n).map(service).collect();
+    let slices: Vec<EndpointSlice> = (0..n).map(slice).collect();
+    r.apply_event(SourceEvent::replace(0, &services, &slices));
+    assert!(r.sync().complete);
+    assert_eq!(metrics.services.get(), n as i64, "the first sync refreshes the gauges");
+
+    // One more Service right away: programmed, but the gauge waits for the
+    // period (a refresh counts over every Service).
+    r.apply_event(SourceEvent::service(0, &service(n)));
+    r.apply_event(SourceEvent::slice(0, &slice(n)));
+    assert!(r.sync().complete);
+    assert_eq!(metrics.services.get(), n as i64, "not refreshed by a sync within the period");
+    r.flush_gauges();
+    assert_eq!(metrics.services.get(), n as i64 + 1, "the loop's tick brings it up to date");
+}
+
 // ---- Random event sequences ----
 
 fn service(i: u8, ports: &[u16], local: bool, node_port: bool) -> Service {
