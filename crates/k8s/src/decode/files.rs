@@ -273,6 +273,17 @@ pub fn read_objects(text: &str, mut each: impl FnMut(Object)) -> Result<Vec<Prob
     Ok(problems)
 }
 
+/// The problem of an object that does not decode, naming the field.
+fn malformed<E: std::fmt::Display>(
+    e: serde_path_to_error::Error<E>,
+    kind: &str,
+    ns: &str,
+    name: &str,
+) -> Problem {
+    let field = e.path().to_string();
+    Problem::new(ProblemKind::Malformed, format!("{kind} {ns}/{name}"), field, e.into_inner().to_string())
+}
+
 fn decode_raw<T: serde::de::DeserializeOwned>(
     raw: &[u8],
     kind: &str,
@@ -289,13 +300,7 @@ fn decode_raw<T: serde::de::DeserializeOwned>(
     match serde_path_to_error::deserialize::<_, T>(&mut de) {
         Ok(obj) => Some(obj),
         Err(e) => {
-            let field = e.path().to_string();
-            problems.push(Problem::new(
-                ProblemKind::Malformed,
-                format!("{kind} {ns}/{name}"),
-                field,
-                e.into_inner().to_string(),
-            ));
+            problems.push(malformed(e, kind, ns, name));
             None
         }
     }
@@ -387,13 +392,7 @@ fn decode_json<T: serde::de::DeserializeOwned>(
     match serde_path_to_error::deserialize::<_, T>(value) {
         Ok(obj) => Some(obj),
         Err(e) => {
-            let field = e.path().to_string();
-            problems.push(Problem::new(
-                ProblemKind::Malformed,
-                format!("{kind} {ns}/{name}"),
-                field,
-                e.into_inner().to_string(),
-            ));
+            problems.push(malformed(e, kind, ns, name));
             None
         }
     }

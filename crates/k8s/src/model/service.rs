@@ -75,6 +75,38 @@ fn port_u16(value: i32) -> Option<u16> {
     u16::try_from(value).ok().filter(|p| *p != 0)
 }
 
+/// An external or load-balancer address, if it parses and the Service has
+/// a ClusterIP of its family; otherwise a problem naming `field`.
+fn served_ip(
+    text: &str,
+    families: &[Family],
+    obj: &str,
+    field: String,
+    problems: &mut Vec<Problem>,
+) -> Option<IpAddr> {
+    match parse_ip(text) {
+        Some(ip) if families.contains(&Family::of(&ip)) => Some(ip),
+        Some(ip) => {
+            problems.push(Problem::new(
+                ProblemKind::FamilyMismatch,
+                obj,
+                field,
+                format!("{ip} has no ClusterIP of its family"),
+            ));
+            None
+        }
+        None => {
+            problems.push(Problem::new(
+                ProblemKind::InvalidIp,
+                obj,
+                field,
+                format!("{text:?} is not an IP address"),
+            ));
+            None
+        }
+    }
+}
+
 fn parse_ip(text: &str) -> Option<IpAddr> {
     text.trim().parse().ok()
 }
@@ -262,21 +294,7 @@ pub fn parse_service(
     let mut external_ips = Vec::new();
     for (i, text) in spec.external_ips.iter().flatten().enumerate() {
         let field = format!("spec.externalIPs[{i}]");
-        match parse_ip(text) {
-            Some(ip) if families.contains(&Family::of(&ip)) => external_ips.push(ip),
-            Some(ip) => problems.push(Problem::new(
-                ProblemKind::FamilyMismatch,
-                &obj,
-                field,
-                format!("{ip} has no ClusterIP of its family"),
-            )),
-            None => problems.push(Problem::new(
-                ProblemKind::InvalidIp,
-                &obj,
-                field,
-                format!("{text:?} is not an IP address"),
-            )),
-        }
+        external_ips.extend(served_ip(text, &families, &obj, field, &mut problems));
     }
     let mut load_balancer_ips = Vec::new();
     if svc_type == "LoadBalancer" {
@@ -291,21 +309,7 @@ pub fn parse_service(
                 continue;
             };
             let field = format!("status.loadBalancer.ingress[{i}].ip");
-            match parse_ip(text) {
-                Some(ip) if families.contains(&Family::of(&ip)) => load_balancer_ips.push(ip),
-                Some(ip) => problems.push(Problem::new(
-                    ProblemKind::FamilyMismatch,
-                    &obj,
-                    field,
-                    format!("{ip} has no ClusterIP of its family"),
-                )),
-                None => problems.push(Problem::new(
-                    ProblemKind::InvalidIp,
-                    &obj,
-                    field,
-                    format!("{text:?} is not an IP address"),
-                )),
-            }
+            load_balancer_ips.extend(served_ip(text, &families, &obj, field, &mut problems));
         }
     }
 
